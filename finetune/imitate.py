@@ -1,0 +1,431 @@
+"""Imitation: the paper's FT stage, cross-entropy on the teacher's (input, output) pairs.
+
+Causal students train with TRL's `SFTTrainer` on a conversational prompt-completion dataset (loss on the completion
+only); seq2seq students (BART, T5) with transformers' `Seq2SeqTrainer`. LoRA through peft by default, full
+fine-tuning on request. The steps, in order:
+
+1. return the recorded result if `output_dir/train_result.json` exists (the run finished before);
+2. record the run in the store (`training_runs`, status running);
+3. load the student and build the dataset;
+4. train, resuming from the last Trainer checkpoint in `output_dir` if a previous attempt crashed;
+5. save the final model (`output_dir/final`; LoRA: adapter + tokenizer, and with `merge_lora` a full model in
+   `output_dir/merged`), then the `train_result.json` marker, last and atomically;
+6. record the result (`training_runs` finished with the log history, one `checkpoints` row).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback, TrainingArguments
+
+from finetune.student import DEFAULT_STUDENT, is_seq2seq, load_student, user_message
+from store.db import Store, stable_id, to_json
+
+DEFAULT_INSTRUCTION = "Rewrite the sentence as a humorous paraphrase with the same meaning."
+MARKER = "train_result.json"
+
+
+class ImitationError(Exception):
+    """A user-facing problem with an imitation run (one line, no traceback)."""
+
+
+@dataclass
+class ImitationConfig:
+    """Everything that defines an imitation run; `asdict` of it is the run's config row in the store."""
+
+    base_model: str = DEFAULT_STUDENT  # embedded name, model folder, GGUF file or hub id (see finetune.student)
+    output_dir: str = "runs/imitation"
+    lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: str = "all-linear"  # peft's "all-linear", or comma-separated module names
+    merge_lora: bool = False  # also write a merged full model to output_dir/merged
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float | None = None  # None: 2e-4 with LoRA, 5e-5 for full fine-tuning
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 128
+    seed: int = 0
+    logging_steps: int = 5
+    save_steps: int = 50
+    instruction: str = field(default=DEFAULT_INSTRUCTION)
+
+    def lr(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 2e-4 if self.lora else 5e-5
+
+
+@dataclass
+class TrainResult:
+    training_id: str
+    checkpoint_id: str
+    path: str  # the model to use: output_dir/final, or output_dir/merged with merge_lora
+    log_history: list[dict]
+    steps: int
+    seconds: float
+
+
+def training_id_for(config: ImitationConfig, dataset_key: str | None) -> str:
+    """Stable across reruns and output folders: the config without output_dir, plus the dataset."""
+    values = asdict(config)
+    values.pop("output_dir")
+    return stable_id("imitation", values, dataset_key)
+
+
+# -- data ------------------------------------------------------------------------------------------------------------
+
+
+def _check_pairs(pairs: list[dict]) -> None:
+    if not pairs:
+        raise ImitationError("no training pairs: pass at least one {'input': ..., 'output': ...}")
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair.get("input"), str) or not isinstance(pair.get("output"), str):
+            raise ImitationError(f"pair {i} needs string 'input' and 'output' fields, got keys {sorted(pair)}")
+
+
+def conversational_dataset(pairs: list[dict], instruction: str):
+    """TRL's conversational prompt-completion format: the loss falls on the assistant's completion only."""
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [
+            {
+                # a pair may bring its own prompt messages (the DSPy adapter's, so the student is trained on
+                # exactly what it will be asked at inference); otherwise instruction + input as one user turn
+                "prompt": p.get("prompt") or [{"role": "user", "content": user_message(instruction, p["input"])}],
+                "completion": [{"role": "assistant", "content": p["output"]}],
+            }
+            for p in pairs
+        ]
+    )
+
+
+def seq2seq_dataset(pairs: list[dict], tokenizer: Any, instruction: str, max_length: int):
+    """Tokenized encoder inputs and labels; labels end with EOS (so the student learns to stop) even when the
+    tokenizer does not add one itself."""
+    from datasets import Dataset
+
+    inputs = tokenizer([user_message(instruction, p["input"]) for p in pairs], max_length=max_length, truncation=True)
+    targets = tokenizer(text_target=[p["output"] for p in pairs], max_length=max_length, truncation=True)
+    eos = tokenizer.eos_token_id
+    labels = []
+    for ids in targets["input_ids"]:
+        ids = list(ids)
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids = ids[: max_length - 1] + [eos]
+        labels.append(ids)
+    return Dataset.from_dict(
+        {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "labels": labels}
+    )
+
+
+# -- progress --------------------------------------------------------------------------------------------------------
+
+
+class RichProgress(TrainerCallback):
+    """One rich progress bar over the optimizer steps, with the latest loss."""
+
+    def __init__(self, description: str = "imitate"):
+        self.description = description
+        self.progress = None
+        self.task = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), TextColumn("{task.fields[loss]}"),
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(self.description, total=state.max_steps, completed=state.global_step, loss="")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is not None and logs and "loss" in logs:
+            self.progress.update(self.task, loss=f"loss {logs['loss']:.3f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+            self.progress.stop()
+            self.progress = None
+
+
+# -- trainers --------------------------------------------------------------------------------------------------------
+
+
+# transformers 5.2x renamed `gradient_checkpointing` to `activation_checkpointing` (the old name warns); TRL's configs
+# still default the old one to True, so turn off whichever this version reads.
+_CHECKPOINTING = (
+    "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    else "gradient_checkpointing"
+)
+
+
+def _device_args(config: ImitationConfig, output_dir: Path) -> dict:
+    """TrainingArguments shared by both trainers. On CPU: float32, no gradient checkpointing (TRL's defaults,
+    bf16 + checkpointing, cost ~17x per step there)."""
+    cuda = torch.cuda.is_available()
+    return dict(
+        output_dir=str(output_dir),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.lr(),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        seed=config.seed,
+        logging_strategy="steps",
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=1,
+        bf16=bool(cuda and torch.cuda.is_bf16_supported()),
+        fp16=False,
+        **{_CHECKPOINTING: False},
+        use_cpu=not cuda,
+        report_to=[],
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
+def _lora_config(config: ImitationConfig, task_type: str):
+    from peft import LoraConfig
+
+    targets = config.target_modules
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        task_type=task_type,
+    )
+
+
+def _causal_trainer(model, tokenizer, pairs, config: ImitationConfig, output_dir: Path, callbacks):
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        **_device_args(config, output_dir),
+        max_length=config.max_length,
+        completion_only_loss=True,
+        dataset_num_proc=None,
+    )
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=conversational_dataset(pairs, config.instruction),
+        processing_class=tokenizer,
+        peft_config=_lora_config(config, "CAUSAL_LM") if config.lora else None,
+        callbacks=callbacks,
+    )
+
+
+def _seq2seq_trainer(model, tokenizer, pairs, config: ImitationConfig, output_dir: Path, callbacks):
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    if config.lora:
+        from peft import get_peft_model
+
+        torch.manual_seed(config.seed)  # the adapter's initial weights
+        model = get_peft_model(model, _lora_config(config, "SEQ_2_SEQ_LM"))
+    args = Seq2SeqTrainingArguments(**_device_args(config, output_dir), remove_unused_columns=False)
+    return Seq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=seq2seq_dataset(pairs, tokenizer, config.instruction, config.max_length),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+
+
+# -- saving ----------------------------------------------------------------------------------------------------------
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+
+
+def _save_final(trainer, tokenizer, config: ImitationConfig, output_dir: Path) -> tuple[Path, Path | None]:
+    """Write output_dir/final (and output_dir/merged), each staged in a temp folder and renamed into place."""
+    from peft import PeftModel
+
+    model = trainer.model
+    # Trainer sets `config.use_cache = args.use_cache` (False) on the model; saved that way, generation would run
+    # without a KV cache. Restore it for the saved model.
+    (model.get_base_model() if isinstance(model, PeftModel) else model).config.use_cache = True
+    final = output_dir / "final"
+    tmp = output_dir / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if isinstance(model, PeftModel):
+        # Name the base by its spec (e.g. the embedded model's name), so load_student finds it on any machine.
+        adapter_config = tmp / "adapter_config.json"
+        data = json.loads(adapter_config.read_text())
+        base = config.base_model
+        if Path(base).expanduser().exists():
+            base = str(Path(base).expanduser().resolve())
+        data["base_model_name_or_path"] = base
+        adapter_config.write_text(json.dumps(data, indent=2))
+    _replace_dir(tmp, final)
+
+    merged = None
+    if isinstance(model, PeftModel) and config.merge_lora:
+        merged = output_dir / "merged"
+        tmp = output_dir / ".merged.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.merge_and_unload().save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _replace_dir(tmp, merged)
+    return final, merged
+
+
+def _write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _remove_checkpoints(output_dir: Path) -> None:
+    """Trainer checkpoints only serve crash recovery (they hold optimizer state, 3x the model): gone once the run is
+    recorded."""
+    for ckpt in output_dir.glob("checkpoint-*"):
+        if ckpt.is_dir():
+            shutil.rmtree(ckpt, ignore_errors=True)
+
+
+# -- the stage -------------------------------------------------------------------------------------------------------
+
+
+def _record_finished(store: Store, result: TrainResult, config: ImitationConfig, run_id, dataset_id, merged: bool,
+                     started_at, finished_at, *, replace: bool) -> None:
+    store.insert("training_runs", [{
+        "training_id": result.training_id, "run_id": run_id, "objective": "ft", "base_model": config.base_model,
+        "dataset_id": dataset_id, "config": to_json(asdict(config)), "status": "finished",
+        "metrics": to_json(result.log_history), "started_at": started_at, "finished_at": finished_at,
+    }], replace=replace)
+    store.insert("checkpoints", [{
+        "checkpoint_id": result.checkpoint_id, "training_id": result.training_id, "path": result.path,
+        "step": result.steps, "merged": merged, "created_at": finished_at,
+    }], replace=replace)
+
+
+def train_imitation(
+    pairs: list[dict],
+    config: ImitationConfig,
+    *,
+    store: Store | None = None,
+    run_id: str | None = None,
+    dataset_id: str | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune the student on teacher pairs `{"input": ..., "output": ...}`; resumable, recorded when `store` is
+    given. Without `dataset_id` the pairs themselves identify the dataset in the training id."""
+    output_dir = Path(config.output_dir)
+    marker = output_dir / MARKER
+
+    # 1. A finished run is not trained again.
+    if marker.exists():
+        recorded = json.loads(marker.read_text())
+        result = TrainResult(**recorded["result"])
+        if store is not None:  # a run first made without a store, or into another store
+            times = [datetime.fromisoformat(recorded[k]) if recorded.get(k) else None for k in ("started_at", "finished_at")]
+            _record_finished(store, result, config, run_id, dataset_id, bool(recorded.get("merged")), *times,
+                             replace=False)
+        return result
+
+    _check_pairs(pairs)
+    dataset_key = dataset_id if dataset_id is not None else stable_id([[p["input"], p["output"]] for p in pairs])
+    training_id = training_id_for(config, dataset_key)
+    started_at = datetime.now()
+
+    # 2. Record the run as running.
+    if store is not None:
+        store.insert("training_runs", [{
+            "training_id": training_id, "run_id": run_id, "objective": "ft", "base_model": config.base_model,
+            "dataset_id": dataset_id, "config": to_json(asdict(config)), "status": "running",
+            "started_at": started_at,
+        }], replace=True)
+
+    try:
+        # 3. The student, on a plain base (an adapter given as base is merged first).
+        model, tokenizer = load_student(config.base_model, for_training=True)
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+
+        # 4. Train, resuming a crashed attempt.
+        output_dir.mkdir(parents=True, exist_ok=True)
+        callbacks = [RichProgress(f"imitate {Path(config.base_model).name}")] if progress else []
+        build = _seq2seq_trainer if is_seq2seq(model) else _causal_trainer
+        import datasets
+
+        bars_were_disabled = datasets.are_progress_bars_disabled()
+        datasets.disable_progress_bars()
+        try:
+            trainer = build(model, tokenizer, pairs, config, output_dir, callbacks)
+        finally:
+            if not bars_were_disabled:
+                datasets.enable_progress_bars()
+        from transformers.trainer_callback import PrinterCallback
+        from transformers.trainer_utils import get_last_checkpoint
+
+        trainer.remove_callback(PrinterCallback)  # the log history goes to the store, not to stdout
+        last = get_last_checkpoint(str(output_dir))
+        t0 = time.monotonic()
+        trainer.train(resume_from_checkpoint=last)
+        seconds = time.monotonic() - t0
+
+        # 5. The model, then the marker, last.
+        final, merged = _save_final(trainer, tokenizer, config, output_dir)
+        path = str(merged or final)
+        result = TrainResult(
+            training_id=training_id,
+            checkpoint_id=stable_id(training_id, path),
+            path=path,
+            log_history=list(trainer.state.log_history),
+            steps=int(trainer.state.global_step),
+            seconds=round(seconds, 3),
+        )
+        finished_at = datetime.now()
+        _write_json_atomic(marker, {
+            "result": asdict(result), "config": asdict(config), "dataset_id": dataset_id, "run_id": run_id,
+            "merged": merged is not None, "started_at": started_at.isoformat(), "finished_at": finished_at.isoformat(),
+        })
+        _remove_checkpoints(output_dir)
+    except BaseException:
+        if store is not None:
+            store.insert("training_runs", [{
+                "training_id": training_id, "run_id": run_id, "objective": "ft", "base_model": config.base_model,
+                "dataset_id": dataset_id, "config": to_json(asdict(config)), "status": "failed",
+                "started_at": started_at, "finished_at": datetime.now(),
+            }], replace=True)
+        raise
+
+    # 6. Record the result.
+    if store is not None:
+        _record_finished(store, result, config, run_id, dataset_id, merged is not None, started_at, finished_at,
+                         replace=True)
+    return result

@@ -1,0 +1,87 @@
+"""report.md and its charts, written into the run's output folder from what the run measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _bar_chart(path: Path, rows: list[dict[str, Any]]) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    labels = [r["label"] for r in rows]
+    for offset, key, name in ((-0.2, "wtr_prob", "WTR (mean probability)"), (0.2, "wtr_decision", "WTR (decisions)")):
+        values = [100 * r[key].value for r in rows]
+        err = [[100 * (r[key].value - r[key].lo) for r in rows], [100 * (r[key].hi - r[key].value) for r in rows]]
+        ax.bar([i + offset for i in range(len(rows))], values, width=0.4, yerr=err, capsize=4, label=name)
+    ax.axhline(50, color="grey", linestyle=":", linewidth=1)
+    ax.set_xticks(range(len(rows)), labels)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("win-tie rate vs teacher (×100)")
+    ax.set_title("Student vs teacher, judged by the critic (95% CI)")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _loss_chart(path: Path, log_history: list[dict]) -> bool:
+    points = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    if not points:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(*zip(*points), marker="o")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Imitation (SFT on teacher pairs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dict], log_history: list[dict],
+                 examples: list[dict], command: str, db: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    _bar_chart(out / "wtr.png", evaluations)
+    has_loss = _loss_chart(out / "loss.png", log_history)
+    lines = [
+        "# Distillation report", "",
+        f"Command: `{command}`  ", f"Store: `{db}` (every number below is a query away: `python -m store query ...`)", "",
+        "## Setup", "",
+        f"- task: {config['task']}; profile: {config['profile']}; inputs: {config['inputs']}",
+        f"- teacher: `{config['teacher']}` (N = {config['n_candidates']}, temperature {config['teacher_temperature']})",
+        f"- critic: `{config['critic']}` (pairwise, both orders, probability of the choice)",
+        f"- student: `{config['student']}` ({'LoRA' if config['lora'] else 'full fine-tuning'}, {config['epochs']} epoch(s))",
+        f"- train inputs: {counts.get('train_inputs')}, teacher pairs: {counts.get('pairs')}, "
+        f"test inputs: {counts.get('test_inputs')}", "",
+        "## Win-tie rate vs the teacher", "",
+        "| student | judge | split | n | WTR (mean P) ×100 [95% CI] | WTR (decisions) ×100 [95% CI] | length ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in evaluations:
+        lines.append(f"| {e['label']} | `{e['judge']}` | {e['split']} | {e['wtr_prob'].n} | "
+                     f"{100 * e['wtr_prob'].value:.1f} [{100 * e['wtr_prob'].lo:.1f}, {100 * e['wtr_prob'].hi:.1f}] | "
+                     f"{100 * e['wtr_decision'].value:.1f} [{100 * e['wtr_decision'].lo:.1f}, {100 * e['wtr_decision'].hi:.1f}] | "
+                     f"{e['length_ratio']:.2f} |")
+    lines += ["", "![win-tie rate](wtr.png)", "",
+              "WTR (mean P) is the paper's definition: the critic's probability that the student's output is at least "
+              "as good as the teacher's, averaged over both presentation orders and over items. WTR (decisions) is the "
+              "share of items where that probability is at least 0.5. Small critics sit near 0.5, which squeezes the "
+              "first toward 50; the second separates better.", ""]
+    if has_loss:
+        lines += ["## Training", "", "![training loss](loss.png)", ""]
+    if examples:
+        lines += ["## Examples (test split)", "", "| input | teacher | student | P(student ≥ teacher) |", "|---|---|---|---|"]
+        for ex in examples:
+            cells = [str(ex[k]).replace("|", "\\|").replace("\n", " ") for k in ("input", "teacher", "student")]
+            p = ex.get("p")
+            lines.append(f"| {cells[0]} | {cells[1]} | {cells[2]} | {'' if p is None else f'{p:.2f}'} |")
+        lines.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

@@ -1,0 +1,237 @@
+"""The student: load it, prompt it, sample from it.
+
+A student spec is a string:
+- an embedded model name (default `smollm2-135m-instruct`): its GGUF is pulled through `programs.models`, converted
+  once to a float32 safetensors folder next to it (`<cache>/models/<name>-hf`) and loaded from there afterwards;
+- a path to a GGUF file (converted the same way, once);
+- a local folder in Hugging Face format: a full model, or a PEFT adapter (`adapter_config.json`), loaded as its base
+  model plus the adapter;
+- a hub id, when the hub is reachable.
+
+Causal LMs are prompted through their chat template (one user message: instruction, blank line, text); seq2seq
+models (BART, T5) get the instruction and the text as plain input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_STUDENT = "smollm2-135m-instruct"
+
+# Used only when a causal tokenizer ships no chat template: the prompt renders as a prefix of prompt + answer, so
+# completion-only training and generation see the same context.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+class StudentError(Exception):
+    """A user-facing problem loading a student model (one line, no traceback)."""
+
+
+# -- loading ---------------------------------------------------------------------------------------------------------
+
+
+def _converted_dir(gguf: Path, name: str) -> Path:
+    """Convert a GGUF file once into a float32 safetensors folder beside the cached models; reuse it afterwards."""
+    from programs import models
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = models.cache_dir() / "models" / f"{name}-hf"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are dequantized already; without this, save_pretrained refuses (or writes a GGUF-tagged config).
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-hf-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)  # atomic: a killed conversion never leaves a half folder under the final name
+        except OSError:
+            if not (target / "config.json").exists():  # not a concurrent conversion that won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _resolve(spec: str) -> str:
+    """The local folder (or hub id) that `spec` names, converting an embedded or GGUF model on first use."""
+    from programs import models
+    from store.db import stable_id
+
+    if models.is_embedded(spec):
+        entry = models.get(spec)
+        return str(_converted_dir(models.path(entry.name), entry.name))
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        resolved = path.resolve()
+        key = stable_id(str(resolved), resolved.stat().st_size)[:8]
+        return str(_converted_dir(resolved, f"{resolved.stem}-{key}"))
+    if path.is_dir():
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            raise StudentError(f"{spec} is not a Hugging Face model folder (no config.json or adapter_config.json)")
+        return str(path)
+    if path.exists() or spec.startswith((".", "/", "~")) or spec.endswith(".gguf"):
+        raise StudentError(f"no model at {spec} (pass an embedded model name, a model folder or a GGUF file)")
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise StudentError(
+            f"{spec!r} is not an embedded model or a local folder, and the hub is offline (HF_HUB_OFFLINE=1); "
+            f"pass a local model folder or one of: {', '.join(models.REGISTRY)}"
+        )
+    return spec  # a hub id
+
+
+def _ensure_tokens(model: Any, tokenizer: Any) -> None:
+    """Every student tokenizer gets a pad token, and every causal one a chat template."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        elif tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+            model.resize_token_embeddings(len(tokenizer))
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if not is_seq2seq(model) and not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+
+
+def _load_hf(source: str) -> tuple[Any, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(source)
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    model = auto.from_pretrained(source, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return model, tokenizer
+
+
+def load_student(spec: str = DEFAULT_STUDENT, *, for_training: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) for a student spec, float32 on CPU.
+
+    A PEFT adapter folder loads its base (itself any spec, e.g. an embedded name) plus the adapter: merged into the
+    base for inference, or as a trainable `PeftModel` when `for_training`. Inference models come back in eval mode.
+    """
+    source = _resolve(spec)
+    adapter_config = Path(source) / "adapter_config.json"
+    if adapter_config.exists():
+        from peft import PeftModel
+
+        base_spec = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+        if not base_spec:
+            raise StudentError(f"{spec}: adapter_config.json names no base model (base_model_name_or_path)")
+        model, tokenizer = load_student(base_spec, for_training=for_training)
+        if (Path(source) / "tokenizer_config.json").exists():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        model = PeftModel.from_pretrained(model, source, is_trainable=for_training)
+        if not for_training:
+            model = model.merge_and_unload()
+    else:
+        model, tokenizer = _load_hf(source)
+    _ensure_tokens(model, tokenizer)
+    model.train(for_training)
+    return model, tokenizer
+
+
+# -- prompting and generation ------------------------------------------------------------------------------------
+
+
+def is_seq2seq(model: Any) -> bool:
+    """True for encoder-decoder models (BART, T5), PEFT-wrapped or not."""
+    return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+def user_message(instruction: str, text: str) -> str:
+    return f"{instruction}\n\n{text}" if instruction else text
+
+
+def format_prompt(tokenizer: Any, instruction: str, text: str, *, seq2seq: bool) -> str:
+    """The student's input as a string: the chat template (causal) or the plain instruction + text (seq2seq)."""
+    content = user_message(instruction, text)
+    if seq2seq:
+        return content
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    *,
+    instruction: str,
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    num_beams: int = 1,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    num_return_sequences: int = 1,
+    seed: int = 0,
+) -> list[list[str]]:
+    """The student's outputs: `num_return_sequences` stripped strings per input, in input order.
+
+    Inputs are batched by length (less padding); causal prompts are left-padded and only the new tokens decoded.
+    """
+    if not texts:
+        return []
+    seq2seq = is_seq2seq(model)
+    prompts = [format_prompt(tokenizer, instruction, t, seq2seq=seq2seq) for t in texts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        do_sample=do_sample,
+        num_return_sequences=num_return_sequences,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    eos = tokenizer.eos_token_id
+    if eos is not None:
+        extra = model.generation_config.eos_token_id if model.generation_config is not None else None
+        extra = [extra] if isinstance(extra, int) else list(extra or [])
+        kwargs["eos_token_id"] = [eos, *[e for e in extra if e != eos]]
+
+    results: list[list[str]] = [[] for _ in texts]
+    was_training = model.training
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "right" if seq2seq else "left"
+    model.eval()
+    torch.manual_seed(seed)
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                # Causal prompts carry their special tokens through the chat template already.
+                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=seq2seq)
+                enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+                out = model.generate(**enc, **kwargs)
+                new = out if seq2seq else out[:, enc["input_ids"].shape[1] :]
+                decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
+                for j, i in enumerate(idx):
+                    group = decoded[j * num_return_sequences : (j + 1) * num_return_sequences]
+                    results[i] = [s.strip() for s in group]
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return results

@@ -1,0 +1,40 @@
+"""Win-tie rate of a student against a reference, with a bootstrap confidence interval.
+
+Each item carries the critic's debiased P(student >= reference), averaged over both presentation orders. Two
+readings, both reported (DESIGN.md §3): the paper's WTR, the mean of that probability, and the decision WTR, the
+share of items where the probability favours the student (ties, p = 0.5, count as wins: win-*tie* rate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    lo: float
+    hi: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{100 * self.value:.1f} [{100 * self.lo:.1f}, {100 * self.hi:.1f}] (n={self.n})"
+
+
+def bootstrap(values: list[float] | np.ndarray, *, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> Estimate:
+    """Mean with a percentile bootstrap interval."""
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    if x.size == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    alpha = (1 - level) / 2
+    return Estimate(float(x.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)), int(x.size))
+
+
+def win_tie_rate(p_student: list[float | None], **kw) -> tuple[Estimate, Estimate]:
+    """(probability WTR, decision WTR) from per-item debiased P(student >= reference)."""
+    ps = [p for p in p_student if p is not None]
+    return bootstrap(ps, **kw), bootstrap([1.0 if p >= 0.5 else 0.0 for p in ps], **kw)

@@ -1,0 +1,220 @@
+"""The whole pipeline in one command: inputs -> teach -> imitate -> evaluate, every step recorded in the store.
+
+    python -m programs.compile                     # default profile: 1.5B teacher and critic, SmolLM2 student
+    python -m programs.compile --profile tiny      # the 0.5B teacher and critic, a few inputs (tests, first look)
+    python -m programs.compile --limit 8 --db my.duckdb --out out/
+
+Rerunning the same command reuses everything already done (LM calls are answered from the store's cache; rows have
+stable ids); a run killed at any point finishes on the next invocation with nothing lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from programs.config import PROFILES, ConfigError, PipelineConfig, build_config  # noqa: E402
+from programs.inputs import InputError, load_inputs  # noqa: E402
+from programs.progress import console  # noqa: E402
+
+EXIT_USAGE = 2
+
+
+def _code_version() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("critic-distill")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def select_inputs(store, cfg: PipelineConfig, task) -> dict[str, list[dict]]:
+    """The run's inputs per split, stored once each (input_id = hash of task + text)."""
+    from store import stable_id
+
+    rows = load_inputs(cfg.inputs, task)
+    chosen: dict[str, list[dict]] = {}
+    for split in ("train", "test"):
+        items = [r for r in rows if r["split"] == split]
+        limit = cfg.split_limit(split)
+        items = items[:limit] if limit else items
+        if not items:
+            raise InputError(f"the inputs have no {split!r} rows (add a 'split' column, or more rows)")
+        chosen[split] = [{"input_id": stable_id("input", task.name, r["text"]), "text": r["text"], "split": split}
+                         for r in items]
+    source = cfg.inputs if cfg.inputs in ("bundled", "empathetic_dialogues") else str(Path(cfg.inputs).resolve())
+    store.insert("inputs", [{**r, "task": task.name, "source": source, "created_at": datetime.now()}
+                            for items in chosen.values() for r in items])
+    return chosen
+
+
+def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
+    """Run (or finish) the pipeline for `cfg`; returns the evaluation summary."""
+    import dspy
+
+    from finetune.evaluate import evaluate
+    from finetune.imitate import ImitationConfig, train_imitation
+    from finetune.report import write_report
+    from programs.adapter import LabeledAdapter
+    from programs.critic import Critic
+    from programs.lm import check_reachable, resolve_lm
+    from programs.student import Student, training_prompt
+    from programs.tasks import get_task
+    from programs.teach import teach
+    from programs.teacher import Teacher
+    from store import Store, stable_id, to_json
+    from store.callback import install, trace_context
+
+    try:
+        task = get_task(cfg.task)
+    except KeyError as e:
+        raise ConfigError(str(e.args[0])) from e
+    teacher_lm = resolve_lm(cfg.teacher, temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p,
+                            max_tokens=cfg.teacher_max_tokens, seed=cfg.seed)
+    critic_lm = resolve_lm(cfg.critic, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed)
+    from finetune.student import _resolve as resolve_student  # validates the student spec before any work
+
+    resolve_student(cfg.student)
+    check_reachable(teacher_lm)
+    check_reachable(critic_lm)
+
+    store = Store(db)
+    install(store)
+    dspy.configure(adapter=LabeledAdapter())
+    run_id = stable_id("run", cfg.identity())
+    run_row = {"run_id": run_id, "started_at": datetime.now(), "status": "running", "command": command,
+               "profile": cfg.profile, "config": to_json(asdict(cfg)), "code_version": _code_version()}
+    store.insert("runs", [run_row], replace=True)
+    out_dir = Path(out)
+    console.print(f"run {run_id[:12]} · profile {cfg.profile} · store {db} · out {out_dir}")
+    try:
+        with trace_context(run_id=run_id, stage="inputs"):
+            chosen = select_inputs(store, cfg, task)
+        with trace_context(run_id=run_id, stage="teach"):
+            teacher = Teacher(task, n=cfg.n_candidates)
+            taught = teach(store, teacher, teacher_lm, chosen["train"] + chosen["test"], producer=cfg.teacher,
+                           run_id=run_id)
+
+        with trace_context(run_id=run_id, stage="imitate"):
+            sql = ("SELECT input_id, input, output, rank FROM teacher_pairs "
+                   "WHERE teacher = ? AND split = 'train' AND list_contains(?, input_id) ORDER BY input_id, rank")
+            rows = store.query(sql, [cfg.teacher, [r["input_id"] for r in chosen["train"]]])
+            if not rows:
+                raise InputError("the teacher produced no usable training pairs (see failed calls: "
+                                 "python -m store query \"SELECT error, response FROM lm_calls WHERE stage='teach'\")")
+            pairs = [{"input": r["input"], "output": r["output"], "prompt": training_prompt(task, r["input"])}
+                     for r in rows]
+            dataset_id = stable_id("dataset", "imitation", sql, [[r["input_id"], r["rank"], r["output"]] for r in rows])
+            store.insert("datasets", [{"dataset_id": dataset_id, "name": "imitation", "sql": sql, "n_rows": len(rows),
+                                       "rows": to_json([{"input": p["input"], "output": p["output"]} for p in pairs]),
+                                       "run_id": run_id, "created_at": datetime.now()}])
+            icfg = ImitationConfig(base_model=cfg.student, lora=cfg.lora, merge_lora=cfg.merge_lora, epochs=cfg.epochs,
+                                   max_steps=cfg.max_steps, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
+                                   max_length=cfg.max_length, seed=cfg.seed, instruction=task.student_instruction)
+            icfg.output_dir = str(out_dir / f"student-ft-{stable_id(asdict(icfg), dataset_id)[:10]}")
+            trained = train_imitation(pairs, icfg, store=store, run_id=run_id, dataset_id=dataset_id)
+
+        with trace_context(run_id=run_id, stage="evaluate"):
+            student_lm = resolve_lm(f"local/{Path(trained.path).resolve()}", temperature=0.0,
+                                    max_tokens=cfg.student_max_tokens)
+            result = evaluate(store, student=Student(task), student_lm=student_lm, student_name=trained.checkpoint_id,
+                              checkpoint_id=trained.checkpoint_id, critic=Critic(task, max_tokens=cfg.critic_max_tokens),
+                              critic_lm=critic_lm, critic_name=cfg.critic, inputs=chosen["test"],
+                              teacher_name=cfg.teacher, split="test", run_id=run_id)
+
+        ratios = result["length_ratios"]
+        examples = [{"input": it["text"], "teacher": it["b"], "student": it["a"], "p": p}
+                    for it, p in zip(result["items"], result["p_student"])][:8]
+        report = write_report(
+            out_dir, config=asdict(cfg), command=command, db=db, log_history=trained.log_history, examples=examples,
+            counts={"train_inputs": len(chosen["train"]), "test_inputs": len(chosen["test"]), "pairs": len(pairs)},
+            evaluations=[{"label": "FT (imitation)", "judge": cfg.critic, "split": "test", "wtr_prob": result["wtr_prob"],
+                          "wtr_decision": result["wtr_decision"],
+                          "length_ratio": sum(ratios) / len(ratios) if ratios else float("nan")}],
+        )
+        store.insert("runs", [{**run_row, "status": "finished", "finished_at": datetime.now()}], replace=True)
+    except KeyboardInterrupt:
+        store.insert("runs", [{**run_row, "status": "interrupted", "finished_at": datetime.now()}], replace=True)
+        raise
+    except BaseException:
+        store.insert("runs", [{**run_row, "status": "failed", "finished_at": datetime.now()}], replace=True)
+        raise
+    finally:
+        store.flush()
+    summary = {"run_id": run_id, "teach": taught, "checkpoint": trained.path, "report": str(report),
+               "wtr_prob": result["wtr_prob"], "wtr_decision": result["wtr_decision"]}
+    console.print(f"[bold]WTR vs teacher[/] (critic {cfg.critic}, test n={result['wtr_prob'].n}): "
+                  f"mean P {result['wtr_prob']} · decisions {result['wtr_decision']}")
+    console.print(f"student: {trained.path}\nreport:  {report}")
+    return summary
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m programs.compile", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default=None, choices=list(PROFILES), help="preset sizes and models (default: default)")
+    p.add_argument("--config", metavar="FILE.toml", help="config file; flags override it")
+    p.add_argument("--limit", type=int, metavar="N", help="use at most N train and N test inputs")
+    p.add_argument("--db", default=None, help="DuckDB store (default: $CRITIC_DISTILL_DB or ./traces.duckdb)")
+    p.add_argument("--out", default="out", help="output folder for checkpoints and the report (default: out)")
+    p.add_argument("--inputs", help="bundled | empathetic_dialogues | a .txt/.jsonl/.csv/.parquet file")
+    p.add_argument("--teacher", metavar="SPEC", help="model spec: local/<name|path> or a LiteLLM string")
+    p.add_argument("--critic", metavar="SPEC", help="model spec for the critic")
+    p.add_argument("--student", metavar="SPEC", help="embedded student name, model folder, or hub id")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--max-steps", type=int, dest="max_steps")
+    p.add_argument("--full-finetune", action="store_true", help="train all weights instead of a LoRA adapter")
+    p.add_argument("--merge-lora", action="store_true", help="also save the LoRA student merged into its base")
+    p.add_argument("--seed", type=int)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from programs.lm import ModelSpecError
+    from programs.models import ModelError
+    from store import Store, StoreError  # noqa: F401
+
+    overrides = {"limit": args.limit, "inputs": args.inputs, "teacher": args.teacher, "critic": args.critic,
+                 "student": args.student, "epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed}
+    if args.full_finetune:
+        overrides["lora"] = False
+    if args.merge_lora:
+        overrides["merge_lora"] = True
+    command = "python -m programs.compile " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    from store.db import default_path
+
+    try:
+        from finetune.imitate import ImitationError
+        from finetune.student import StudentError
+
+        cfg = build_config(args.profile or "default", args.config, overrides)
+        run(cfg, db=args.db or default_path(), out=args.out, command=command)
+    except (ConfigError, InputError, ModelSpecError, ModelError, StoreError, ImitationError, StudentError) as e:
+        console.print(f"[red]error:[/] {e}")
+        return EXIT_USAGE if isinstance(e, (ConfigError, InputError, ModelSpecError, ModelError)) else 1
+    except KeyboardInterrupt:
+        console.print("interrupted: rerun the same command to finish (nothing done so far is lost)")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

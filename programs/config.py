@@ -1,0 +1,94 @@
+"""The pipeline's config: one dataclass, profiles as presets, a TOML file and flags on top (in that order)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A bad config file or value: one line for the user."""
+
+
+@dataclass
+class PipelineConfig:
+    profile: str = "default"
+    task: str = "humor"
+    inputs: str = "bundled"  # bundled | empathetic_dialogues | a .txt/.jsonl/.csv/.parquet file
+    train_inputs: int | None = 160  # per split; None = all
+    test_inputs: int | None = 40
+    limit: int | None = None  # --limit N caps both splits
+    teacher: str = "local/qwen2.5-coder-1.5b-instruct"
+    critic: str = "local/qwen2.5-coder-1.5b-instruct"
+    student: str = "smollm2-135m-instruct"
+    n_candidates: int = 3  # the paper's N
+    teacher_temperature: float = 0.8
+    teacher_top_p: float = 1.0
+    teacher_max_tokens: int = 160
+    critic_max_tokens: int = 96
+    student_max_tokens: int = 64
+    seed: int = 0
+    lora: bool = True
+    merge_lora: bool = False
+    epochs: float = 1.0
+    max_steps: int = -1
+    learning_rate: float | None = None
+    batch_size: int = 8
+    max_length: int = 128
+    threads: int = 1  # parallel LM calls for hosted teachers/critics (local models run one at a time)
+
+    def split_limit(self, split: str) -> int | None:
+        base = self.train_inputs if split == "train" else self.test_inputs
+        if self.limit is not None:
+            return self.limit if base is None else min(base, self.limit)
+        return base
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the run's results (and so its id): everything but where outputs go."""
+        return asdict(self)
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # fast: the 0.5B teacher/critic, a few inputs; for tests and a first look (<= 10 min on 2 CPU cores)
+    "tiny": dict(teacher="local/qwen2.5-coder-0.5b-instruct", critic="local/qwen2.5-coder-0.5b-instruct",
+                 train_inputs=24, test_inputs=8, teacher_max_tokens=120, critic_max_tokens=64, max_steps=-1),
+    # the README's first command: the 1.5B teacher/critic, a couple of hundred inputs (<= 45 min on 2 cores)
+    "default": dict(),
+    # sized like the paper for a GPU or API models: all inputs (EmpatheticDialogues with --inputs), 10 epochs
+    "full": dict(train_inputs=None, test_inputs=None, epochs=10.0, batch_size=16, threads=8),
+}
+
+
+def build_config(profile: str = "default", toml_path: str | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    values: dict[str, Any] = {"profile": profile, **PROFILES[profile]}
+    if toml_path:
+        p = Path(toml_path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p}: not valid TOML ({e})") from e
+        data = data.get("pipeline", data)
+        if "profile" in data:
+            values.update({"profile": data["profile"], **PROFILES.get(data["profile"], {})})
+        values.update(data)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = {f.name: f for f in fields(PipelineConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; known: {', '.join(known)}")
+    cfg = PipelineConfig(**values)
+    for name in ("train_inputs", "test_inputs", "limit"):
+        v = getattr(cfg, name)
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    if not (0 <= cfg.teacher_temperature <= 2):
+        raise ConfigError(f"teacher_temperature must be in [0, 2], got {cfg.teacher_temperature}")
+    if cfg.n_candidates < 1:
+        raise ConfigError("n_candidates must be at least 1")
+    return cfg

@@ -1,0 +1,117 @@
+"""Input sources: the bundled sentences, a txt/jsonl/csv/parquet file, or EmpatheticDialogues when online.
+
+Every source yields `{"text", "split"}` rows; a file without a split column is split by a hash of the text
+(70/15/15 train/dev/test), so a row keeps its split across reruns and machines.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+from programs.tasks import Task
+
+TEXT_COLUMNS = ("text", "input", "sentence", "prompt", "utterance")
+SPLITS = ("train", "dev", "test", "ood")
+
+
+class InputError(Exception):
+    """Bad or unreadable inputs: one line for the user."""
+
+
+def hash_split(text: str) -> str:
+    bucket = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % 100
+    return "test" if bucket < 15 else "dev" if bucket < 30 else "train"
+
+
+def _rows_from_records(records: list[dict], path: Path) -> list[dict]:
+    if not records:
+        return []
+    keys = {k.lower(): k for k in records[0]}
+    col = next((keys[c] for c in TEXT_COLUMNS if c in keys), None)
+    if col is None:
+        raise InputError(f"{path}: no text column (looked for {', '.join(TEXT_COLUMNS)}; found {', '.join(records[0])})")
+    split_col = keys.get("split")
+    rows = []
+    for r in records:
+        text = r.get(col)
+        if text is None or not str(text).strip():
+            continue
+        split = str(r.get(split_col) or "").strip().lower() if split_col else ""
+        rows.append({"text": " ".join(str(text).split()), "split": split if split in SPLITS else hash_split(str(text))})
+    return rows
+
+
+def load_file(path: str | Path) -> list[dict]:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError(f"input file not found: {p}")
+    if p.is_dir():
+        raise InputError(f"{p} is a folder; pass a .txt, .jsonl, .csv or .parquet file")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".txt":
+            lines = p.read_text(encoding="utf-8").splitlines()
+            rows = [{"text": " ".join(t.split()), "split": hash_split(" ".join(t.split()))} for t in lines if t.strip()]
+        elif suffix in (".jsonl", ".json"):
+            records = []
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise InputError(f"{p}:{i}: not valid JSON ({e.msg})") from e
+                    records.append(rec if isinstance(rec, dict) else {"text": rec})
+            rows = _rows_from_records(records, p)
+        elif suffix == ".csv":
+            with open(p, newline="", encoding="utf-8") as f:
+                rows = _rows_from_records(list(csv.DictReader(f)), p)
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows = _rows_from_records(pq.read_table(p).to_pylist(), p)
+        else:
+            raise InputError(f"{p}: unsupported input type {suffix or '(none)'}; use .txt, .jsonl, .csv or .parquet")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p}: not UTF-8 text ({e.reason})") from e
+    except OSError as e:
+        raise InputError(f"cannot read {p}: {e.strerror or e}") from e
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt parquet/csv: say so in one line
+        raise InputError(f"cannot read {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    if not rows:
+        raise InputError(f"{p} has no input texts")
+    return rows
+
+
+def load_empathetic_dialogues(limit: int | None = None) -> list[dict]:
+    """The paper's source: first-person situation prompts from EmpatheticDialogues (needs the network)."""
+    try:
+        from datasets import load_dataset
+
+        rows = []
+        for split, ours in (("train", "train"), ("validation", "dev"), ("test", "test")):
+            ds = load_dataset("facebook/empathetic_dialogues", split=split)
+            seen = set()
+            for prompt in ds["prompt"]:
+                text = " ".join(prompt.replace("_comma_", ",").split())
+                if text not in seen:
+                    seen.add(text)
+                    rows.append({"text": text, "split": ours})
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"cannot load EmpatheticDialogues (offline? use the bundled inputs or a file): {str(e)[:200]}") from e
+    return rows[:limit] if limit else rows
+
+
+def load_inputs(source: str, task: Task) -> list[dict]:
+    """`bundled`, `empathetic_dialogues`, or a file path."""
+    if source == "bundled":
+        if task.bundled_inputs is None:
+            raise InputError(f"task {task.name} has no bundled inputs; pass --inputs FILE")
+        return load_file(task.bundled_inputs)
+    if source in ("empathetic_dialogues", "hf:empathetic_dialogues"):
+        return load_empathetic_dialogues()
+    return load_file(source)

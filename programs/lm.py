@@ -1,0 +1,286 @@
+"""One function from a model spec string to a `dspy.LM`.
+
+    openai/gpt-4o-mini, ollama_chat/qwen2.5, hosted_vllm/... -> LiteLLM / DSPy's own engines, unchanged
+    local/<embedded name>                                   -> the bundled GGUF, in-process through llama.cpp
+    local/<path to .gguf>                                    -> llama.cpp
+    local/<path to a Hugging Face folder> or local/<hub id>  -> transformers
+
+In-process models use DSPy 3.4's engine contract (`complete(Request) -> Response`), so DSPy's cache, retries,
+callbacks and history work for them exactly as for a hosted model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import dspy  # noqa: E402
+from dspy.lm15 import Message, Request, Response, TextPart, TokenLogprob, TopLogprob, Usage  # noqa: E402
+
+from programs import models  # noqa: E402
+
+LOCAL_PREFIX = "local/"
+
+
+class ModelSpecError(Exception):
+    """A model spec that cannot be resolved: one line for the user."""
+
+
+def _messages(request: Request) -> list[dict[str, str]]:
+    """Chat messages for a local chat template (text parts only: local models here are text-only)."""
+    out = []
+    if request.system:
+        system = request.system if isinstance(request.system, str) else "".join(getattr(p, "text", "") for p in request.system)
+        out.append({"role": "system", "content": system})
+    for message in request.messages:
+        role = "system" if message.role == "developer" else message.role
+        out.append({"role": role, "content": "".join(p.text for p in message.parts if isinstance(p, TextPart))})
+    return out
+
+
+def _fingerprint(messages: list[dict], config: Any) -> str:
+    return hashlib.sha256(json.dumps([messages, repr(config)], sort_keys=True).encode()).hexdigest()
+
+
+class _SeedSchedule:
+    """DSPy asks an engine once per candidate with the same request (n > 1): give each its own seed, reproducibly."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def next(self, key: str, base: int) -> int:
+        with self._lock:
+            k = self._seen.get(key, 0)
+            self._seen[key] = k + 1
+        return base + k
+
+
+def _response(model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int,
+              logprobs: list[TokenLogprob] | None) -> Response:
+    return Response(
+        id=None, model=model, message=Message.assistant(text),
+        finish_reason="length" if finish == "length" else "stop",
+        usage=Usage(input_tokens=prompt_tokens, output_tokens=completion_tokens),
+        logprobs=tuple(logprobs) if logprobs else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# llama.cpp (GGUF)
+# ---------------------------------------------------------------------------------------------------------------
+
+_LLAMAS: dict[tuple, Any] = {}
+_LLAMAS_LOCK = threading.Lock()
+
+
+def load_llama(path: str, *, n_ctx: int = 2048, logits_all: bool = False, n_threads: int | None = None):
+    """One llama.cpp instance per (file, context, logits) in the process, shared by every engine that asks."""
+    key = (str(path), n_ctx, logits_all, n_threads)
+    with _LLAMAS_LOCK:
+        if key not in _LLAMAS:
+            from llama_cpp import Llama
+
+            llama = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, n_threads=n_threads,
+                          n_batch=512, verbose=False, seed=0)
+            _LLAMAS[key] = (llama, threading.Lock())
+        return _LLAMAS[key]
+
+
+class LlamaCppEngine:
+    """DSPy engine over llama-cpp-python. Log-probabilities need `logits_all`, so a separate instance serves them."""
+
+    def __init__(self, model_path: str, *, n_ctx: int = 2048, n_threads: int | None = None, name: str | None = None):
+        self.model_path = str(model_path)
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.name = name or Path(model_path).stem
+        self._seeds = _SeedSchedule()
+
+    def complete(self, request: Request) -> Response:
+        cfg = request.config
+        messages = _messages(request)
+        want_logprobs = cfg.logprobs is not None
+        llama, lock = load_llama(self.model_path, n_ctx=self.n_ctx, logits_all=want_logprobs, n_threads=self.n_threads)
+        seed = self._seeds.next(_fingerprint(messages, cfg), cfg.seed if cfg.seed is not None else 0)
+        kwargs: dict[str, Any] = dict(
+            messages=messages,
+            temperature=cfg.temperature if cfg.temperature is not None else 0.0,
+            top_p=cfg.top_p if cfg.top_p is not None else 1.0,
+            top_k=cfg.top_k if cfg.top_k is not None else 0,
+            min_p=0.0,
+            max_tokens=cfg.max_tokens or 512,
+            stop=list(cfg.stop) or None,
+            seed=seed,
+            repeat_penalty=1.0,
+        )
+        if want_logprobs:
+            kwargs.update(logprobs=True, top_logprobs=max(1, min(cfg.logprobs or 1, 20)))
+        with lock:
+            out = llama.create_chat_completion(**kwargs)
+        choice = out["choices"][0]
+        usage = out.get("usage") or {}
+        return _response(request.model, choice["message"].get("content") or "", choice.get("finish_reason") or "stop",
+                         usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
+                         _openai_logprobs(choice.get("logprobs")) if want_logprobs else None)
+
+    def dump_state(self) -> dict:
+        return {"model_path": self.model_path, "n_ctx": self.n_ctx, "n_threads": self.n_threads, "name": self.name}
+
+    @classmethod
+    def load_state(cls, state: dict) -> LlamaCppEngine:
+        return cls(**state)
+
+
+def _openai_logprobs(payload: dict | None) -> list[TokenLogprob] | None:
+    if not payload or not payload.get("content"):
+        return None
+    return [
+        TokenLogprob(token=t["token"], logprob=float(t["logprob"]),
+                     top=tuple(TopLogprob(token=a["token"], logprob=float(a["logprob"])) for a in t.get("top_logprobs") or ()))
+        for t in payload["content"]
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# transformers (Hugging Face folders, the distilled student, hub ids when online)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class TransformersEngine:
+    """DSPy engine over a transformers causal or seq2seq model (chat template when the tokenizer has one)."""
+
+    def __init__(self, model_path: str, *, name: str | None = None):
+        self.model_path = str(model_path)
+        self.name = name or Path(model_path).name
+        self._loaded = None
+        self._lock = threading.Lock()
+        self._seeds = _SeedSchedule()
+
+    def _load(self):
+        if self._loaded is None:
+            from finetune.student import load_student
+
+            self._loaded = load_student(self.model_path)
+        return self._loaded
+
+    def complete(self, request: Request) -> Response:
+        import torch
+
+        cfg = request.config
+        messages = _messages(request)
+        with self._lock:
+            model, tok = self._load()
+            if model.config.is_encoder_decoder or not getattr(tok, "chat_template", None):
+                prompt = "\n\n".join(m["content"] for m in messages)
+            else:
+                prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            enc = tok(prompt, return_tensors="pt", add_special_tokens=model.config.is_encoder_decoder)
+            temperature = cfg.temperature if cfg.temperature is not None else 0.0
+            seed = self._seeds.next(_fingerprint(messages, cfg), cfg.seed if cfg.seed is not None else 0)
+            torch.manual_seed(seed)
+            gen = dict(max_new_tokens=cfg.max_tokens or 256, do_sample=temperature > 0, return_dict_in_generate=True,
+                       output_scores=cfg.logprobs is not None, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+            if temperature > 0:
+                gen.update(temperature=temperature, top_p=cfg.top_p if cfg.top_p is not None else 1.0)
+            with torch.inference_mode():
+                out = model.generate(**enc, **gen)
+            # Generated tokens only; scores[i] is the distribution that produced new[i].
+            start = 1 if model.config.is_encoder_decoder else enc["input_ids"].shape[1]
+            new = [int(t) for t in out.sequences[0, start:]]
+            ids = [t for t in new if t not in (tok.pad_token_id, tok.eos_token_id)]
+            text = tok.decode(ids, skip_special_tokens=True)
+            for stop in cfg.stop:
+                text = text.split(stop)[0]
+            logprobs = None
+            if cfg.logprobs is not None and out.scores:
+                k = max(1, min(cfg.logprobs or 1, 20))
+                logprobs = []
+                for scores, chosen in zip(out.scores, new):
+                    if chosen in (tok.pad_token_id, tok.eos_token_id):
+                        break
+                    lp = torch.log_softmax(scores[0].float(), dim=-1)
+                    top = torch.topk(lp, k)
+                    logprobs.append(TokenLogprob(token=tok.decode([chosen]), logprob=float(lp[chosen]),
+                                                 top=tuple(TopLogprob(token=tok.decode([int(i)]), logprob=float(v))
+                                                           for v, i in zip(top.values, top.indices))))
+            finish = "length" if len(new) >= gen["max_new_tokens"] else "stop"
+            return _response(request.model, text.strip(), finish, int(enc["input_ids"].shape[1]), len(ids), logprobs)
+
+    def dump_state(self) -> dict:
+        return {"model_path": self.model_path, "name": self.name}
+
+    @classmethod
+    def load_state(cls, state: dict) -> TransformersEngine:
+        return cls(**state)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def local_engine(target: str):
+    """The engine for what follows `local/`: an embedded name, a GGUF file, a model folder, or a hub id."""
+    if models.is_embedded(target):
+        embedded = models.get(target)
+        if embedded.is_folder:
+            raise ModelSpecError(f"{embedded.name} is an embedding model, not a language model")
+        path = models.path(target)
+        if embedded.role == "student":
+            return TransformersEngine(embedded.name, name=embedded.name)
+        return LlamaCppEngine(str(path), name=embedded.name)
+    p = Path(target).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ModelSpecError(f"no GGUF file at {p}")
+        return LlamaCppEngine(str(p))
+    if p.is_dir():
+        if not any((p / f).exists() for f in ("config.json", "adapter_config.json")):
+            raise ModelSpecError(f"{p} is not a Hugging Face model folder (no config.json or adapter_config.json)")
+        return TransformersEngine(str(p))
+    if p.exists() or target.startswith((".", "/", "~")) or target.count("/") != 1:
+        known = ", ".join(models.REGISTRY)
+        raise ModelSpecError(f"unknown local model {target!r}: not an embedded model ({known}), GGUF file or model folder")
+    return TransformersEngine(target)  # a hub id: needs the network or the HF cache
+
+
+def resolve_lm(spec: str, *, temperature: float | None = None, max_tokens: int | None = None,
+               top_p: float | None = None, seed: int | None = None, n: int | None = None,
+               cache: bool = True, num_retries: int = 3, **kwargs: Any) -> dspy.LM:
+    """A `dspy.LM` for a model spec; LiteLLM strings pass through unchanged."""
+    if not spec or not isinstance(spec, str):
+        raise ModelSpecError("empty model spec")
+    settings = {k: v for k, v in dict(top_p=top_p, seed=seed, n=n).items() if v is not None}
+    if spec.startswith(LOCAL_PREFIX):
+        target = spec[len(LOCAL_PREFIX):]
+        if not target:
+            raise ModelSpecError("'local/' needs a model name or path after it")
+        try:
+            engine = local_engine(target)
+        except models.ModelError as e:
+            raise ModelSpecError(str(e)) from e
+        return dspy.LM(spec, engine=engine, temperature=temperature, max_tokens=max_tokens, cache=cache,
+                       num_retries=num_retries, **settings, **kwargs)
+    if "/" not in spec:
+        raise ModelSpecError(f"model spec {spec!r} needs a provider prefix (e.g. openai/{spec}) or local/<name>")
+    return dspy.LM(spec, temperature=temperature, max_tokens=max_tokens, cache=cache, num_retries=num_retries,
+                   **settings, **kwargs)
+
+
+def check_reachable(lm: dspy.LM, timeout: float = 20.0) -> None:
+    """Fail fast with one line when a hosted model cannot be reached (local models load lazily instead)."""
+    if lm.model.startswith(LOCAL_PREFIX):
+        return
+    probe = lm.copy(num_retries=0, max_tokens=1, cache=False)
+    start = time.monotonic()
+    try:
+        probe("ping")
+    except Exception as e:  # noqa: BLE001 - any failure here means "not usable", reported in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelSpecError(f"cannot reach {lm.model} ({time.monotonic() - start:.0f}s): {first[:300]}") from e

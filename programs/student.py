@@ -1,0 +1,26 @@
+"""The student as a DSPy program: one output per input, from any LM spec (the distilled checkpoint included).
+
+Training prompts are built with the same adapter and signature (`training_prompt`), so the fine-tuned student sees
+at inference exactly the messages it was trained on.
+"""
+
+from __future__ import annotations
+
+import dspy
+
+from programs.adapter import LabeledAdapter
+from programs.tasks import Task, student_signature
+
+
+def training_prompt(task: Task, text: str) -> list[dict[str, str]]:
+    """The chat messages DSPy sends the student for `text`: the prompt half of an SFT pair."""
+    return LabeledAdapter().format(student_signature(task), demos=[], inputs={"text": text})
+
+
+class Student(dspy.Module):
+    def __init__(self, task: Task):
+        super().__init__()
+        self.rewrite = dspy.Predict(student_signature(task))
+
+    def forward(self, text: str) -> dspy.Prediction:
+        return self.rewrite(text=text)

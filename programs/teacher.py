@@ -1,0 +1,35 @@
+"""The teacher: a literal input -> N candidate outputs in one call (the paper: N = 3, temperature 0.8)."""
+
+from __future__ import annotations
+
+import re
+
+import dspy
+
+from programs.tasks import Task
+
+_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+(.*\S)\s*$")
+
+
+def parse_numbered(text: str, n: int) -> list[str]:
+    """Items of a numbered (or bulleted) list; a lone unnumbered answer counts as one item."""
+    items = [m.group(1).strip().strip('"').strip() for line in (text or "").splitlines() if (m := _ITEM.match(line))]
+    if not items and text and text.strip():
+        items = [text.strip().strip('"')]
+    seen, unique = set(), []
+    for item in items:
+        if item and item.lower() not in seen:
+            seen.add(item.lower())
+            unique.append(item)
+    return unique[:n]
+
+
+class Teacher(dspy.Module):
+    def __init__(self, task: Task, n: int = 3):
+        super().__init__()
+        self.n = n
+        self.generate = dspy.Predict(task.teacher_signature(n))
+
+    def forward(self, text: str) -> dspy.Prediction:
+        pred = self.generate(text=text)
+        return dspy.Prediction(candidates=parse_numbered(pred.paraphrases, self.n), raw=pred.paraphrases)

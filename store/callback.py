@@ -1,0 +1,206 @@
+"""Record every DSPy LM and module call in the store, and serve DSPy's response cache from it.
+
+Two DSPy extension points, used as DSPy means them: a `BaseCallback` sees each call start and end, and `dspy.cache`
+(DSPy's response cache) is replaced by `StoreCache`, so a rerun finds its answers in the same DuckDB file that
+holds the traces — "cached in the store" — and the callback knows which calls were cache hits and what they used.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import dspy
+from dspy.clients.cache import Cache
+from dspy.utils.callback import BaseCallback
+
+from store.db import Store, to_json
+
+_run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("run_id", default=None)
+_stage: contextvars.ContextVar[str | None] = contextvars.ContextVar("stage", default=None)
+_module_stack: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("module_stack", default=())
+_last_lookup = threading.local()  # what StoreCache saw for this thread's current LM call
+_last_call = threading.local()  # id of this thread's latest finished LM call, to link candidates and judgments
+
+
+@contextmanager
+def trace_context(*, run_id: str | None = None, stage: str | None = None):
+    """Label the LM and module calls made inside: which run, which stage."""
+    tokens = []
+    if run_id is not None:
+        tokens.append((_run_id, _run_id.set(run_id)))
+    if stage is not None:
+        tokens.append((_stage, _stage.set(stage)))
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+def current_run_id() -> str | None:
+    return _run_id.get()
+
+
+def last_lm_call_id() -> str | None:
+    """The call id of the LM call this thread finished last (the row in `lm_calls` that produced an output)."""
+    return getattr(_last_call, "value", None)
+
+
+class StoreCache(Cache):
+    """DSPy's response cache, kept in the store's `lm_cache` table (memory in front, DuckDB behind)."""
+
+    def __init__(self, store: Store):
+        super().__init__(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=None)
+        self.store = store
+        import json
+
+        for row in store.query("SELECT cache_key, record FROM lm_cache"):
+            self.memory_cache[row["cache_key"]] = json.loads(row["record"])
+
+    def get(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None = None) -> Any:
+        key = self._key(request, ignored_args_for_cache_key)
+        record = super().get(request, ignored_args_for_cache_key)
+        _last_lookup.value = {"key": key, "hit": record is not None, "record": record}
+        return record
+
+    def put(self, request: dict[str, Any], value: Any, ignored_args_for_cache_key: list[str] | None = None,
+            enable_memory_cache: bool = True) -> None:
+        key = self._key(request, ignored_args_for_cache_key)
+        _last_lookup.value = {"key": key, "hit": False, "record": value}
+        if not isinstance(value, dict):  # LiteLLM compatibility-path objects: cached in memory only
+            return super().put(request, value, ignored_args_for_cache_key, enable_memory_cache)
+        with self._lock:
+            self.memory_cache[key] = value
+        self.store.add("lm_cache", {"cache_key": key, "record": to_json(value), "created_at": datetime.now()})
+
+    def _key(self, request, ignored):
+        try:
+            return self.cache_key(request, ignored)
+        except Exception:
+            return None
+
+
+def _messages(inputs: dict[str, Any]) -> Any:
+    request = inputs.get("request") or (inputs.get("prompt") if not isinstance(inputs.get("prompt"), str) else None)
+    if request is not None and hasattr(request, "messages"):
+        from dspy.clients.lm15_boundary import history_messages
+
+        return history_messages(request)
+    if inputs.get("messages") is not None:
+        return inputs["messages"]
+    return [{"role": "user", "content": inputs.get("prompt")}]
+
+
+def _texts(record: dict | None, outputs: Any) -> list[str | None]:
+    if record and isinstance(record, dict) and record.get("outputs") is not None:
+        outputs = record["outputs"]
+    if outputs is None:
+        return []
+    if not isinstance(outputs, list):
+        outputs = [outputs]
+    return [o.get("text") if isinstance(o, dict) else (o if isinstance(o, str) else str(o)) for o in outputs]
+
+
+def _logprobs(record: dict | None) -> list | None:
+    if not record or not isinstance(record, dict):
+        return None
+    found = [o.get("logprobs") for o in record.get("outputs") or [] if isinstance(o, dict) and o.get("logprobs")]
+    return found or None
+
+
+class StoreCallback(BaseCallback):
+    """Writes one `lm_calls` row per LM call and one `module_calls` row per module call, in batches."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._open: dict[str, dict[str, Any]] = {}
+        self.seconds = 0.0  # time spent in this callback: the logging overhead bench/store_ingest.py reports
+
+    def on_module_start(self, call_id, instance, inputs):
+        t0 = time.perf_counter()
+        stack = _module_stack.get()
+        self._open[call_id] = {"t": time.perf_counter(), "module": type(instance).__name__, "inputs": inputs,
+                               "parent": stack[-1] if stack else None, "token": _module_stack.set(stack + (call_id,))}
+        self.seconds += time.perf_counter() - t0
+
+    def on_module_end(self, call_id, outputs, exception=None):
+        t0 = time.perf_counter()
+        start = self._open.pop(call_id, None)
+        if start is None:
+            return
+        try:
+            _module_stack.reset(start["token"])
+        except ValueError:  # ended in another context (threads): the stack there is already right
+            pass
+        self.store.add("module_calls", {
+            "call_id": call_id, "run_id": _run_id.get(), "stage": _stage.get(), "parent_call_id": start["parent"],
+            "module": start["module"], "inputs": to_json(_plain(start["inputs"])), "outputs": to_json(_plain(outputs)),
+            "error": _error(exception), "latency_s": time.perf_counter() - start["t"], "created_at": datetime.now(),
+        })
+        self.seconds += time.perf_counter() - t0
+
+    def on_lm_start(self, call_id, instance, inputs):
+        t0 = time.perf_counter()
+        _last_lookup.value = None
+        stack = _module_stack.get()
+        self._open[call_id] = {"t": time.perf_counter(), "model": getattr(instance, "model", type(instance).__name__),
+                               "inputs": inputs, "module": stack[-1] if stack else None,
+                               "lm_kwargs": dict(getattr(instance, "kwargs", {}) or {})}
+        self.seconds += time.perf_counter() - t0
+
+    def on_lm_end(self, call_id, outputs, exception=None):
+        t0 = time.perf_counter()
+        start = self._open.pop(call_id, None)
+        if start is None:
+            return
+        latency = time.perf_counter() - start["t"]
+        _last_call.value = call_id
+        seen = getattr(_last_lookup, "value", None) or {}
+        record = seen.get("record") if isinstance(seen.get("record"), dict) else None
+        usage = (record or {}).get("usage") or {}
+        inputs = start["inputs"]
+        kwargs = {**start["lm_kwargs"], **{k: v for k, v in inputs.items() if k not in ("prompt", "messages", "request")}}
+        self.store.add("lm_calls", {
+            "call_id": call_id, "run_id": _run_id.get(), "stage": _stage.get(), "module_call_id": start["module"],
+            "cache_key": seen.get("key"), "model": start["model"], "messages": to_json(_plain(_messages(inputs))),
+            "kwargs": to_json(_plain(kwargs)), "response": to_json(_texts(record, outputs)),
+            "logprobs": to_json(_logprobs(record)),
+            "prompt_tokens": None if seen.get("hit") else usage.get("prompt_tokens"),
+            "completion_tokens": None if seen.get("hit") else usage.get("completion_tokens"),
+            "latency_s": latency, "cost": None if seen.get("hit") else (record or {}).get("cost"),
+            "cache_hit": bool(seen.get("hit")), "error": _error(exception), "created_at": datetime.now(),
+        })
+        self.seconds += time.perf_counter() - t0
+
+
+def _error(exception: BaseException | None) -> str | None:
+    return None if exception is None else f"{type(exception).__name__}: {exception}"[:2000]
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able view of DSPy objects (Predictions, Examples, Requests) for the JSON columns."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if k not in ("self", "lm")}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "toDict"):
+        return _plain(value.toDict())
+    if hasattr(value, "items") and callable(value.items):
+        return _plain(dict(value.items()))
+    return str(value)
+
+
+def install(store: Store) -> StoreCallback:
+    """Route DSPy's cache and callbacks through the store for this process."""
+    callback = StoreCallback(store)
+    dspy.cache = StoreCache(store)
+    existing = [c for c in (dspy.settings.callbacks or []) if not isinstance(c, StoreCallback)]
+    dspy.configure(callbacks=existing + [callback])
+    return callback

@@ -1,0 +1,233 @@
+"""The DuckDB trace store: one file, short-lived connections, batched idempotent writes.
+
+DuckDB lets one process write a file at a time and a writer's open connection locks out every other process, readers
+included. So nothing here holds a connection: each flush and each query opens the file, does its work in one
+transaction and closes it, retrying while another process holds the lock. That is what lets
+`python -m store query` read a file that a pipeline is writing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from store.migrations import migrate
+from store.redact import redact
+
+DEFAULT_DB = "traces.duckdb"
+
+
+class StoreError(Exception):
+    """A user-facing store problem: one line, no traceback."""
+
+
+class ReadOnlyError(StoreError):
+    pass
+
+
+def default_path() -> str:
+    return os.environ.get("CRITIC_DISTILL_DB") or DEFAULT_DB
+
+
+def stable_id(*parts: Any) -> str:
+    """A short content hash: the same inputs give the same id on every rerun, so inserts are idempotent."""
+    text = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def to_json(value: Any) -> str | None:
+    """JSON text for a JSON column, with secrets removed (nothing secret ever reaches the file)."""
+    if value is None:
+        return None
+    return json.dumps(redact(value), default=str, ensure_ascii=False)
+
+
+_WRITE = re.compile(
+    r"^\s*(insert|update|delete|create|drop|alter|copy|attach|detach|install|load|pragma|set|call|checkpoint|"
+    r"vacuum|truncate|merge|export|import|begin|commit|rollback|use)\b",
+    re.IGNORECASE,
+)
+
+
+_READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN,
+                    duckdb.StatementType.MULTI}  # MULTI: PIVOT, which DuckDB expands into several statements
+
+
+def _refuse_writes(sql: str) -> None:
+    """Refuse every statement that is not a read, including ones after the first (`SELECT 1; COPY ... TO 'f'`):
+    a read-only connection stops writes to the store, but not COPY TO, EXPORT, ATTACH, SET or INSTALL."""
+    refusal = "the store is read-only here: only SELECT, WITH, DESCRIBE, SHOW, EXPLAIN and SUMMARIZE run"
+    if _WRITE.match(sql):
+        raise ReadOnlyError(refusal)
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise StoreError(str(exc).splitlines()[0]) from exc
+    if not statements:
+        raise StoreError("no SQL statement given")
+    for statement in statements:
+        body = re.sub(r"^\s*explain(\s+analyze)?\b", "", statement.query, flags=re.IGNORECASE)
+        if statement.type not in _READ_STATEMENTS or _WRITE.match(body):
+            raise ReadOnlyError(refusal)
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text or "being used by another process" in text or "conflicting" in text
+
+
+class Store:
+    """A DuckDB trace file. Cheap to create; holds no open connection between operations."""
+
+    def __init__(self, path: str | os.PathLike | None = None, *, lock_timeout: float = 60.0,
+                 batch_rows: int = 2000, flush_seconds: float = 5.0, create: bool = True):
+        self.path = str(path or default_path())
+        self.lock_timeout = lock_timeout
+        self.batch_rows = batch_rows
+        self.flush_seconds = flush_seconds
+        self._buffers: dict[str, list[dict]] = {}
+        self._buffered = 0
+        self._last_flush = time.monotonic()
+        self._lock = threading.RLock()
+        self._columns: dict[str, list[str]] = {}
+        if not self.path.startswith("md:") and not Path(self.path).exists() and not create:
+            raise StoreError(f"no store at {self.path} (run the pipeline first, or pass --db PATH)")
+        if create:
+            if not self.path.startswith("md:"):
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            with self.connect() as con:
+                migrate(con)
+
+    # -- connections -------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open the file for one unit of work, waiting while another process holds it."""
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.02
+        while True:
+            try:
+                con = duckdb.connect(self.path, read_only=read_only)
+                break
+            except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                if not _is_lock_error(exc) or time.monotonic() > deadline:
+                    if _is_lock_error(exc):
+                        raise StoreError(f"{self.path} stayed locked by another process for {self.lock_timeout:.0f}s") from exc
+                    raise StoreError(f"cannot open {self.path}: {exc}") from exc
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.5)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    # -- reads -------------------------------------------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] | None = None, *, read_only: bool = True) -> list[dict]:
+        """Rows as dicts. Read-only unless asked: a write statement is refused before it reaches DuckDB."""
+        if read_only:
+            _refuse_writes(sql)
+        self.flush()
+        with self.connect(read_only=read_only) as con:
+            try:
+                cur = con.execute(sql, params or [])
+            except duckdb.Error as exc:
+                if read_only and "read-only" in str(exc).lower():
+                    raise ReadOnlyError(f"the store is read-only here: {str(exc).splitlines()[0]}") from exc
+                raise StoreError(str(exc).splitlines()[0]) from exc
+            if cur.description is None:
+                return []
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        rows = self.query(sql, params)
+        return next(iter(rows[0].values())) if rows else None
+
+    def tables(self) -> list[tuple[str, str, int]]:
+        """(name, kind, rows) for every table and view, migrations bookkeeping excluded."""
+        with self.connect(read_only=True) as con:
+            objs = con.execute(
+                "SELECT table_name, table_type FROM information_schema.tables "
+                "WHERE table_schema = 'main' AND table_name NOT LIKE '\\_%' ESCAPE '\\' ORDER BY table_type, table_name"
+            ).fetchall()
+            out = []
+            for name, kind in objs:
+                n = con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
+                out.append((name, "view" if kind == "VIEW" else "table", n))
+        return out
+
+    # -- writes ------------------------------------------------------------------------------------------------
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        """One write statement in its own transaction (pipeline code only; never user SQL)."""
+        self.flush()
+        with self.connect() as con:
+            con.execute(sql, params or [])
+
+    def insert(self, table: str, rows: list[dict], *, replace: bool = False) -> None:
+        """Insert rows now, in one transaction; rows whose id exists are skipped (or replaced)."""
+        if rows:
+            with self.connect() as con:
+                self._insert(con, table, rows, replace)
+
+    def add(self, table: str, row: dict) -> None:
+        """Buffer a row; buffers go to disk in batches, by count or age, and on flush()."""
+        with self._lock:
+            self._buffers.setdefault(table, []).append(row)
+            self._buffered += 1
+            due = self._buffered >= self.batch_rows or time.monotonic() - self._last_flush > self.flush_seconds
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            buffers, self._buffers, self._buffered = self._buffers, {}, 0
+            self._last_flush = time.monotonic()
+            if not any(buffers.values()):
+                return
+            with self.connect() as con:
+                con.execute("BEGIN TRANSACTION")
+                for table, rows in buffers.items():
+                    self._insert(con, table, rows, False)
+                con.execute("COMMIT")
+
+    def _table_columns(self, con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+        if table not in self._columns:
+            self._columns[table] = [r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall()]
+        return self._columns[table]
+
+    def _insert(self, con: duckdb.DuckDBPyConnection, table: str, rows: list[dict], replace: bool) -> None:
+        columns = self._table_columns(con, table)
+        unknown = set().union(*(r.keys() for r in rows)) - set(columns)
+        if unknown:
+            raise StoreError(f"table {table} has no column(s) {sorted(unknown)}")
+        present = [c for c in columns if any(c in r for r in rows)]
+        batch = pa.table({c: [r.get(c) for r in rows] for c in present})
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        con.register("_batch", batch)
+        try:
+            cols = ", ".join(f'"{c}"' for c in present)
+            con.execute(f'{verb} INTO "{table}" ({cols}) SELECT {cols} FROM _batch')
+        finally:
+            con.unregister("_batch")
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,202 @@
+"""Numbered schema migrations, each recorded in `_migrations` once applied (the simonw/llm habit).
+
+Append a new function to MIGRATIONS to change the schema; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import duckdb
+
+
+def m001_initial(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """
+        CREATE TABLE runs (
+            run_id VARCHAR PRIMARY KEY,        -- stable: hash of the command's effective config
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP,
+            status VARCHAR,                    -- running | finished | failed | interrupted
+            command VARCHAR,
+            profile VARCHAR,
+            config JSON,
+            code_version VARCHAR
+        );
+        CREATE TABLE lm_calls (
+            call_id VARCHAR PRIMARY KEY,       -- DSPy's callback call id
+            run_id VARCHAR,
+            stage VARCHAR,
+            module_call_id VARCHAR,            -- innermost module call that made it
+            cache_key VARCHAR,                 -- sha256 of model + request: the store's LM cache key
+            model VARCHAR,
+            messages JSON,
+            kwargs JSON,                       -- sampling settings; secrets are removed before writing
+            response JSON,                     -- list of output texts
+            logprobs JSON,                     -- per output: [{token, logprob, top: {token: logprob}}]
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            latency_s DOUBLE,
+            cost DOUBLE,
+            cache_hit BOOLEAN,
+            error VARCHAR,
+            created_at TIMESTAMP
+        );
+        CREATE INDEX lm_calls_cache_key ON lm_calls(cache_key);
+        CREATE TABLE lm_cache (                -- DSPy's response cache, kept here (store/callback.py)
+            cache_key VARCHAR PRIMARY KEY,
+            record JSON,
+            created_at TIMESTAMP
+        );
+        CREATE TABLE module_calls (
+            call_id VARCHAR PRIMARY KEY,
+            run_id VARCHAR,
+            stage VARCHAR,
+            parent_call_id VARCHAR,
+            module VARCHAR,
+            inputs JSON,
+            outputs JSON,
+            error VARCHAR,
+            latency_s DOUBLE,
+            created_at TIMESTAMP
+        );
+        CREATE TABLE inputs (
+            input_id VARCHAR PRIMARY KEY,      -- hash of task + text
+            task VARCHAR,
+            text VARCHAR,
+            split VARCHAR,                     -- train | dev | test | ood | other
+            source VARCHAR,
+            created_at TIMESTAMP
+        );
+        CREATE TABLE candidates (
+            candidate_id VARCHAR PRIMARY KEY,  -- hash of input, role, producer, rank
+            input_id VARCHAR,
+            role VARCHAR,                      -- teacher | student
+            producer VARCHAR,                  -- model spec or checkpoint id
+            rank INTEGER,                      -- position in the producer's list (0-based)
+            text VARCHAR,
+            lm_call_id VARCHAR,                -- the LM call that wrote it (NULL for local student generation)
+            run_id VARCHAR,
+            created_at TIMESTAMP
+        );
+        CREATE TABLE judgments (
+            judgment_id VARCHAR PRIMARY KEY,   -- hash of judge, input, first, second
+            input_id VARCHAR,
+            judge VARCHAR,                     -- model spec
+            first_id VARCHAR,                  -- candidate shown as paraphrase 1
+            second_id VARCHAR,                 -- candidate shown as paraphrase 2
+            choice INTEGER,                    -- 1 | 2 | NULL when unparsable
+            p_first DOUBLE,                    -- P(paraphrase 1 is better) in this order
+            source VARCHAR,                    -- logprobs | parsed
+            reason VARCHAR,
+            purpose VARCHAR,                   -- eval | feedback | audit
+            lm_call_id VARCHAR,
+            run_id VARCHAR,
+            created_at TIMESTAMP
+        );
+        CREATE TABLE datasets (
+            dataset_id VARCHAR PRIMARY KEY,    -- hash of name + sql + row content
+            name VARCHAR,
+            sql VARCHAR,
+            n_rows INTEGER,
+            rows JSON,
+            run_id VARCHAR,
+            created_at TIMESTAMP
+        );
+        CREATE TABLE training_runs (
+            training_id VARCHAR PRIMARY KEY,   -- hash of config + dataset
+            run_id VARCHAR,
+            objective VARCHAR,                 -- ft (imitation) | sd | brio | dpo | brio-dpo
+            base_model VARCHAR,
+            dataset_id VARCHAR,
+            config JSON,
+            status VARCHAR,
+            metrics JSON,                      -- log history: loss per step
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP
+        );
+        CREATE TABLE checkpoints (
+            checkpoint_id VARCHAR PRIMARY KEY,
+            training_id VARCHAR,
+            path VARCHAR,
+            step INTEGER,
+            merged BOOLEAN,
+            created_at TIMESTAMP
+        );
+        CREATE TABLE evaluations (
+            evaluation_id VARCHAR PRIMARY KEY,
+            run_id VARCHAR,
+            checkpoint_id VARCHAR,
+            student VARCHAR,
+            reference VARCHAR,                 -- what the student is compared with (teacher spec)
+            judge VARCHAR,
+            split VARCHAR,
+            n INTEGER,
+            wtr_prob DOUBLE,                   -- mean debiased P(student >= reference): the paper's WTR
+            wtr_prob_lo DOUBLE,
+            wtr_prob_hi DOUBLE,
+            wtr_decision DOUBLE,               -- share of items where the debiased P favours the student
+            wtr_decision_lo DOUBLE,
+            wtr_decision_hi DOUBLE,
+            details JSON,
+            created_at TIMESTAMP
+        );
+        """
+    )
+
+
+def m002_views(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """
+        CREATE VIEW teacher_pairs AS
+            SELECT i.input_id, i.text AS input, c.text AS output, c.producer AS teacher, c.rank, i.split
+            FROM candidates c JOIN inputs i USING (input_id)
+            WHERE c.role = 'teacher';
+        CREATE VIEW judgment_orders AS
+            SELECT a.input_id, a.judge, a.first_id AS a_id, a.second_id AS b_id,
+                   a.p_first AS p_a_first, 1 - b.p_first AS p_a_second,
+                   (a.p_first + (1 - b.p_first)) / 2 AS p_a,
+                   (a.choice = 1) <> (b.choice = 2) AS position_flip
+            FROM judgments a JOIN judgments b
+              ON a.input_id = b.input_id AND a.judge = b.judge
+             AND a.first_id = b.second_id AND a.second_id = b.first_id
+            WHERE a.first_id < a.second_id;
+        CREATE VIEW win_rates AS
+            SELECT e.created_at, e.student, e.reference, e.judge, e.split, e.n,
+                   e.wtr_prob, e.wtr_prob_lo, e.wtr_prob_hi, e.wtr_decision, e.wtr_decision_lo, e.wtr_decision_hi,
+                   t.objective
+            FROM evaluations e
+            LEFT JOIN checkpoints k USING (checkpoint_id)
+            LEFT JOIN training_runs t USING (training_id);
+        CREATE VIEW cost_per_stage AS
+            SELECT run_id, stage, model, count(*) AS calls,
+                   count(*) FILTER (WHERE cache_hit) AS cache_hits,
+                   count(*) FILTER (WHERE error IS NOT NULL) AS errors,
+                   sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
+                   round(sum(latency_s), 2) AS latency_s, sum(cost) AS cost
+            FROM lm_calls GROUP BY ALL;
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_views]
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply the migrations this file has not seen yet, each in its own transaction."""
+    con.execute("CREATE TABLE IF NOT EXISTS _migrations (version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP)")
+    done = {row[0] for row in con.execute("SELECT version FROM _migrations").fetchall()}
+    applied = []
+    for version, fn in enumerate(MIGRATIONS, start=1):
+        if version in done:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            fn(con)
+            con.execute("INSERT INTO _migrations VALUES (?, ?, now())", [version, fn.__name__])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(fn.__name__)
+    return applied
