@@ -9,7 +9,8 @@ fine-tuning on request. The steps, in order:
 3. load the student and build the dataset;
 4. train, resuming from the last Trainer checkpoint in `output_dir` if a previous attempt crashed;
 5. save the final model (`output_dir/final`; LoRA: adapter + tokenizer, and with `merge_lora` a full model in
-   `output_dir/merged`), then the `train_result.json` marker, last and atomically;
+   `output_dir/merged`), then the `train_result.json` marker, last and atomically; the Trainer checkpoints, kept
+   only for crash recovery (they carry the optimizer state), are removed after it;
 6. record the result (`training_runs` finished with the log history, one `checkpoints` row).
 """
 
@@ -19,13 +20,17 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 from transformers import TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_utils import get_last_checkpoint
 
 from finetune.student import DEFAULT_STUDENT, is_seq2seq, load_student, user_message
 from store.db import Store, stable_id, to_json
@@ -85,6 +90,12 @@ def training_id_for(config: ImitationConfig, dataset_key: str | None) -> str:
 
 
 # -- data ------------------------------------------------------------------------------------------------------------
+
+
+def _dataset_key(pairs: list[dict], dataset_id: str | None) -> str:
+    if dataset_id is not None:
+        return dataset_id
+    return stable_id([[p.get("input"), p.get("output")] for p in pairs])
 
 
 def _check_pairs(pairs: list[dict]) -> None:
@@ -351,6 +362,12 @@ def train_imitation(
     if marker.exists():
         recorded = json.loads(marker.read_text())
         result = TrainResult(**recorded["result"])
+        if pairs and training_id_for(config, _dataset_key(pairs, dataset_id)) != result.training_id:
+            warnings.warn(
+                f"{output_dir} holds a finished run with another config or dataset (training id {result.training_id}); "
+                "returning it unchanged. Use a new output_dir to train this one.",
+                stacklevel=2,
+            )
         if store is not None:  # a run first made without a store, or into another store
             times = [datetime.fromisoformat(recorded[k]) if recorded.get(k) else None for k in ("started_at", "finished_at")]
             _record_finished(store, result, config, run_id, dataset_id, bool(recorded.get("merged")), *times,
@@ -358,8 +375,7 @@ def train_imitation(
         return result
 
     _check_pairs(pairs)
-    dataset_key = dataset_id if dataset_id is not None else stable_id([[p["input"], p["output"]] for p in pairs])
-    training_id = training_id_for(config, dataset_key)
+    training_id = training_id_for(config, _dataset_key(pairs, dataset_id))
     started_at = datetime.now()
 
     # 2. Record the run as running.
@@ -380,8 +396,6 @@ def train_imitation(
         output_dir.mkdir(parents=True, exist_ok=True)
         callbacks = [RichProgress(f"imitate {Path(config.base_model).name}")] if progress else []
         build = _seq2seq_trainer if is_seq2seq(model) else _causal_trainer
-        import datasets
-
         bars_were_disabled = datasets.are_progress_bars_disabled()
         datasets.disable_progress_bars()
         try:
@@ -389,9 +403,15 @@ def train_imitation(
         finally:
             if not bars_were_disabled:
                 datasets.enable_progress_bars()
-        from transformers.trainer_callback import PrinterCallback
-        from transformers.trainer_utils import get_last_checkpoint
-
+        kept = len(trainer.train_dataset)
+        if kept == 0:
+            raise ImitationError(f"every pair's completion falls beyond max_length={config.max_length}: raise max_length")
+        if kept < len(pairs):
+            warnings.warn(
+                f"{len(pairs) - kept} of {len(pairs)} pairs had their whole completion cut by "
+                f"max_length={config.max_length} and were dropped",
+                stacklevel=2,
+            )
         trainer.remove_callback(PrinterCallback)  # the log history goes to the store, not to stdout
         last = get_last_checkpoint(str(output_dir))
         t0 = time.monotonic()

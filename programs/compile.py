@@ -21,6 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from programs.config import PROFILES, ConfigError, PipelineConfig, build_config  # noqa: E402
 from programs.inputs import InputError, load_inputs  # noqa: E402
@@ -45,8 +46,8 @@ def _code_version() -> str:
         return "unknown"
 
 
-def select_inputs(store, cfg: PipelineConfig, task) -> dict[str, list[dict]]:
-    """The run's inputs per split, stored once each (input_id = hash of task + text)."""
+def select_inputs(cfg: PipelineConfig, task) -> dict[str, list[dict]]:
+    """The run's inputs per split (input_id = hash of task + text, so a rerun finds the same rows)."""
     from store import stable_id
 
     rows = load_inputs(cfg.inputs, task)
@@ -59,10 +60,13 @@ def select_inputs(store, cfg: PipelineConfig, task) -> dict[str, list[dict]]:
             raise InputError(f"the inputs have no {split!r} rows (add a 'split' column, or more rows)")
         chosen[split] = [{"input_id": stable_id("input", task.name, r["text"]), "text": r["text"], "split": split}
                          for r in items]
+    return chosen
+
+
+def store_inputs(store, cfg: PipelineConfig, task, chosen: dict[str, list[dict]]) -> None:
     source = cfg.inputs if cfg.inputs in ("bundled", "empathetic_dialogues") else str(Path(cfg.inputs).resolve())
     store.insert("inputs", [{**r, "task": task.name, "source": source, "created_at": datetime.now()}
                             for items in chosen.values() for r in items])
-    return chosen
 
 
 def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
@@ -86,6 +90,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
         task = get_task(cfg.task)
     except KeyError as e:
         raise ConfigError(str(e.args[0])) from e
+    chosen = select_inputs(cfg, task)  # bad inputs fail here, before any model is loaded
     teacher_lm = resolve_lm(cfg.teacher, temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p,
                             max_tokens=cfg.teacher_max_tokens, seed=cfg.seed)
     critic_lm = resolve_lm(cfg.critic, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed)
@@ -106,7 +111,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     console.print(f"run {run_id[:12]} · profile {cfg.profile} · store {db} · out {out_dir}")
     try:
         with trace_context(run_id=run_id, stage="inputs"):
-            chosen = select_inputs(store, cfg, task)
+            store_inputs(store, cfg, task, chosen)
         with trace_context(run_id=run_id, stage="teach"):
             teacher = Teacher(task, n=cfg.n_candidates)
             taught = teach(store, teacher, teacher_lm, chosen["train"] + chosen["test"], producer=cfg.teacher,
@@ -186,8 +191,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_libraries() -> None:
+    """Our own progress bars tell the story; the libraries' bars and deprecation chatter would drown them."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="transformers|trl|peft|torch")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    for name in ("LiteLLM", "litellm", "httpx", "dspy"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    _quiet_libraries()
     from programs.lm import ModelSpecError
     from programs.models import ModelError
     from store import Store, StoreError  # noqa: F401
@@ -208,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = build_config(args.profile or "default", args.config, overrides)
         run(cfg, db=args.db or default_path(), out=args.out, command=command)
     except (ConfigError, InputError, ModelSpecError, ModelError, StoreError, ImitationError, StudentError) as e:
-        console.print(f"[red]error:[/] {e}")
-        return EXIT_USAGE if isinstance(e, (ConfigError, InputError, ModelSpecError, ModelError)) else 1
+        console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
+        return EXIT_USAGE if isinstance(e, (ConfigError, InputError, ModelSpecError, ModelError, StudentError)) else 1
     except KeyboardInterrupt:
         console.print("interrupted: rerun the same command to finish (nothing done so far is lost)")
         return 130

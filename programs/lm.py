@@ -124,6 +124,10 @@ class LlamaCppEngine:
         if want_logprobs:
             kwargs.update(logprobs=True, top_logprobs=max(1, min(cfg.logprobs or 1, 20)))
         with lock:
+            if kwargs["temperature"] > 0:
+                # A prompt found in the KV cache is re-evaluated in a different batch split, which moves the logits
+                # slightly and so the sample: evaluate it from scratch so that a seed always gives the same text.
+                llama.reset()
             out = llama.create_chat_completion(**kwargs)
         choice = out["choices"][0]
         usage = out.get("usage") or {}

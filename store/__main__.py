@@ -14,6 +14,7 @@ import argparse
 import csv
 import json
 import sys
+from decimal import Decimal
 from typing import Any
 
 from store.db import ReadOnlyError, Store, StoreError, default_path
@@ -87,7 +88,10 @@ def _print_rows(rows: list[dict], fmt: str) -> None:
 
         table = Table()
         for name in rows[0]:
-            table.add_column(Text(str(name)), overflow="fold", min_width=min(len(str(name)), 12))
+            values = [row[name] for row in rows if row[name] is not None]
+            numeric = bool(values) and all(isinstance(v, (int, float, Decimal)) and not isinstance(v, bool) for v in values)
+            table.add_column(Text(str(name)), overflow="fold", min_width=min(len(str(name)), 12),
+                             justify="right" if numeric else "left")
         for row in rows:
             table.add_row(*(Text(_short(_cell(v))) for v in row.values()))
         _console().print(table)

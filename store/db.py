@@ -84,7 +84,22 @@ def _refuse_writes(sql: str) -> None:
 
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc).lower()
-    return "lock" in text or "being used by another process" in text or "conflicting" in text
+    # "different configuration": this process already has the file open the other way (a read-only query in one
+    # thread while another thread flushes); it clears when that connection closes, like another process's lock
+    return ("lock" in text or "being used by another process" in text or "conflicting" in text
+            or "different configuration" in text)
+
+
+_path_locks: dict[str, threading.RLock] = {}
+_path_locks_guard = threading.Lock()
+
+
+def _path_lock(path: str) -> threading.RLock:
+    """One lock per file in this process: its threads take turns with the file (DuckDB refuses a read-only and a
+    read-write connection to one file in one process at once), while other processes are waited out by retrying."""
+    key = path if path.startswith("md:") else os.path.abspath(path)
+    with _path_locks_guard:
+        return _path_locks.setdefault(key, threading.RLock())
 
 
 class Store:
@@ -113,7 +128,12 @@ class Store:
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """Open the file for one unit of work, waiting while another process holds it."""
+        """Open the file for one unit of work, waiting while another process (or thread) holds it."""
+        with _path_lock(self.path), self._connect(read_only) as con:
+            yield con
+
+    @contextmanager
+    def _connect(self, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.02
         while True:
@@ -197,11 +217,20 @@ class Store:
             self._last_flush = time.monotonic()
             if not any(buffers.values()):
                 return
-            with self.connect() as con:
-                con.execute("BEGIN TRANSACTION")
-                for table, rows in buffers.items():
-                    self._insert(con, table, rows, False)
-                con.execute("COMMIT")
+            opened = False
+            try:
+                with self.connect() as con:
+                    opened = True
+                    con.execute("BEGIN TRANSACTION")
+                    for table, rows in buffers.items():
+                        self._insert(con, table, rows, False)
+                    con.execute("COMMIT")
+            except BaseException:
+                if not opened:  # the file could not be opened: keep the rows for the next flush instead of losing them
+                    for table, rows in buffers.items():
+                        self._buffers[table] = rows + self._buffers.get(table, [])
+                    self._buffered += sum(len(rows) for rows in buffers.values())
+                raise
 
     def _table_columns(self, con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
         if table not in self._columns:

@@ -137,6 +137,20 @@ def test_buffered_add_then_flush(db):
     assert _count(db, "inputs") == 1  # closing the store flushes it
 
 
+def test_flush_keeps_rows_while_the_file_is_held(db):
+    store = Store(db, batch_rows=1000, flush_seconds=3600, lock_timeout=0.3)
+    store.add("inputs", _input(1))
+    holder = duckdb.connect(str(db), read_only=True)  # someone else has the file open (here: outside the Store)
+    try:
+        with pytest.raises(StoreError, match="locked"):
+            store.flush()
+    finally:
+        holder.close()
+    store.add("inputs", _input(2))
+    store.flush()  # the rows of the failed flush were kept, not dropped
+    assert _count(db, "inputs") == 2
+
+
 @pytest.mark.parametrize("sql", [
     "INSERT INTO runs (run_id) VALUES ('x')",
     "insert into runs (run_id) values ('x')",
@@ -277,6 +291,48 @@ def test_cli_reads_while_another_process_writes(db):
     assert len(counts) >= 3
     assert counts == sorted(counts) and counts[-1] > counts[0] >= 200
     assert counts[-1] <= written == _count(db, "lm_calls")
+
+
+def test_threads_read_while_another_thread_flushes(db):
+    """One process, two threads: DuckDB refuses a read-only and a read-write connection to one file at once in a
+    process; the store makes them take turns instead of failing (or dropping the writer's rows)."""
+    import threading
+
+    writer, reader = Store(db, batch_rows=50), Store(db, create=False)
+    stop, errors, reads = threading.Event(), [], []
+
+    def write():
+        i = 0
+        try:
+            while not stop.is_set():
+                writer.add("inputs", _input(i, f"threaded {i}"))
+                i += 1
+            writer.flush()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        reads.append(("written", i))
+
+    def read():
+        while not stop.is_set():
+            try:
+                reads.append(reader.scalar("SELECT count(*) FROM inputs"))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    for t in threads:
+        t.start()
+    start = time.monotonic()
+    while time.monotonic() - start < 1.0 or (len(reads) < 3 and time.monotonic() - start < 20):
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    written = dict(r for r in reads if isinstance(r, tuple))["written"]
+    counts = [r for r in reads if not isinstance(r, tuple)]
+    assert len(counts) >= 2 and counts == sorted(counts)
+    assert _count(db, "inputs") == written > 0
 
 
 # -- DSPy: secrets never stored; the LM cache lives in lm_cache ----------------------------------------------------
