@@ -13,6 +13,7 @@ import dspy
 
 from metrics.winrate import Estimate, win_tie_rate
 from programs.critic import Critic
+from programs.parallel import imap
 from programs.progress import stage_progress
 from programs.student import Student
 from programs.teach import candidate_id
@@ -25,22 +26,25 @@ def judgment_id(judge: str, first_id: str, second_id: str) -> str:
 
 
 def student_outputs(store: Store, student: Student, student_lm: dspy.LM, inputs: list[dict], *, producer: str,
-                    run_id: str) -> dict[str, dict]:
+                    run_id: str, threads: int = 1) -> dict[str, dict]:
     """input_id -> {candidate_id, text} of the student's output, generating only what the store lacks."""
     have = {r["input_id"]: r for r in store.query(
         "SELECT input_id, candidate_id, text FROM candidates WHERE role = 'student' AND producer = ?", [producer])}
     todo = [i for i in inputs if i["input_id"] not in have]
     with stage_progress("generate", total=len(inputs), done=len(inputs) - len(todo)) as advance, \
             dspy.context(lm=student_lm):
-        for item in todo:
+        def one(item: dict) -> tuple[str, str | None]:
             try:
                 text = (student(text=item["text"]).paraphrase or "").strip()
             except Exception:  # noqa: BLE001 - recorded as a failed call; the item is left out of the evaluation
                 text = ""
+            return text, last_lm_call_id()
+
+        for item, (text, call_id) in imap(one, todo, threads):
             if text:
                 cid = candidate_id(item["input_id"], "student", producer, 0)
                 row = {"candidate_id": cid, "input_id": item["input_id"], "role": "student", "producer": producer,
-                       "rank": 0, "text": text, "lm_call_id": last_lm_call_id(), "run_id": run_id,
+                       "rank": 0, "text": text, "lm_call_id": call_id, "run_id": run_id,
                        "created_at": datetime.now()}
                 store.add("candidates", row)
                 have[item["input_id"]] = row
@@ -50,7 +54,7 @@ def student_outputs(store: Store, student: Student, student_lm: dspy.LM, inputs:
 
 
 def judge_pairs(store: Store, critic: Critic, critic_lm: dspy.LM, items: list[dict], *, judge: str, run_id: str,
-                purpose: str) -> dict[str, float | None]:
+                purpose: str, threads: int = 1) -> dict[str, float | None]:
     """items: {input_id, text, a_id, a, b_id, b}. Returns input_id -> debiased P(a >= b); judges only what is missing."""
     wanted = [(it, first, second) for it in items
               for first, second in ((("a_id", "a"), ("b_id", "b")), (("b_id", "b"), ("a_id", "a")))]
@@ -60,8 +64,11 @@ def judge_pairs(store: Store, critic: Critic, critic_lm: dspy.LM, items: list[di
     p_first: dict[str, float | None] = {jid: r["p_first"] for jid, r in have.items()}
     todo = [(w, jid) for w, jid in zip(wanted, ids) if jid not in have]
     with stage_progress("judge", total=len(wanted), done=len(wanted) - len(todo)) as advance, dspy.context(lm=critic_lm):
-        for (it, f, s), jid in todo:
-            j = critic.judge_order(it["text"], it[f[1]], it[s[1]])
+        def one(job):
+            (it, f, s), _ = job
+            return critic.judge_order(it["text"], it[f[1]], it[s[1]])
+
+        for ((it, f, s), jid), j in imap(one, todo, threads):
             store.add("judgments", {
                 "judgment_id": jid, "input_id": it["input_id"], "judge": judge, "first_id": it[f[0]],
                 "second_id": it[s[0]], "choice": j.choice, "p_first": j.p_first, "source": j.source,
@@ -82,17 +89,17 @@ def judge_pairs(store: Store, critic: Critic, critic_lm: dspy.LM, items: list[di
 
 def evaluate(store: Store, *, student: Student, student_lm: dspy.LM, student_name: str, checkpoint_id: str | None,
              critic: Critic, critic_lm: dspy.LM, critic_name: str, inputs: list[dict], teacher_name: str, split: str,
-             run_id: str) -> dict:
+             run_id: str, threads: int = 1) -> dict:
     """WTR of the student vs the teacher's first candidate on `inputs`; stored in `evaluations` and returned."""
     refs = {r["input_id"]: r for r in store.query(
         "SELECT input_id, candidate_id, text FROM candidates WHERE role = 'teacher' AND producer = ? AND rank = 0",
         [teacher_name])}
-    outputs = student_outputs(store, student, student_lm, inputs, producer=student_name, run_id=run_id)
+    outputs = student_outputs(store, student, student_lm, inputs, producer=student_name, run_id=run_id)  # one local model
     items = [{"input_id": i["input_id"], "text": i["text"], "a_id": outputs[i["input_id"]]["candidate_id"],
               "a": outputs[i["input_id"]]["text"], "b_id": refs[i["input_id"]]["candidate_id"],
               "b": refs[i["input_id"]]["text"]}
              for i in inputs if i["input_id"] in outputs and i["input_id"] in refs]
-    p = judge_pairs(store, critic, critic_lm, items, judge=critic_name, run_id=run_id, purpose="eval")
+    p = judge_pairs(store, critic, critic_lm, items, judge=critic_name, run_id=run_id, purpose="eval", threads=threads)
     prob, decision = win_tie_rate([p[it["input_id"]] for it in items])
     ratios = [len(it["a"].split()) / max(1, len(it["text"].split())) for it in items]
     details = {"items": [{"input_id": it["input_id"], "p_student": p[it["input_id"]],

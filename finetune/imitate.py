@@ -128,7 +128,10 @@ def seq2seq_dataset(pairs: list[dict], tokenizer: Any, instruction: str, max_len
     tokenizer does not add one itself."""
     from datasets import Dataset
 
-    inputs = tokenizer([user_message(instruction, p["input"]) for p in pairs], max_length=max_length, truncation=True)
+    # A pair's own prompt messages are flattened the way programs.lm.TransformersEngine flattens them at inference.
+    sources = ["\n\n".join(m["content"] for m in p["prompt"]) if p.get("prompt") else user_message(instruction, p["input"])
+               for p in pairs]
+    inputs = tokenizer(sources, max_length=max_length, truncation=True)
     targets = tokenizer(text_target=[p["output"] for p in pairs], max_length=max_length, truncation=True)
     eos = tokenizer.eos_token_id
     labels = []

@@ -69,6 +69,11 @@ def store_inputs(store, cfg: PipelineConfig, task, chosen: dict[str, list[dict]]
                             for items in chosen.values() for r in items])
 
 
+def _threads(cfg: PipelineConfig, spec: str) -> int:
+    """Hosted models take parallel calls; an in-process model serves one at a time."""
+    return 1 if spec.startswith("local/") else cfg.threads
+
+
 def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     """Run (or finish) the pipeline for `cfg`; returns the evaluation summary."""
     import dspy
@@ -115,7 +120,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
         with trace_context(run_id=run_id, stage="teach"):
             teacher = Teacher(task, n=cfg.n_candidates)
             taught = teach(store, teacher, teacher_lm, chosen["train"] + chosen["test"], producer=cfg.teacher,
-                           run_id=run_id)
+                           run_id=run_id, threads=_threads(cfg, cfg.teacher))
 
         with trace_context(run_id=run_id, stage="imitate"):
             sql = ("SELECT input_id, input, output, rank FROM teacher_pairs "
@@ -142,7 +147,8 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
             result = evaluate(store, student=Student(task), student_lm=student_lm, student_name=trained.checkpoint_id,
                               checkpoint_id=trained.checkpoint_id, critic=Critic(task, max_tokens=cfg.critic_max_tokens),
                               critic_lm=critic_lm, critic_name=cfg.critic, inputs=chosen["test"],
-                              teacher_name=cfg.teacher, split="test", run_id=run_id)
+                              teacher_name=cfg.teacher, split="test", run_id=run_id,
+                              threads=_threads(cfg, cfg.critic))
 
         ratios = result["length_ratios"]
         examples = [{"input": it["text"], "teacher": it["b"], "student": it["a"], "p": p}
@@ -188,6 +194,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--full-finetune", action="store_true", help="train all weights instead of a LoRA adapter")
     p.add_argument("--merge-lora", action="store_true", help="also save the LoRA student merged into its base")
     p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="parallel calls to hosted models (default 4; local models: 1)")
     return p
 
 
@@ -215,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     from store import Store, StoreError  # noqa: F401
 
     overrides = {"limit": args.limit, "inputs": args.inputs, "teacher": args.teacher, "critic": args.critic,
-                 "student": args.student, "epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed}
+                 "student": args.student, "epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed,
+                 "threads": args.threads}
     if args.full_finetune:
         overrides["lora"] = False
     if args.merge_lora:

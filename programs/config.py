@@ -37,7 +37,7 @@ class PipelineConfig:
     learning_rate: float | None = None
     batch_size: int = 8
     max_length: int = 128
-    threads: int = 1  # parallel LM calls for hosted teachers/critics (local models run one at a time)
+    threads: int = 4  # parallel LM calls for hosted teachers/critics (local models run one at a time)
 
     def split_limit(self, split: str) -> int | None:
         base = self.train_inputs if split == "train" else self.test_inputs
@@ -46,8 +46,10 @@ class PipelineConfig:
         return base
 
     def identity(self) -> dict[str, Any]:
-        """What decides the run's results (and so its id): everything but where outputs go."""
-        return asdict(self)
+        """What decides the run's results (and so its id): everything but how fast it gets there."""
+        values = asdict(self)
+        values.pop("threads")
+        return values
 
 
 PROFILES: dict[str, dict[str, Any]] = {

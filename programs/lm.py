@@ -100,7 +100,8 @@ class LlamaCppEngine:
     def __init__(self, model_path: str, *, n_ctx: int = 2048, n_threads: int | None = None, name: str | None = None):
         self.model_path = str(model_path)
         self.n_ctx = n_ctx
-        self.n_threads = n_threads
+        # llama-cpp-python's default is half the cores for generation; this process is the machine's main job
+        self.n_threads = n_threads or os.cpu_count() or 1
         self.name = name or Path(model_path).stem
         self._seeds = _SeedSchedule()
 

@@ -208,7 +208,10 @@ def _cmd_list() -> None:
     for m in REGISTRY.values():
         pkgs = m.packages[0].split("==")[0] + (f" … ({len(m.packages)} parts)" if len(m.packages) > 1 else "")
         table.add_row(m.name, m.role, pkgs, f"{m.size / 1e6:.0f} MB", "yes" if cached_path(m).exists() else "no", m.sha256[:12] + "…")
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # piped or captured: keep each model on one line
+    console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

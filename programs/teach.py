@@ -10,6 +10,7 @@ from datetime import datetime
 
 import dspy
 
+from programs.parallel import imap
 from programs.progress import stage_progress
 from programs.teacher import Teacher
 from store import Store, stable_id
@@ -20,20 +21,23 @@ def candidate_id(input_id: str, role: str, producer: str, rank: int) -> str:
     return stable_id("candidate", input_id, role, producer, rank)
 
 
-def teach(store: Store, teacher: Teacher, teacher_lm: dspy.LM, inputs: list[dict], *, producer: str, run_id: str) -> dict:
+def teach(store: Store, teacher: Teacher, teacher_lm: dspy.LM, inputs: list[dict], *, producer: str, run_id: str,
+          threads: int = 1) -> dict:
     """Write teacher candidates for `inputs` (dicts with input_id, text) that have none yet; returns counts."""
     done = {r["input_id"] for r in store.query(
         "SELECT DISTINCT input_id FROM candidates WHERE role = 'teacher' AND producer = ?", [producer])}
     todo = [i for i in inputs if i["input_id"] not in done]
+
+    def one(item: dict) -> tuple[list[str], str | None]:
+        try:
+            candidates = teacher(text=item["text"]).candidates
+        except Exception:  # noqa: BLE001 - a failed call is in lm_calls/module_calls with its error; go on
+            candidates = []
+        return candidates, last_lm_call_id()
+
     written = failed = 0
     with stage_progress("teach", total=len(inputs), done=len(inputs) - len(todo)) as advance, dspy.context(lm=teacher_lm):
-        for item in todo:
-            try:
-                pred = teacher(text=item["text"])
-                candidates = pred.candidates
-            except Exception:  # noqa: BLE001 - a failed call is in lm_calls/module_calls with its error; go on
-                candidates = []
-            call_id = last_lm_call_id()
+        for item, (candidates, call_id) in imap(one, todo, threads):
             for rank, text in enumerate(candidates):
                 store.add("candidates", {
                     "candidate_id": candidate_id(item["input_id"], "teacher", producer, rank),

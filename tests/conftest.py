@@ -37,16 +37,6 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end tests on the bundled models")
 
 
-def pytest_collection_modifyitems(config, items):
-    """Slow tests run only when asked for: `-m slow` (or any -m expression naming them) or CRITIC_DISTILL_SLOW=1."""
-    if "slow" in (config.getoption("markexpr") or "") or os.environ.get("CRITIC_DISTILL_SLOW") == "1":
-        return
-    skip = pytest.mark.skip(reason="slow: run with -m slow or CRITIC_DISTILL_SLOW=1")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _offline_and_seeded():
     """Every test runs offline, with litellm's local cost map and a fixed torch seed."""
