@@ -15,6 +15,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -105,8 +106,9 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     check_reachable(teacher_lm)
     check_reachable(critic_lm)
 
+    started = time.monotonic()
     store = Store(db)
-    install(store)
+    callback = install(store)
     dspy.configure(adapter=LabeledAdapter())
     run_id = stable_id("run", cfg.identity())
     run_row = {"run_id": run_id, "started_at": datetime.now(), "status": "running", "command": command,
@@ -174,6 +176,8 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     console.print(f"[bold]WTR vs teacher[/] (critic {cfg.critic}, test n={result['wtr_prob'].n}): "
                   f"mean P {result['wtr_prob']} · decisions {result['wtr_decision']}")
     console.print(f"student: {trained.path}\nreport:  {report}")
+    logged = callback.seconds + store.flush_seconds_total
+    console.print(f"store: logging took {logged:.2f}s, {100 * logged / (time.monotonic() - started):.2f}% of this run")
     return summary
 
 

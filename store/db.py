@@ -26,6 +26,9 @@ from store.migrations import migrate
 from store.redact import redact
 
 DEFAULT_DB = "traces.duckdb"
+# The two call logs take most rows and have ids unique by construction (DSPy's call ids): no primary-key index to
+# maintain on every insert (that index halved ingest speed); a batch skips ids already present instead.
+APPEND_ONLY = {"lm_calls": "call_id", "module_calls": "call_id"}
 
 
 class StoreError(Exception):
@@ -106,10 +109,11 @@ class Store:
     """A DuckDB trace file. Cheap to create; holds no open connection between operations."""
 
     def __init__(self, path: str | os.PathLike | None = None, *, lock_timeout: float = 60.0,
-                 batch_rows: int = 2000, flush_seconds: float = 5.0, create: bool = True):
+                 batch_rows: int = 20000, flush_seconds: float = 5.0, create: bool = True):
         self.path = str(path or default_path())
         self.lock_timeout = lock_timeout
         self.batch_rows = batch_rows
+        self.flush_seconds_total = 0.0  # time spent writing buffered rows: part of the logging overhead
         self.flush_seconds = flush_seconds
         self._buffers: dict[str, list[dict]] = {}
         self._buffered = 0
@@ -212,6 +216,13 @@ class Store:
             self.flush()
 
     def flush(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._flush()
+        finally:
+            self.flush_seconds_total += time.perf_counter() - t0
+
+    def _flush(self) -> None:
         with self._lock:
             buffers, self._buffers, self._buffered = self._buffers, {}, 0
             self._last_flush = time.monotonic()
@@ -242,13 +253,21 @@ class Store:
         unknown = set().union(*(r.keys() for r in rows)) - set(columns)
         if unknown:
             raise StoreError(f"table {table} has no column(s) {sorted(unknown)}")
+        if table in APPEND_ONLY:  # no index to catch a repeat inside the batch itself: keep each id's first row
+            key = APPEND_ONLY[table]
+            rows = list({r[key]: r for r in reversed(rows)}.values())[::-1]
         present = [c for c in columns if any(c in r for r in rows)]
         batch = pa.table({c: [r.get(c) for r in rows] for c in present})
-        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         con.register("_batch", batch)
         try:
             cols = ", ".join(f'"{c}"' for c in present)
-            con.execute(f'{verb} INTO "{table}" ({cols}) SELECT {cols} FROM _batch')
+            if table in APPEND_ONLY:
+                key = APPEND_ONLY[table]
+                con.execute(f'INSERT INTO "{table}" ({cols}) SELECT {cols} FROM _batch '
+                            f'WHERE "{key}" NOT IN (SELECT "{key}" FROM "{table}")')
+            else:
+                verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+                con.execute(f'{verb} INTO "{table}" ({cols}) SELECT {cols} FROM _batch')
         finally:
             con.unregister("_batch")
 

@@ -24,7 +24,7 @@ def m001_initial(con: duckdb.DuckDBPyConnection) -> None:
             code_version VARCHAR
         );
         CREATE TABLE lm_calls (
-            call_id VARCHAR PRIMARY KEY,       -- DSPy's callback call id
+            call_id VARCHAR NOT NULL,          -- DSPy's callback call id (unique; append-only log, no index)
             run_id VARCHAR,
             stage VARCHAR,
             module_call_id VARCHAR,            -- innermost module call that made it
@@ -42,14 +42,13 @@ def m001_initial(con: duckdb.DuckDBPyConnection) -> None:
             error VARCHAR,
             created_at TIMESTAMP
         );
-        CREATE INDEX lm_calls_cache_key ON lm_calls(cache_key);
         CREATE TABLE lm_cache (                -- DSPy's response cache, kept here (store/callback.py)
             cache_key VARCHAR PRIMARY KEY,
             record JSON,
             created_at TIMESTAMP
         );
         CREATE TABLE module_calls (
-            call_id VARCHAR PRIMARY KEY,
+            call_id VARCHAR NOT NULL,          -- unique; append-only log, no index
             run_id VARCHAR,
             stage VARCHAR,
             parent_call_id VARCHAR,

@@ -105,3 +105,29 @@ def test_parse_numbered_lists():
     assert parse_numbered("1. one\n2) two\n3. \"three\"\n4. four", 3) == ["one", "two", "three"]
     assert parse_numbered("just one answer", 3) == ["just one answer"]
     assert parse_numbered("1. same\n2. Same", 3) == ["same"]
+
+
+def test_unparsable_answer_is_recorded_as_a_failed_call(tmp_path):
+    from store import Store
+    from store.callback import install
+
+    class Rambler:
+        def complete(self, request):
+            return dspy.lm15.Response(id=None, model=request.model, message=dspy.lm15.Message.assistant("no idea"),
+                                      finish_reason="stop", usage=dspy.lm15.Usage(input_tokens=5, output_tokens=2))
+
+    store = Store(tmp_path / "t.duckdb")
+    previous_cache = dspy.cache
+    install(store)
+    try:
+        with dspy.context(lm=dspy.LM("local/rambler", engine=Rambler(), cache=False), adapter=LabeledAdapter()):
+            j = Critic(HUMOR).judge_order("t", "a", "b")
+        store.flush()
+        failed = store.query("SELECT module, error FROM module_calls WHERE error IS NOT NULL")
+        calls = store.query("SELECT response FROM lm_calls")
+    finally:
+        dspy.configure(callbacks=[])
+        dspy.cache = previous_cache
+    assert j.source == "failed" and j.lm_call_id is not None
+    assert failed and "AdapterParseError" in failed[0]["error"]
+    assert calls and "no idea" in calls[0]["response"]
