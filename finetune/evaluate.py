@@ -120,3 +120,130 @@ def evaluate(store: Store, *, student: Student, student_lm: dspy.LM, student_nam
 
 
 __all__ = ["Estimate", "evaluate", "judge_pairs", "student_outputs"]
+
+
+# -- python -m finetune.evaluate -----------------------------------------------------------------------------------
+
+
+def _student_spec(student: str) -> tuple[str, str]:
+    """(model spec, producer name) for a checkpoint folder, an embedded student name or a local/ spec."""
+    from pathlib import Path
+
+    if student.startswith("local/"):
+        student = student[len("local/"):]
+    path = Path(student).expanduser()
+    if path.exists():
+        return f"local/{path.resolve()}", str(path.resolve())
+    return f"local/{student}", student
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate any student checkpoint on any input file against the teacher; print WTR with its CI and store it."""
+    import argparse
+    import os
+
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    ap = argparse.ArgumentParser(prog="python -m finetune.evaluate", description=main.__doc__)
+    ap.add_argument("--student", required=True, help="checkpoint folder (e.g. out/student-ft-…/final), embedded name")
+    ap.add_argument("--inputs", required=True, help=".txt/.jsonl/.csv/.parquet; a 'reference' column holds the "
+                                                    "teacher's outputs, otherwise the teacher writes (and caches) them")
+    ap.add_argument("--critic", default="local/qwen2.5-coder-1.5b-instruct", help="judge model spec")
+    ap.add_argument("--judge", help="a second judge model spec (e.g. an API model)")
+    ap.add_argument("--teacher", help="writes references when the file has none (default: the critic's model)")
+    ap.add_argument("--task", default="humor")
+    ap.add_argument("--limit", type=int, help="evaluate the first N inputs only")
+    ap.add_argument("--db", help="DuckDB store (default: $CRITIC_DISTILL_DB or ./traces.duckdb)")
+    args = ap.parse_args(argv)
+
+    from finetune.student import StudentError
+    from finetune.student import _resolve as resolve_student
+    from programs.compile import _quiet_libraries
+    from programs.inputs import InputError, load_file
+    from programs.lm import ModelSpecError, check_reachable, resolve_lm
+    from programs.models import ModelError
+    from programs.progress import console
+    from programs.tasks import get_task
+
+    _quiet_libraries()
+    try:
+        if args.limit is not None and args.limit < 1:
+            raise InputError("--limit must be a positive integer")
+        try:
+            task = get_task(args.task)
+        except KeyError as e:
+            raise InputError(str(e.args[0])) from e
+        rows = load_file(args.inputs)[: args.limit]
+        student_spec, producer = _student_spec(args.student)
+        resolve_student(student_spec[len("local/"):])
+        teacher_spec = args.teacher or args.critic
+        critic_lm = resolve_lm(args.critic, temperature=0.0, max_tokens=96)
+        judge_lm = resolve_lm(args.judge, temperature=0.0, max_tokens=96) if args.judge else None
+        need_teacher = any("reference" not in r for r in rows)
+        teacher_lm = resolve_lm(teacher_spec, temperature=0.8, max_tokens=160, seed=0) if need_teacher else None
+        for lm in (critic_lm, judge_lm, teacher_lm):
+            if lm is not None:
+                check_reachable(lm)
+        summary = _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, critic_lm, judge_lm, teacher_lm)
+    except (InputError, ModelSpecError, ModelError, StudentError) as e:
+        console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
+        return 2
+    for name, result in summary.items():
+        console.print(f"[bold]{name}[/]: WTR mean P {result['wtr_prob']} · decisions {result['wtr_decision']}",
+                      highlight=False)
+    return 0
+
+
+def _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, critic_lm, judge_lm, teacher_lm) -> dict:
+    """Store the file's inputs (and references), then judge the student against them with each judge."""
+    import hashlib
+    from pathlib import Path
+
+    from programs.adapter import LabeledAdapter
+    from programs.teach import teach
+    from programs.teacher import Teacher
+    from store.callback import install, trace_context
+    from store.db import default_path
+
+    store = Store(args.db or default_path())
+    install(store)
+    dspy.configure(adapter=LabeledAdapter())
+    digest = hashlib.sha256(Path(args.inputs).read_bytes()).hexdigest()[:12]
+    split = f"file:{Path(args.inputs).name}"
+    run_id = stable_id("evaluate", producer, args.critic, args.judge, digest, args.limit)
+    store.insert("runs", [{"run_id": run_id, "started_at": datetime.now(), "status": "running",
+                           "command": "python -m finetune.evaluate", "profile": None,
+                           "config": to_json(vars(args)), "code_version": None}], replace=True)
+    items = [{"input_id": stable_id("input", task.name, r["text"]), "text": r["text"]} for r in rows]
+    store.insert("inputs", [{**it, "task": task.name, "split": r["split"], "source": str(Path(args.inputs).resolve()),
+                             "created_at": datetime.now()} for it, r in zip(items, rows)])
+    with trace_context(run_id=run_id, stage="evaluate"):
+        if teacher_lm is None:
+            reference = f"file:{digest}"
+            store.insert("candidates", [{
+                "candidate_id": candidate_id(it["input_id"], "teacher", reference, 0), "input_id": it["input_id"],
+                "role": "teacher", "producer": reference, "rank": 0, "text": r["reference"], "lm_call_id": None,
+                "run_id": run_id, "created_at": datetime.now()} for it, r in zip(items, rows)])
+        else:
+            reference = teacher_spec
+            teach(store, Teacher(task), teacher_lm, items, producer=reference, run_id=run_id)
+        checkpoint = store.query("SELECT checkpoint_id FROM checkpoints WHERE path = ?", [producer])
+        student_lm = resolve_lm(student_spec, temperature=0.0, max_tokens=64)
+        summary = {}
+        for name, lm in ((args.critic, critic_lm), (args.judge, judge_lm)):
+            if lm is None:
+                continue
+            summary[name] = evaluate(store, student=Student(task), student_lm=student_lm, student_name=producer,
+                                     checkpoint_id=checkpoint[0]["checkpoint_id"] if checkpoint else None,
+                                     critic=Critic(task), critic_lm=lm, critic_name=name, inputs=items,
+                                     teacher_name=reference, split=split, run_id=run_id)
+    store.insert("runs", [{"run_id": run_id, "started_at": datetime.now(), "status": "finished",
+                           "finished_at": datetime.now(), "command": "python -m finetune.evaluate",
+                           "config": to_json(vars(args))}], replace=True)
+    store.flush()
+    return summary
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

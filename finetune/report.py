@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _bar_chart(path: Path, rows: list[dict[str, Any]]) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(6, 4))
     labels = [r["label"] for r in rows]
     for offset, key, name in ((-0.2, "wtr_prob", "WTR (mean probability)"), (0.2, "wtr_decision", "WTR (decisions)")):
         values = [100 * r[key].value for r in rows]
@@ -20,10 +20,11 @@ def _bar_chart(path: Path, rows: list[dict[str, Any]]) -> None:
         ax.bar([i + offset for i in range(len(rows))], values, width=0.4, yerr=err, capsize=4, label=name)
     ax.axhline(50, color="grey", linestyle=":", linewidth=1)
     ax.set_xticks(range(len(rows)), labels)
+    ax.set_xlim(-0.8, len(rows) - 0.2)
     ax.set_ylim(0, 100)
     ax.set_ylabel("win-tie rate vs teacher (×100)")
     ax.set_title("Student vs teacher, judged by the critic (95% CI)")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

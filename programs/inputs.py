@@ -14,6 +14,7 @@ from pathlib import Path
 from programs.tasks import Task
 
 TEXT_COLUMNS = ("text", "input", "sentence", "prompt", "utterance")
+REFERENCE_COLUMNS = ("reference", "teacher", "target", "output")
 SPLITS = ("train", "dev", "test", "ood")
 
 
@@ -34,13 +35,17 @@ def _rows_from_records(records: list[dict], path: Path) -> list[dict]:
     if col is None:
         raise InputError(f"{path}: no text column (looked for {', '.join(TEXT_COLUMNS)}; found {', '.join(records[0])})")
     split_col = keys.get("split")
+    ref_col = next((keys[c] for c in REFERENCE_COLUMNS if c in keys and keys[c] != col), None)
     rows = []
     for r in records:
         text = r.get(col)
         if text is None or not str(text).strip():
             continue
         split = str(r.get(split_col) or "").strip().lower() if split_col else ""
-        rows.append({"text": " ".join(str(text).split()), "split": split if split in SPLITS else hash_split(str(text))})
+        row = {"text": " ".join(str(text).split()), "split": split if split in SPLITS else hash_split(str(text))}
+        if ref_col and r.get(ref_col) is not None and str(r[ref_col]).strip():
+            row["reference"] = " ".join(str(r[ref_col]).split())  # a teacher reference that comes with the input
+        rows.append(row)
     return rows
 
 

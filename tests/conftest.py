@@ -135,3 +135,14 @@ def tiny_seq2seq_dir(tiny_tokenizer, tmp_path_factory) -> Path:
     model.save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def dspy_state():
+    """`store.callback.install` replaces dspy.cache and the global callbacks: put them back afterwards."""
+    import dspy
+
+    cache, callbacks, lm = dspy.cache, dspy.settings.callbacks, dspy.settings.lm
+    yield dspy
+    dspy.cache = cache
+    dspy.configure(callbacks=callbacks, lm=lm)

@@ -107,7 +107,7 @@ def test_parse_numbered_lists():
     assert parse_numbered("1. same\n2. Same", 3) == ["same"]
 
 
-def test_unparsable_answer_is_recorded_as_a_failed_call(tmp_path):
+def test_unparsable_answer_is_recorded_as_a_failed_call(tmp_path, dspy_state):
     from store import Store
     from store.callback import install
 
@@ -117,17 +117,12 @@ def test_unparsable_answer_is_recorded_as_a_failed_call(tmp_path):
                                       finish_reason="stop", usage=dspy.lm15.Usage(input_tokens=5, output_tokens=2))
 
     store = Store(tmp_path / "t.duckdb")
-    previous_cache = dspy.cache
     install(store)
-    try:
-        with dspy.context(lm=dspy.LM("local/rambler", engine=Rambler(), cache=False), adapter=LabeledAdapter()):
-            j = Critic(HUMOR).judge_order("t", "a", "b")
-        store.flush()
-        failed = store.query("SELECT module, error FROM module_calls WHERE error IS NOT NULL")
-        calls = store.query("SELECT response FROM lm_calls")
-    finally:
-        dspy.configure(callbacks=[])
-        dspy.cache = previous_cache
+    with dspy.context(lm=dspy.LM("local/rambler", engine=Rambler(), cache=False), adapter=LabeledAdapter()):
+        j = Critic(HUMOR).judge_order("t", "a", "b")
+    store.flush()
+    failed = store.query("SELECT module, error FROM module_calls WHERE error IS NOT NULL")
+    calls = store.query("SELECT response FROM lm_calls")
     assert j.source == "failed" and j.lm_call_id is not None
     assert failed and "AdapterParseError" in failed[0]["error"]
     assert calls and "no idea" in calls[0]["response"]

@@ -39,15 +39,6 @@ def _logprob_tokens(output) -> list[dict]:
     return output["logprobs"]["content"]
 
 
-@pytest.fixture
-def dspy_state():
-    """`store.callback.install` replaces dspy.cache and the global callbacks: put them back afterwards."""
-    cache, callbacks, lm = dspy.cache, dspy.settings.callbacks, dspy.settings.lm
-    yield dspy
-    dspy.cache = cache
-    dspy.configure(callbacks=callbacks, lm=lm)
-
-
 @pytest.fixture(params=["causal", "seq2seq"])
 def tiny_dir(request, tiny_causal_dir, tiny_seq2seq_dir) -> Path:
     return tiny_causal_dir if request.param == "causal" else tiny_seq2seq_dir

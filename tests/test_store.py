@@ -64,17 +64,6 @@ def filled(db) -> Path:
     return db
 
 
-@pytest.fixture
-def dspy_state():
-    """install() replaces dspy.cache and the global callbacks: put them back afterwards."""
-    import dspy
-
-    cache, callbacks, lm = dspy.cache, dspy.settings.callbacks, dspy.settings.lm
-    yield dspy
-    dspy.cache = cache
-    dspy.configure(callbacks=callbacks, lm=lm)
-
-
 # -- schema and writes -------------------------------------------------------------------------------------------
 
 
