@@ -12,6 +12,10 @@ fine-tuning on request. The steps, in order:
    `output_dir/merged`), then the `train_result.json` marker, last and atomically; the Trainer checkpoints, kept
    only for crash recovery (they carry the optimizer state), are removed after it;
 6. record the result (`training_runs` finished with the log history, one `checkpoints` row).
+
+Steps 1-2 and 4-6 are shared by every training stage (`finetune.dpo`, `finetune.brio`): `recorded_result` and
+`run_training` below. Under `accelerate launch`/torchrun every process trains; only the first one (global rank 0)
+writes the store rows, the final model and the marker.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import torch
@@ -33,13 +38,19 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from finetune.student import DEFAULT_STUDENT, is_seq2seq, load_student, user_message
-from store.db import Store, stable_id, to_json
+
+if TYPE_CHECKING:
+    from store.db import Store
 
 DEFAULT_INSTRUCTION = "Rewrite the sentence as a humorous paraphrase with the same meaning."
 MARKER = "train_result.json"
 
 
-class ImitationError(Exception):
+class TrainingError(Exception):
+    """A user-facing problem with a training run of any stage (one line, no traceback)."""
+
+
+class ImitationError(TrainingError):
     """A user-facing problem with an imitation run (one line, no traceback)."""
 
 
@@ -72,6 +83,20 @@ class ImitationConfig:
         return 2e-4 if self.lora else 5e-5
 
 
+def _stable_id(*parts: Any) -> str:
+    """`store.db.stable_id`, imported when first used: a run without a store never loads DuckDB (~12 MB resident,
+    2% of a tiny-model run against plain TRL)."""
+    from store.db import stable_id
+
+    return stable_id(*parts)
+
+
+def _to_json(value: Any) -> str | None:
+    from store.db import to_json
+
+    return to_json(value)
+
+
 @dataclass
 class TrainResult:
     training_id: str
@@ -86,7 +111,7 @@ def training_id_for(config: ImitationConfig, dataset_key: str | None) -> str:
     """Stable across reruns and output folders: the config without output_dir, plus the dataset."""
     values = asdict(config)
     values.pop("output_dir")
-    return stable_id("imitation", values, dataset_key)
+    return _stable_id("imitation", values, dataset_key)
 
 
 # -- data ------------------------------------------------------------------------------------------------------------
@@ -95,7 +120,7 @@ def training_id_for(config: ImitationConfig, dataset_key: str | None) -> str:
 def _dataset_key(pairs: list[dict], dataset_id: str | None) -> str:
     if dataset_id is not None:
         return dataset_id
-    return stable_id([[p.get("input"), p.get("output")] for p in pairs])
+    return _stable_id([[p.get("input"), p.get("output")] for p in pairs])
 
 
 def _check_pairs(pairs: list[dict]) -> None:
@@ -214,6 +239,9 @@ def _device_args(config: ImitationConfig, output_dir: Path) -> dict:
         fp16=False,
         **{_CHECKPOINTING: False},
         use_cpu=not cuda,
+        # Under DDP: an adapter's weights all take part in every forward, so skip DDP's search for unused ones (an
+        # extra pass over the graph each step, and a warning); Trainer turns it on for every PEFT model.
+        ddp_find_unused_parameters=False if config.lora else None,
         report_to=[],
         dataloader_num_workers=0,
         disable_tqdm=True,
@@ -282,7 +310,15 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     os.rename(tmp, final)
 
 
-def _save_final(trainer, tokenizer, config: ImitationConfig, output_dir: Path) -> tuple[Path, Path | None]:
+def _final_paths(trainer, config: Any, output_dir: Path) -> tuple[Path, Path | None]:
+    """Where `_save_final` writes: output_dir/final, and output_dir/merged for a LoRA run with `merge_lora`."""
+    from peft import PeftModel
+
+    merged = isinstance(trainer.model, PeftModel) and config.merge_lora
+    return output_dir / "final", (output_dir / "merged" if merged else None)
+
+
+def _save_final(trainer, tokenizer, config: Any, output_dir: Path) -> tuple[Path, Path | None]:
     """Write output_dir/final (and output_dir/merged), each staged in a temp folder and renamed into place."""
     from peft import PeftModel
 
@@ -331,20 +367,164 @@ def _remove_checkpoints(output_dir: Path) -> None:
             shutil.rmtree(ckpt, ignore_errors=True)
 
 
-# -- the stage -------------------------------------------------------------------------------------------------------
+# -- the stage driver, shared by every objective --------------------------------------------------------------------
 
 
-def _record_finished(store: Store, result: TrainResult, config: ImitationConfig, run_id, dataset_id, merged: bool,
-                     started_at, finished_at, *, replace: bool) -> None:
-    store.insert("training_runs", [{
-        "training_id": result.training_id, "run_id": run_id, "objective": "ft", "base_model": config.base_model,
-        "dataset_id": dataset_id, "config": to_json(asdict(config)), "status": "finished",
-        "metrics": to_json(result.log_history), "started_at": started_at, "finished_at": finished_at,
-    }], replace=replace)
+def is_main_process() -> bool:
+    """True in a plain run and on the first process (global rank 0) of `accelerate launch`/torchrun/mpirun: the one
+    that writes store rows, the final model and the marker. Read from the launcher's environment, as accelerate does,
+    so it can be asked before any Trainer (and its process group) exists."""
+    for name in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"):
+        if os.environ.get(name, "").strip():
+            return int(os.environ[name]) == 0
+    return True
+
+
+def _run_row(training_id: str, objective: str, config: Any, run_id, dataset_id, status: str, started_at,
+             finished_at=None, metrics=None) -> dict:
+    return {
+        "training_id": training_id, "run_id": run_id, "objective": objective, "base_model": config.base_model,
+        "dataset_id": dataset_id, "config": _to_json(asdict(config)), "status": status, "metrics": metrics,
+        "started_at": started_at, "finished_at": finished_at,
+    }
+
+
+def _record_finished(store: Store, result: TrainResult, config: Any, run_id, dataset_id, merged: bool,
+                     started_at, finished_at, *, replace: bool, objective: str = "ft") -> None:
+    store.insert("training_runs", [_run_row(result.training_id, objective, config, run_id, dataset_id, "finished",
+                                            started_at, finished_at, _to_json(result.log_history))], replace=replace)
     store.insert("checkpoints", [{
         "checkpoint_id": result.checkpoint_id, "training_id": result.training_id, "path": result.path,
         "step": result.steps, "merged": merged, "created_at": finished_at,
     }], replace=replace)
+
+
+def recorded_result(config: Any, *, objective: str, expected_id: str | None, store: Store | None = None,
+                    run_id: str | None = None, dataset_id: str | None = None) -> TrainResult | None:
+    """Step 1 of every stage: the result of the run that finished in `config.output_dir` (its marker), recorded into
+    `store` when given (a run first made without a store, or into another one); None when no run finished there.
+    Warns when that run's training id is not `expected_id` (another config or dataset)."""
+    output_dir = Path(config.output_dir)
+    marker = output_dir / MARKER
+    if not marker.exists():
+        return None
+    recorded = json.loads(marker.read_text())
+    result = TrainResult(**recorded["result"])
+    if expected_id is not None and expected_id != result.training_id:
+        warnings.warn(
+            f"{output_dir} holds a finished run with another config or dataset (training id {result.training_id}); "
+            "returning it unchanged. Use a new output_dir to train this one.",
+            stacklevel=3,
+        )
+    if store is not None and is_main_process():
+        times = [datetime.fromisoformat(recorded[k]) if recorded.get(k) else None for k in ("started_at", "finished_at")]
+        _record_finished(store, result, config, run_id, dataset_id, bool(recorded.get("merged")), *times,
+                         replace=False, objective=objective)
+    return result
+
+
+def run_training(
+    config: Any,
+    *,
+    objective: str,
+    training_id: str,
+    build: Callable[[Any, Any, list], Any],
+    n_examples: int,
+    what: str = "pair",
+    error: type[TrainingError] = ImitationError,
+    check_model: Callable[[Any], None] | None = None,
+    store: Store | None = None,
+    run_id: str | None = None,
+    dataset_id: str | None = None,
+    progress: bool = True,
+    description: str = "train",
+) -> TrainResult:
+    """Steps 2-6 of every stage: record the run, load the student, train with the Trainer that
+    `build(model, tokenizer, callbacks)` returns (resuming its last checkpoint in `config.output_dir`), save the final
+    model, write the marker, record the result.
+
+    `config` is a stage config (`base_model`, `output_dir`, `lora`, `merge_lora`, ... as in `ImitationConfig`);
+    `check_model` may refuse the loaded student (e.g. a seq2seq model for a causal-only objective) with `error`.
+    """
+    output_dir = Path(config.output_dir)
+    main = is_main_process()
+    started_at = datetime.now()
+
+    # 2. Record the run as running.
+    if store is not None and main:
+        store.insert("training_runs", [_run_row(training_id, objective, config, run_id, dataset_id, "running",
+                                                started_at)], replace=True)
+
+    try:
+        # 3. The student, on a plain base (an adapter given as base is merged first).
+        model, tokenizer = load_student(config.base_model, for_training=True)
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        if check_model is not None:
+            check_model(model)
+
+        # 4. Train, resuming a crashed attempt.
+        output_dir.mkdir(parents=True, exist_ok=True)
+        callbacks = [RichProgress(f"{description} {Path(config.base_model).name}")] if progress and main else []
+        bars_were_disabled = datasets.are_progress_bars_disabled()
+        datasets.disable_progress_bars()
+        try:
+            trainer = build(model, tokenizer, callbacks)
+        finally:
+            if not bars_were_disabled:
+                datasets.enable_progress_bars()
+        kept = len(trainer.train_dataset)
+        if kept == 0:
+            raise error(f"every {what}'s completion falls beyond max_length={config.max_length}: raise max_length")
+        if kept < n_examples:
+            warnings.warn(
+                f"{n_examples - kept} of {n_examples} {what}s had their whole completion cut by "
+                f"max_length={config.max_length} and were dropped",
+                stacklevel=3,
+            )
+        trainer.remove_callback(PrinterCallback)  # the log history goes to the store, not to stdout
+        last = get_last_checkpoint(str(output_dir))
+        t0 = time.monotonic()
+        trainer.train(resume_from_checkpoint=last)
+        seconds = time.monotonic() - t0
+
+        # 5. The model, then the marker, last (first process only; the others wait for it).
+        if trainer.is_world_process_zero():
+            final, merged = _save_final(trainer, tokenizer, config, output_dir)
+        else:
+            final, merged = _final_paths(trainer, config, output_dir)
+        path = str(merged or final)
+        result = TrainResult(
+            training_id=training_id,
+            checkpoint_id=_stable_id(training_id, path),
+            path=path,
+            log_history=list(trainer.state.log_history),
+            steps=int(trainer.state.global_step),
+            seconds=round(seconds, 3),
+        )
+        finished_at = datetime.now()
+        if trainer.is_world_process_zero():
+            _write_json_atomic(output_dir / MARKER, {
+                "result": asdict(result), "objective": objective, "config": asdict(config), "dataset_id": dataset_id,
+                "run_id": run_id, "merged": merged is not None, "world_size": int(trainer.args.world_size),
+                "started_at": started_at.isoformat(), "finished_at": finished_at.isoformat(),
+            })
+            _remove_checkpoints(output_dir)
+        trainer.accelerator.wait_for_everyone()
+    except BaseException:
+        if store is not None and main:
+            store.insert("training_runs", [_run_row(training_id, objective, config, run_id, dataset_id, "failed",
+                                                    started_at, datetime.now())], replace=True)
+        raise
+
+    # 6. Record the result.
+    if store is not None and main:
+        _record_finished(store, result, config, run_id, dataset_id, merged is not None, started_at, finished_at,
+                         replace=True, objective=objective)
+    return result
+
+
+# -- the stage -------------------------------------------------------------------------------------------------------
 
 
 def train_imitation(
@@ -355,100 +535,26 @@ def train_imitation(
     run_id: str | None = None,
     dataset_id: str | None = None,
     progress: bool = True,
+    objective: str = "ft",
 ) -> TrainResult:
     """Fine-tune the student on teacher pairs `{"input": ..., "output": ...}`; resumable, recorded when `store` is
-    given. Without `dataset_id` the pairs themselves identify the dataset in the training id."""
-    output_dir = Path(config.output_dir)
-    marker = output_dir / MARKER
-
+    given. Without `dataset_id` the pairs themselves identify the dataset in the training id. `objective` names the
+    run in the store: "ft" (imitation) or "sd" (self-distillation: SFT on the critic's positives)."""
     # 1. A finished run is not trained again.
-    if marker.exists():
-        recorded = json.loads(marker.read_text())
-        result = TrainResult(**recorded["result"])
-        if pairs and training_id_for(config, _dataset_key(pairs, dataset_id)) != result.training_id:
-            warnings.warn(
-                f"{output_dir} holds a finished run with another config or dataset (training id {result.training_id}); "
-                "returning it unchanged. Use a new output_dir to train this one.",
-                stacklevel=2,
-            )
-        if store is not None:  # a run first made without a store, or into another store
-            times = [datetime.fromisoformat(recorded[k]) if recorded.get(k) else None for k in ("started_at", "finished_at")]
-            _record_finished(store, result, config, run_id, dataset_id, bool(recorded.get("merged")), *times,
-                             replace=False)
-        return result
+    expected = training_id_for(config, _dataset_key(pairs, dataset_id)) if pairs else None
+    recorded = recorded_result(config, objective=objective, expected_id=expected, store=store, run_id=run_id,
+                               dataset_id=dataset_id)
+    if recorded is not None:
+        return recorded
 
     _check_pairs(pairs)
-    training_id = training_id_for(config, _dataset_key(pairs, dataset_id))
-    started_at = datetime.now()
 
-    # 2. Record the run as running.
-    if store is not None:
-        store.insert("training_runs", [{
-            "training_id": training_id, "run_id": run_id, "objective": "ft", "base_model": config.base_model,
-            "dataset_id": dataset_id, "config": to_json(asdict(config)), "status": "running",
-            "started_at": started_at,
-        }], replace=True)
+    def build(model, tokenizer, callbacks):
+        make = _seq2seq_trainer if is_seq2seq(model) else _causal_trainer
+        return make(model, tokenizer, pairs, config, Path(config.output_dir), callbacks)
 
-    try:
-        # 3. The student, on a plain base (an adapter given as base is merged first).
-        model, tokenizer = load_student(config.base_model, for_training=True)
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
-
-        # 4. Train, resuming a crashed attempt.
-        output_dir.mkdir(parents=True, exist_ok=True)
-        callbacks = [RichProgress(f"imitate {Path(config.base_model).name}")] if progress else []
-        build = _seq2seq_trainer if is_seq2seq(model) else _causal_trainer
-        bars_were_disabled = datasets.are_progress_bars_disabled()
-        datasets.disable_progress_bars()
-        try:
-            trainer = build(model, tokenizer, pairs, config, output_dir, callbacks)
-        finally:
-            if not bars_were_disabled:
-                datasets.enable_progress_bars()
-        kept = len(trainer.train_dataset)
-        if kept == 0:
-            raise ImitationError(f"every pair's completion falls beyond max_length={config.max_length}: raise max_length")
-        if kept < len(pairs):
-            warnings.warn(
-                f"{len(pairs) - kept} of {len(pairs)} pairs had their whole completion cut by "
-                f"max_length={config.max_length} and were dropped",
-                stacklevel=2,
-            )
-        trainer.remove_callback(PrinterCallback)  # the log history goes to the store, not to stdout
-        last = get_last_checkpoint(str(output_dir))
-        t0 = time.monotonic()
-        trainer.train(resume_from_checkpoint=last)
-        seconds = time.monotonic() - t0
-
-        # 5. The model, then the marker, last.
-        final, merged = _save_final(trainer, tokenizer, config, output_dir)
-        path = str(merged or final)
-        result = TrainResult(
-            training_id=training_id,
-            checkpoint_id=stable_id(training_id, path),
-            path=path,
-            log_history=list(trainer.state.log_history),
-            steps=int(trainer.state.global_step),
-            seconds=round(seconds, 3),
-        )
-        finished_at = datetime.now()
-        _write_json_atomic(marker, {
-            "result": asdict(result), "config": asdict(config), "dataset_id": dataset_id, "run_id": run_id,
-            "merged": merged is not None, "started_at": started_at.isoformat(), "finished_at": finished_at.isoformat(),
-        })
-        _remove_checkpoints(output_dir)
-    except BaseException:
-        if store is not None:
-            store.insert("training_runs", [{
-                "training_id": training_id, "run_id": run_id, "objective": "ft", "base_model": config.base_model,
-                "dataset_id": dataset_id, "config": to_json(asdict(config)), "status": "failed",
-                "started_at": started_at, "finished_at": datetime.now(),
-            }], replace=True)
-        raise
-
-    # 6. Record the result.
-    if store is not None:
-        _record_finished(store, result, config, run_id, dataset_id, merged is not None, started_at, finished_at,
-                         replace=True)
-    return result
+    return run_training(
+        config, objective=objective, training_id=training_id_for(config, _dataset_key(pairs, dataset_id)), build=build,
+        n_examples=len(pairs), what="pair", error=ImitationError, store=store, run_id=run_id, dataset_id=dataset_id,
+        progress=progress, description="imitate",
+    )

@@ -30,15 +30,36 @@ def _bar_chart(path: Path, rows: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def _loss_chart(path: Path, log_history: list[dict]) -> bool:
-    points = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
-    if not points:
+def _loss_chart(path: Path, curves: dict[str, list[dict]]) -> bool:
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    drawn = False
+    for label, log_history in curves.items():
+        points = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3, label=label)
+            drawn = True
+    if drawn:
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_title("Training curves")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def _length_chart(path: Path, ratios: dict[str, list[float]], band: tuple[float, float]) -> bool:
+    if not any(ratios.values()):
         return False
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.plot(*zip(*points), marker="o")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title("Imitation (SFT on teacher pairs)")
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(list(ratios.values()), bins=12, label=list(ratios), alpha=0.8)
+    for x in band:
+        ax.axvline(x, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("output / input length (words)")
+    ax.set_ylabel("test outputs")
+    ax.set_title("Length ratio of the students' outputs")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -48,8 +69,13 @@ def _loss_chart(path: Path, log_history: list[dict]) -> bool:
 def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dict], log_history: list[dict],
                  examples: list[dict], command: str, db: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    _bar_chart(out / "wtr.png", evaluations)
-    has_loss = _loss_chart(out / "loss.png", log_history)
+    main_judge = evaluations[0]["judge"] if evaluations else None
+    headline = [e for e in evaluations if e["split"] == "test" and e["judge"] == main_judge]
+    _bar_chart(out / "wtr.png", headline)
+    curves = {e["label"]: e.get("log_history") or [] for e in headline} or {"imitation": log_history}
+    has_loss = _loss_chart(out / "loss.png", curves)
+    has_lengths = _length_chart(out / "length_ratio.png", {e["label"]: e.get("length_ratios") or [] for e in headline},
+                                tuple(config.get("length_band") or (0.8, 1.2)))
     lines = [
         "# Distillation report", "",
         f"Command: `{command}`  ", f"Store: `{db}` (every number below is a query away: `python -m store query ...`)", "",
@@ -61,21 +87,25 @@ def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dic
         f"- train inputs: {counts.get('train_inputs')}, teacher pairs: {counts.get('pairs')}, "
         f"test inputs: {counts.get('test_inputs')}", "",
         "## Win-tie rate vs the teacher", "",
-        "| student | judge | split | n | WTR (mean P) ×100 [95% CI] | WTR (decisions) ×100 [95% CI] | length ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| student | judge | split | n | WTR (mean P) ×100 [95% CI] | WTR (decisions) ×100 [95% CI] | meaning | length ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for e in evaluations:
+        meaning = e.get("meaning")
         lines.append(f"| {e['label']} | `{e['judge']}` | {e['split']} | {e['wtr_prob'].n} | "
                      f"{100 * e['wtr_prob'].value:.1f} [{100 * e['wtr_prob'].lo:.1f}, {100 * e['wtr_prob'].hi:.1f}] | "
                      f"{100 * e['wtr_decision'].value:.1f} [{100 * e['wtr_decision'].lo:.1f}, {100 * e['wtr_decision'].hi:.1f}] | "
-                     f"{e['length_ratio']:.2f} |")
+                     f"{'' if meaning is None else f'{meaning:.2f}'} | {e['length_ratio']:.2f} |")
     lines += ["", "![win-tie rate](wtr.png)", "",
               "WTR (mean P) is the paper's definition: the critic's probability that the student's output is at least "
               "as good as the teacher's, averaged over both presentation orders and over items. WTR (decisions) is the "
               "share of items where that probability is at least 0.5. Small critics sit near 0.5, which squeezes the "
-              "first toward 50; the second separates better.", ""]
+              "first toward 50; the second separates better. Meaning: cosine similarity of input and output "
+              "embeddings (all-MiniLM-L6-v2). Length ratio: output words / input words.", ""]
     if has_loss:
         lines += ["## Training", "", "![training loss](loss.png)", ""]
+    if has_lengths:
+        lines += ["## Output length", "", "![length ratio](length_ratio.png)", ""]
     if examples:
         lines += ["## Examples (test split)", "", "| input | teacher | student | P(student ≥ teacher) |", "|---|---|---|---|"]
         for ex in examples:

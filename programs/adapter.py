@@ -42,7 +42,7 @@ class LabeledAdapter(ChatAdapter):
         outputs = signature.output_fields
         if len(outputs) == 1:
             (name, field), = outputs.items()
-            shape = f"Answer with the {label(name).lower()} only: {_desc(field)}."
+            shape = f"Answer with the {label(name).lower()} only: {_desc(field).rstrip('.')}."
         else:
             lines = "\n".join(f"{label(n, f)}: <{_desc(f)}>" for n, f in outputs.items())
             shape = f"Answer in exactly this format:\n{lines}"

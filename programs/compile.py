@@ -61,6 +61,13 @@ def select_inputs(cfg: PipelineConfig, task) -> dict[str, list[dict]]:
             raise InputError(f"the inputs have no {split!r} rows (add a 'split' column, or more rows)")
         chosen[split] = [{"input_id": stable_id("input", task.name, r["text"]), "text": r["text"], "split": split}
                          for r in items]
+    if cfg.ood_inputs:
+        from programs.inputs import load_file
+        from programs.tasks import DATA
+
+        ood = load_file(DATA / "ood_inputs.jsonl")[: cfg.ood_inputs]
+        chosen["ood"] = [{"input_id": stable_id("input", task.name, r["text"]), "text": r["text"], "split": "ood"}
+                         for r in ood]
     return chosen
 
 
@@ -75,11 +82,36 @@ def _threads(cfg: PipelineConfig, spec: str) -> int:
     return 1 if spec.startswith("local/") else cfg.threads
 
 
+LABELS = {"ft": "FT", "sd": "SD", "brio": "BRIO", "dpo": "DPO", "brio-dpo": "BRIO→DPO"}
+
+
+def _train_settings(cfg: PipelineConfig) -> dict:
+    return dict(lora=cfg.lora, epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+                batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed)
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _meaning(items: list[dict]) -> float:
+    """Mean sentence-embedding similarity of input and student output (the bundled MiniLM)."""
+    if not items:
+        return float("nan")
+    from metrics.similarity import meaning_preservation
+
+    return _mean(meaning_preservation([it["text"] for it in items], [it["a"] for it in items]))
+
+
 def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     """Run (or finish) the pipeline for `cfg`; returns the evaluation summary."""
     import dspy
 
     from finetune.evaluate import evaluate
+    from finetune.feedback import FeedbackConfig
+    from finetune.objectives import SFT_SQL, ObjectiveContext, check_query, run_objective, sql_dataset
+    from programs.config import objectives
     from finetune.imitate import ImitationConfig, train_imitation
     from finetune.report import write_report
     from programs.adapter import LabeledAdapter
@@ -100,11 +132,14 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     teacher_lm = resolve_lm(cfg.teacher, temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p,
                             max_tokens=cfg.teacher_max_tokens, seed=cfg.seed)
     critic_lm = resolve_lm(cfg.critic, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed)
+    judge_lm = resolve_lm(cfg.judge, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed) if cfg.judge else None
     from finetune.student import _resolve as resolve_student  # validates the student spec before any work
 
     resolve_student(cfg.student)
     check_reachable(teacher_lm)
     check_reachable(critic_lm)
+    if judge_lm is not None:
+        check_reachable(judge_lm)
 
     started = time.monotonic()
     store = Store(db)
@@ -113,6 +148,11 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     run_id = stable_id("run", cfg.identity())
     run_row = {"run_id": run_id, "started_at": datetime.now(), "status": "running", "command": command,
                "profile": cfg.profile, "config": to_json(asdict(cfg)), "code_version": _code_version()}
+    params = {"teacher": cfg.teacher, "judge": cfg.critic, "producer": "", "inputs": []}
+    if cfg.sft_sql:
+        check_query(store, "sft", cfg.sft_sql, params, name="--sft-sql")
+    if cfg.pairs_sql:
+        check_query(store, "pairs", cfg.pairs_sql, params, name="--pairs-sql")
     store.insert("runs", [run_row], replace=True)
     out_dir = Path(out)
     console.print(f"run {run_id[:12]} · profile {cfg.profile} · store {db} · out {out_dir}")
@@ -121,47 +161,66 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
             store_inputs(store, cfg, task, chosen)
         with trace_context(run_id=run_id, stage="teach"):
             teacher = Teacher(task, n=cfg.n_candidates)
-            taught = teach(store, teacher, teacher_lm, chosen["train"] + chosen["test"], producer=cfg.teacher,
+            taught = teach(store, teacher, teacher_lm, [r for rows in chosen.values() for r in rows], producer=cfg.teacher,
                            run_id=run_id, threads=_threads(cfg, cfg.teacher))
 
         with trace_context(run_id=run_id, stage="imitate"):
-            sql = ("SELECT input_id, input, output, rank FROM teacher_pairs "
-                   "WHERE teacher = ? AND split = 'train' AND list_contains(?, input_id) ORDER BY input_id, rank")
-            rows = store.query(sql, [cfg.teacher, [r["input_id"] for r in chosen["train"]]])
+            params = {"teacher": cfg.teacher, "inputs": [r["input_id"] for r in chosen["train"]]}
+            rows, dataset_id = sql_dataset(store, "sft", cfg.sft_sql or SFT_SQL, params, name="imitation", run_id=run_id)
             if not rows:
                 raise InputError("the teacher produced no usable training pairs (see failed calls: "
                                  "python -m store query \"SELECT error, response FROM lm_calls WHERE stage='teach'\")")
             pairs = [{"input": r["input"], "output": r["output"], "prompt": training_prompt(task, r["input"])}
                      for r in rows]
-            dataset_id = stable_id("dataset", "imitation", sql, [[r["input_id"], r["rank"], r["output"]] for r in rows])
-            store.insert("datasets", [{"dataset_id": dataset_id, "name": "imitation", "sql": sql, "n_rows": len(rows),
-                                       "rows": to_json([{"input": p["input"], "output": p["output"]} for p in pairs]),
-                                       "run_id": run_id, "created_at": datetime.now()}])
-            icfg = ImitationConfig(base_model=cfg.student, lora=cfg.lora, merge_lora=cfg.merge_lora, epochs=cfg.epochs,
-                                   max_steps=cfg.max_steps, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
-                                   max_length=cfg.max_length, seed=cfg.seed, instruction=task.student_instruction)
+            wanted = objectives(cfg)
+            icfg = ImitationConfig(base_model=cfg.student, merge_lora=cfg.merge_lora or bool(wanted),
+                                   instruction=task.student_instruction, **_train_settings(cfg))
             icfg.output_dir = str(out_dir / f"student-ft-{stable_id(asdict(icfg), dataset_id)[:10]}")
             trained = train_imitation(pairs, icfg, store=store, run_id=run_id, dataset_id=dataset_id)
 
-        with trace_context(run_id=run_id, stage="evaluate"):
-            student_lm = resolve_lm(f"local/{Path(trained.path).resolve()}", temperature=0.0,
-                                    max_tokens=cfg.student_max_tokens)
-            result = evaluate(store, student=Student(task), student_lm=student_lm, student_name=trained.checkpoint_id,
-                              checkpoint_id=trained.checkpoint_id, critic=Critic(task, max_tokens=cfg.critic_max_tokens),
-                              critic_lm=critic_lm, critic_name=cfg.critic, inputs=chosen["test"],
-                              teacher_name=cfg.teacher, split="test", run_id=run_id,
-                              threads=_threads(cfg, cfg.critic))
+        critic = Critic(task, max_tokens=cfg.critic_max_tokens)
+        models = [("FT (imitation)" if not wanted else "warm start (imitation)", trained)]
+        if wanted:
+            ctx = ObjectiveContext(
+                store=store, task=task, run_id=run_id, out_dir=out_dir, warm=trained, train_inputs=chosen["train"],
+                teacher=cfg.teacher, critic=critic, critic_lm=critic_lm, critic_name=cfg.critic,
+                train_settings=_train_settings(cfg), feedback_every=cfg.feedback_every,
+                feedback=FeedbackConfig(k=cfg.k_samples, method=cfg.sampling, pair_selection=cfg.pair_selection,
+                                        length_lo=cfg.length_band[0], length_hi=cfg.length_band[1], seed=cfg.seed,
+                                        max_new_tokens=cfg.student_max_tokens),
+                threads=_threads(cfg, cfg.critic), **({"sft_sql": cfg.sft_sql} if cfg.sft_sql else {}),
+                **({"pairs_sql": cfg.pairs_sql} if cfg.pairs_sql else {}))
+            for name in wanted:
+                with trace_context(run_id=run_id, stage=name), dspy.context(lm=critic_lm):
+                    models.append((LABELS[name], run_objective(name, ctx)))
 
-        ratios = result["length_ratios"]
+        with trace_context(run_id=run_id, stage="evaluate"):
+            splits = {"test": chosen["test"]}
+            if chosen.get("ood"):
+                splits["ood"] = chosen["ood"]
+            judges = [(cfg.critic, critic_lm)] + ([(cfg.judge, judge_lm)] if judge_lm is not None else [])
+            evaluations = []
+            for label, model in models:
+                student_lm = resolve_lm(f"local/{Path(model.path).resolve()}", temperature=0.0,
+                                        max_tokens=cfg.student_max_tokens)
+                for split, items in splits.items():
+                    for judge_name, lm in judges:
+                        r = evaluate(store, student=Student(task), student_lm=student_lm, student_name=model.checkpoint_id,
+                                     checkpoint_id=model.checkpoint_id, critic=critic, critic_lm=lm,
+                                     critic_name=judge_name, inputs=items, teacher_name=cfg.teacher, split=split,
+                                     run_id=run_id, threads=_threads(cfg, judge_name))
+                        evaluations.append({"label": label, "judge": judge_name, "split": split, **r,
+                                            "meaning": _meaning(r["items"]), "log_history": model.log_history})
+
+        first = evaluations[0]
         examples = [{"input": it["text"], "teacher": it["b"], "student": it["a"], "p": p}
-                    for it, p in zip(result["items"], result["p_student"])][:8]
+                    for it, p in zip(first["items"], first["p_student"])][:8]
         report = write_report(
             out_dir, config=asdict(cfg), command=command, db=db, log_history=trained.log_history, examples=examples,
             counts={"train_inputs": len(chosen["train"]), "test_inputs": len(chosen["test"]), "pairs": len(pairs)},
-            evaluations=[{"label": "FT (imitation)", "judge": cfg.critic, "split": "test", "wtr_prob": result["wtr_prob"],
-                          "wtr_decision": result["wtr_decision"],
-                          "length_ratio": sum(ratios) / len(ratios) if ratios else float("nan")}],
+            evaluations=[dict(e, length_ratio=_mean(e["length_ratios"])) for e in evaluations],
         )
+        result = first
         store.insert("runs", [{**run_row, "status": "finished", "finished_at": datetime.now()}], replace=True)
     except KeyboardInterrupt:
         store.insert("runs", [{**run_row, "status": "interrupted", "finished_at": datetime.now()}], replace=True)
@@ -172,9 +231,11 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     finally:
         store.flush()
     summary = {"run_id": run_id, "teach": taught, "checkpoint": trained.path, "report": str(report),
-               "wtr_prob": result["wtr_prob"], "wtr_decision": result["wtr_decision"]}
-    console.print(f"[bold]WTR vs teacher[/] (critic {cfg.critic}, test n={result['wtr_prob'].n}): "
-                  f"mean P {result['wtr_prob']} · decisions {result['wtr_decision']}")
+               "wtr_prob": result["wtr_prob"], "wtr_decision": result["wtr_decision"],
+               "models": {label: model.path for label, model in models}}
+    for e in evaluations:
+        console.print(f"[bold]{e['label']}[/] vs teacher, {e['split']}, judge {e['judge']}: "
+                      f"WTR mean P {e['wtr_prob']} · decisions {e['wtr_decision']}", highlight=False)
     console.print(f"student: {trained.path}\nreport:  {report}")
     logged = callback.seconds + store.flush_seconds_total
     console.print(f"store: logging took {logged:.2f}s, {100 * logged / (time.monotonic() - started):.2f}% of this run")
@@ -199,6 +260,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--merge-lora", action="store_true", help="also save the LoRA student merged into its base")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="parallel calls to hosted models (default 4; local models: 1)")
+    g = p.add_argument_group("feedback distillation (after the imitation warm start)")
+    g.add_argument("--objective", help="none (default) | ft | sd | brio | dpo | brio-dpo | all | a comma list")
+    g.add_argument("--feedback-every", type=float, dest="feedback_every", metavar="K",
+                   help="sample fresh pairs from the current student every K epochs (default: feedback once)")
+    g.add_argument("--k", type=int, dest="k_samples", help="candidates sampled per input (default 6)")
+    g.add_argument("--sampling", choices=["nucleus", "diverse_beam"])
+    g.add_argument("--pair-selection", dest="pair_selection", choices=["edit", "embedding"])
+    g.add_argument("--sft-sql", dest="sft_sql", metavar="SQL",
+                   help="imitation/ft data: a query returning input, output ($teacher, $inputs available)")
+    g.add_argument("--pairs-sql", dest="pairs_sql", metavar="SQL",
+                   help="DPO data: a query returning input, chosen, rejected ($producer, $judge, $inputs available)")
+    e = p.add_argument_group("evaluation")
+    e.add_argument("--judge", metavar="SPEC", help="a second, independent judge")
+    e.add_argument("--ood", type=int, dest="ood_inputs", metavar="N", help="also evaluate on N bundled OOD inputs")
     return p
 
 
@@ -227,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = {"limit": args.limit, "inputs": args.inputs, "teacher": args.teacher, "critic": args.critic,
                  "student": args.student, "epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed,
-                 "threads": args.threads}
+                 "threads": args.threads, "objective": args.objective, "feedback_every": args.feedback_every,
+                 "k_samples": args.k_samples, "sampling": args.sampling, "pair_selection": args.pair_selection,
+                 "sft_sql": args.sft_sql, "pairs_sql": args.pairs_sql, "judge": args.judge,
+                 "ood_inputs": args.ood_inputs}
     if args.full_finetune:
         overrides["lora"] = False
     if args.merge_lora:
@@ -236,14 +314,17 @@ def main(argv: list[str] | None = None) -> int:
     from store.db import default_path
 
     try:
-        from finetune.imitate import ImitationError
+        from finetune.imitate import TrainingError
+        from finetune.objectives import DatasetError
         from finetune.student import StudentError
 
         cfg = build_config(args.profile or "default", args.config, overrides)
         run(cfg, db=args.db or default_path(), out=args.out, command=command)
-    except (ConfigError, InputError, ModelSpecError, ModelError, StoreError, ImitationError, StudentError) as e:
+    except (ConfigError, InputError, ModelSpecError, ModelError, StoreError, TrainingError, StudentError,
+            DatasetError) as e:
         console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
-        return EXIT_USAGE if isinstance(e, (ConfigError, InputError, ModelSpecError, ModelError, StudentError)) else 1
+        usage = (ConfigError, InputError, ModelSpecError, ModelError, StudentError, DatasetError)
+        return EXIT_USAGE if isinstance(e, usage) else 1
     except KeyboardInterrupt:
         console.print("interrupted: rerun the same command to finish (nothing done so far is lost)")
         return 130

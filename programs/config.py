@@ -17,7 +17,7 @@ class PipelineConfig:
     profile: str = "default"
     task: str = "humor"
     inputs: str = "bundled"  # bundled | empathetic_dialogues | a .txt/.jsonl/.csv/.parquet file
-    train_inputs: int | None = 160  # per split; None = all
+    train_inputs: int | None = 140  # per split; None = all
     test_inputs: int | None = 40
     limit: int | None = None  # --limit N caps both splits
     teacher: str = "local/qwen2.5-coder-1.5b-instruct"
@@ -38,6 +38,18 @@ class PipelineConfig:
     batch_size: int = 8
     max_length: int = 128
     threads: int = 4  # parallel LM calls for hosted teachers/critics (local models run one at a time)
+    # feedback distillation (after the imitation warm start); "none" stops at imitation
+    objective: str = "none"  # none | ft | sd | brio | dpo | brio-dpo | all | a comma-separated list
+    feedback_every: float | None = None  # epochs between on-policy feedback rounds; None: feedback once
+    k_samples: int = 6  # the paper's k
+    sampling: str = "nucleus"  # nucleus | diverse_beam
+    pair_selection: str = "edit"  # edit (largest n-gram edit distance) | embedding
+    length_band: tuple[float, float] = (0.8, 1.2)  # keep pairs whose length ratio to the input is inside
+    sft_sql: str | None = None  # replaces the imitation/ft dataset query (columns input, output)
+    pairs_sql: str | None = None  # replaces the DPO preference query (columns input, chosen, rejected)
+    # evaluation beyond the critic on the test split
+    judge: str | None = None  # a second, independent judge (model spec)
+    ood_inputs: int = 0  # how many bundled out-of-distribution inputs to evaluate on too
 
     def split_limit(self, split: str) -> int | None:
         base = self.train_inputs if split == "train" else self.test_inputs
@@ -59,7 +71,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # the README's first command: the 1.5B teacher/critic, a couple of hundred inputs (<= 45 min on 2 cores)
     "default": dict(),
     # sized like the paper for a GPU or API models: all inputs (EmpatheticDialogues with --inputs), 10 epochs
-    "full": dict(train_inputs=None, test_inputs=None, epochs=10.0, batch_size=16, threads=8),
+    "full": dict(train_inputs=None, test_inputs=None, epochs=10.0, batch_size=16, threads=8, ood_inputs=120,
+                 judge="local/qwen2.5-coder-0.5b-instruct"),
 }
 
 
@@ -93,4 +106,29 @@ def build_config(profile: str = "default", toml_path: str | None = None, overrid
         raise ConfigError(f"teacher_temperature must be in [0, 2], got {cfg.teacher_temperature}")
     if cfg.n_candidates < 1:
         raise ConfigError("n_candidates must be at least 1")
+    cfg.length_band = tuple(cfg.length_band)
+    if len(cfg.length_band) != 2 or not 0 < cfg.length_band[0] <= 1 <= cfg.length_band[1]:
+        raise ConfigError(f"length_band must be [lo, hi] with 0 < lo <= 1 <= hi, got {list(cfg.length_band)}")
+    objectives(cfg)
+    for name, allowed in (("sampling", ("nucleus", "diverse_beam")), ("pair_selection", ("edit", "embedding"))):
+        if getattr(cfg, name) not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
+    if cfg.feedback_every is not None and cfg.feedback_every <= 0:
+        raise ConfigError("feedback_every must be a positive number of epochs")
     return cfg
+
+
+OBJECTIVE_NAMES = ("ft", "sd", "brio", "dpo", "brio-dpo")
+
+
+def objectives(cfg: PipelineConfig) -> list[str]:
+    """The objectives to train after the warm start, in the paper's order."""
+    if cfg.objective in ("none", "", None):
+        return []
+    if cfg.objective == "all":
+        return list(OBJECTIVE_NAMES)
+    names = [n.strip() for n in cfg.objective.split(",") if n.strip()]
+    unknown = [n for n in names if n not in OBJECTIVE_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown objective(s) {', '.join(unknown)}; choose from none, {', '.join(OBJECTIVE_NAMES)}, all")
+    return names

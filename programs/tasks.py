@@ -24,6 +24,9 @@ class Task:
     input_desc: str
     output_desc: str
     bundled_inputs: Path | None = None
+    # worked examples shown to the teacher (DSPy demos): {"text": ..., "outputs": [...]}. The paper's 70B teacher
+    # was zero-shot; the small embedded teachers copy the input back without one (measured on Qwen2.5-Coder-0.5B).
+    teacher_demos: tuple[dict, ...] = ()
 
     def teacher_signature(self, n: int) -> type[dspy.Signature]:
         """literal text -> n outputs as a numbered list (the paper's format: one call, N candidates)."""
@@ -66,6 +69,12 @@ HUMOR = Task(
     input_desc="a literal sentence",
     output_desc="a humorous paraphrase of the text",
     bundled_inputs=DATA / "humor_inputs.jsonl",
+    teacher_demos=({
+        "text": "Suddenly a big gust of wind came and blew my dress up around my ears!",
+        "outputs": ["Oops! A strong breeze came and gave me an impromptu Marilyn Monroe moment.",  # the paper's example
+                    "The wind decided my dress looked better as a scarf, right up around my ears!",
+                    "A sudden gust turned my dress into a parachute, and I very nearly took off."],
+    },),
 )
 
 TASKS: dict[str, Task] = {HUMOR.name: HUMOR}

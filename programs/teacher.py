@@ -24,11 +24,19 @@ def parse_numbered(text: str, n: int) -> list[str]:
     return unique[:n]
 
 
+def numbered(items: list[str]) -> str:
+    return "\n".join(f"{i}. {item}" for i, item in enumerate(items, 1))
+
+
 class Teacher(dspy.Module):
     def __init__(self, task: Task, n: int = 3):
         super().__init__()
         self.n = n
         self.generate = dspy.Predict(task.teacher_signature(n))
+        self.generate.demos = [
+            dspy.Example(text=d["text"], paraphrases=numbered(d["outputs"][:n])).with_inputs("text")
+            for d in task.teacher_demos
+        ]
 
     def forward(self, text: str) -> dspy.Prediction:
         pred = self.generate(text=text)

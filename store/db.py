@@ -175,6 +175,15 @@ class Store:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
+    def columns(self, sql: str, params: Sequence[Any] | dict | None = None) -> list[str]:
+        """The column names a read query returns, without reading its rows."""
+        if _WRITE.match(sql):
+            raise ReadOnlyError("only read queries have columns to check")
+        self.flush()
+        with self.connect(read_only=True) as con:
+            cur = con.execute(f"SELECT * FROM ({sql.strip().rstrip(';')}) LIMIT 0", params or [])
+            return [d[0] for d in cur.description]
+
     def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
         rows = self.query(sql, params)
         return next(iter(rows[0].values())) if rows else None

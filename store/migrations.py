@@ -178,7 +178,58 @@ def m002_views(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_views]
+def m003_audits(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """
+        CREATE TABLE audits (                  -- the critic audited on labeled pairs (metrics/audit.py)
+            audit_id VARCHAR PRIMARY KEY,      -- hash of judge, pairs file hash, pair ids
+            run_id VARCHAR,
+            judge VARCHAR,                     -- model spec
+            source VARCHAR,                    -- the pairs file
+            n INTEGER,                         -- pairs with a debiased P(better)
+            agreement DOUBLE,                  -- share of pairs where the debiased P(better) > 0.5
+            agreement_lo DOUBLE,
+            agreement_hi DOUBLE,
+            position_flip_rate DOUBLE,         -- share of pairs whose choice names the same position in both orders
+            single_order_agreement DOUBLE,     -- agreement from the first order judged alone
+            length_bias DOUBLE,                -- among decided disagreements, share that went to the longer text
+            details JSON,                      -- per-pair rows, length shares, intervals, failures
+            created_at TIMESTAMP
+        );
+        """
+    )
+
+
+def m004_feedback_views(con: duckdb.DuckDBPyConnection) -> None:
+    """The paper's data selection as views: the feedback stage's default datasets are queries over these."""
+    con.execute(
+        """
+        CREATE VIEW feedback_pairs AS          -- a judged student pair: the critic's positive and negative
+            SELECT o.input_id, i.text AS input, i.split, o.judge, ca.producer,
+                   CASE WHEN o.p_a >= 0.5 THEN ca.text ELSE cb.text END AS chosen,
+                   CASE WHEN o.p_a >= 0.5 THEN cb.text ELSE ca.text END AS rejected,
+                   abs(o.p_a - 0.5) * 2 AS confidence
+            FROM judgment_orders o
+            JOIN candidates ca ON ca.candidate_id = o.a_id
+            JOIN candidates cb ON cb.candidate_id = o.b_id
+            JOIN inputs i ON i.input_id = o.input_id
+            WHERE ca.role = 'sample' AND cb.role = 'sample' AND o.p_a IS NOT NULL;
+        CREATE VIEW sd_examples AS             -- self-distillation: the critic's positives as SFT targets
+            SELECT input_id, input, split, judge, producer, chosen AS output FROM feedback_pairs;
+        CREATE VIEW teacher_scores AS          -- each teacher candidate's mean debiased win probability
+            SELECT c.input_id, i.text AS input, i.split, c.candidate_id, c.producer AS teacher, c.rank, c.text,
+                   o.judge, avg(CASE WHEN o.a_id = c.candidate_id THEN o.p_a ELSE 1 - o.p_a END) AS score
+            FROM candidates c
+            JOIN judgment_orders o ON o.a_id = c.candidate_id OR o.b_id = c.candidate_id
+            JOIN inputs i ON i.input_id = c.input_id
+            WHERE c.role = 'teacher' AND o.p_a IS NOT NULL
+            GROUP BY ALL;
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_views, m003_audits,
+                                                                   m004_feedback_views]
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -1,0 +1,215 @@
+"""The paper's training objectives, each from the same warm start (the imitation model), with data read by SQL.
+
+    ft        more imitation: SFT on the teacher's pairs
+    sd        self-distillation: SFT on the critic's positives among the student's own samples
+    dpo       DPO on the critic's (positive, negative) student pairs; reference = the warm start
+    brio      BRIO on the teacher's outputs ranked by the critic (ranking loss + cross-entropy)
+    brio-dpo  BRIO, then DPO on pairs sampled from the BRIO model
+
+Feedback (sd, dpo, the DPO half of brio-dpo) is collected once, or every K epochs (`feedback_every`), each time from
+the current student (on-policy). Every dataset is a SQL query over the store's views; users may pass their own.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from finetune.evaluate import judge_pairs
+from finetune.feedback import FeedbackConfig, judge_round, sample_round
+from finetune.imitate import TrainResult
+from programs.critic import Critic
+from programs.student import training_prompt
+from programs.tasks import Task
+from store import Store, stable_id, to_json
+
+OBJECTIVES = ("ft", "sd", "brio", "dpo", "brio-dpo")
+
+SFT_SQL = ("SELECT input, output FROM teacher_pairs WHERE teacher = $teacher AND split = 'train' "
+           "AND list_contains($inputs, input_id) ORDER BY input_id, rank")
+SD_SQL = ("SELECT input, output FROM sd_examples WHERE producer = $producer AND judge = $judge "
+          "AND list_contains($inputs, input_id) ORDER BY input_id")
+PAIRS_SQL = ("SELECT input, chosen, rejected FROM feedback_pairs WHERE producer = $producer AND judge = $judge "
+             "AND list_contains($inputs, input_id) ORDER BY input_id")
+BRIO_SQL = ("SELECT input_id, input, text, score FROM teacher_scores WHERE teacher = $teacher AND judge = $judge "
+            "AND list_contains($inputs, input_id) ORDER BY input_id, score DESC, rank")
+
+REQUIRED = {"sft": {"input", "output"}, "pairs": {"input", "chosen", "rejected"}, "brio": {"input_id", "input", "text"}}
+
+
+class DatasetError(Exception):
+    """A dataset query that cannot be used: one line naming what is wrong."""
+
+
+def _used(sql: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The named parameters a query mentions (DuckDB refuses extra ones)."""
+    return {k: v for k, v in params.items() if re.search(rf"\${k}\b", sql)}
+
+
+def check_query(store: Store, kind: str, sql: str, params: dict[str, Any], *, name: str) -> None:
+    """Fail early, in one line, when a dataset query does not run or lacks the columns `kind` needs."""
+    try:
+        columns = store.columns(sql, _used(sql, params))
+    except Exception as e:  # noqa: BLE001 - a user's SQL: report DuckDB's first line
+        raise DatasetError(f"{name} query failed: {str(e).splitlines()[0]}") from e
+    missing = REQUIRED[kind] - set(columns)
+    if missing:
+        raise DatasetError(f"{name} query must return columns {sorted(REQUIRED[kind])}; missing {sorted(missing)} "
+                           f"(it returns {columns})")
+
+
+def sql_dataset(store: Store, kind: str, sql: str, params: dict[str, Any], *, name: str, run_id: str) -> tuple[list[dict], str]:
+    """Rows of a dataset query (checked for the columns `kind` needs), recorded in `datasets`; returns (rows, id)."""
+    check_query(store, kind, sql, params, name=name)
+    used = _used(sql, params)
+    rows = store.query(sql, used)
+    dataset_id = stable_id("dataset", name, sql, to_json(used), to_json(rows))
+    store.insert("datasets", [{"dataset_id": dataset_id, "name": name, "sql": sql, "n_rows": len(rows),
+                               "rows": to_json(rows), "run_id": run_id, "created_at": datetime.now()}])
+    return rows, dataset_id
+
+
+@dataclass
+class ObjectiveContext:
+    """What every objective needs: the store, the task, the warm start, the critic, the settings."""
+
+    store: Store
+    task: Task
+    run_id: str
+    out_dir: Path
+    warm: TrainResult  # the imitation model every objective starts from (a full model folder)
+    train_inputs: list[dict]
+    teacher: str
+    critic: Critic
+    critic_lm: dspy.LM
+    critic_name: str
+    train_settings: dict[str, Any]  # lora, epochs, batch_size, learning_rate, max_length, seed, max_steps
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    feedback_every: float | None = None  # epochs between feedback rounds; None: feedback once
+    sft_sql: str = SFT_SQL
+    sd_sql: str = SD_SQL
+    pairs_sql: str = PAIRS_SQL
+    brio_sql: str = BRIO_SQL
+    threads: int = 1
+
+    def params(self, producer: str | None = None) -> dict[str, Any]:
+        return {"teacher": self.teacher, "judge": self.critic_name, "producer": producer,
+                "inputs": [i["input_id"] for i in self.train_inputs]}
+
+    def rounds(self) -> list[float]:
+        """Epochs per feedback round: one round of all epochs, or rounds of `feedback_every` epochs."""
+        total = float(self.train_settings.get("epochs", 1.0))
+        if not self.feedback_every or self.feedback_every >= total:
+            return [total]
+        n = int(total // self.feedback_every)
+        rest = total - n * self.feedback_every
+        return [self.feedback_every] * n + ([rest] if rest > 1e-9 else [])
+
+
+def _out(ctx: ObjectiveContext, name: str, *parts: Any) -> str:
+    return str(ctx.out_dir / f"student-{name}-{stable_id(*parts)[:10]}")
+
+
+def _imitation(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], dataset_id: str, name: str,
+               objective: str, epochs: float) -> TrainResult:
+    from finetune.imitate import ImitationConfig, train_imitation
+
+    cfg = ImitationConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
+                          **{**ctx.train_settings, "epochs": epochs})
+    cfg.output_dir = _out(ctx, name, base.checkpoint_id, dataset_id, epochs)
+    pairs = [{"input": r["input"], "output": r["output"], "prompt": training_prompt(ctx.task, r["input"])} for r in rows]
+    return train_imitation(pairs, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id, objective=objective)
+
+
+def _dpo(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], dataset_id: str, name: str, epochs: float) -> TrainResult:
+    from finetune.dpo import DPOTrainConfig, train_dpo
+
+    settings = {k: v for k, v in ctx.train_settings.items() if k != "learning_rate"}
+    cfg = DPOTrainConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
+                         **{**settings, "epochs": epochs, "batch_size": max(1, settings.get("batch_size", 8) // 2)})
+    cfg.output_dir = _out(ctx, name, base.checkpoint_id, dataset_id, epochs)
+    pairs = [{"input": r["input"], "chosen": r["chosen"], "rejected": r["rejected"],
+              "prompt": training_prompt(ctx.task, r["input"])} for r in rows]
+    return train_dpo(pairs, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id, objective=name)
+
+
+def _feedback_rounds(ctx: ObjectiveContext, name: str, start: TrainResult) -> TrainResult:
+    """sd / dpo: sample from the current student, judge, train; repeat every K epochs (on-policy)."""
+    current = start
+    for i, epochs in enumerate(ctx.rounds()):
+        producer = current.checkpoint_id
+        samples = sample_round(ctx.store, ctx.task, current.path, producer, ctx.train_inputs, ctx.feedback,
+                               run_id=ctx.run_id)
+        judge_round(ctx.store, ctx.critic, ctx.critic_lm, ctx.critic_name, ctx.train_inputs, samples, ctx.feedback,
+                    run_id=ctx.run_id, threads=ctx.threads)
+        if name == "sd":
+            rows, dataset_id = sql_dataset(ctx.store, "sft", ctx.sd_sql, ctx.params(producer), name=f"sd-round{i}",
+                                           run_id=ctx.run_id)
+        else:
+            rows, dataset_id = sql_dataset(ctx.store, "pairs", ctx.pairs_sql, ctx.params(producer),
+                                           name=f"{name}-round{i}", run_id=ctx.run_id)
+        if not rows:
+            raise DatasetError(f"{name}: no usable feedback pairs in round {i} (all dropped by the length filter or "
+                               "unjudged); see `python -m store query \"SELECT * FROM feedback_pairs\"`")
+        if name == "sd":
+            current = _imitation(ctx, current, rows, dataset_id, "sd", "sd", epochs)
+        else:
+            current = _dpo(ctx, current, rows, dataset_id, name, epochs)
+    return current
+
+
+def rank_teacher_outputs(ctx: ObjectiveContext) -> None:
+    """The critic compares every pair of the teacher's candidates per input, both orders (BRIO's ranking)."""
+    cands: dict[str, list[dict]] = {}
+    for r in ctx.store.query("SELECT input_id, candidate_id, text FROM candidates WHERE role = 'teacher' AND producer = ? "
+                             "AND list_contains(?, input_id) ORDER BY input_id, rank",
+                             [ctx.teacher, [i["input_id"] for i in ctx.train_inputs]]):
+        cands.setdefault(r["input_id"], []).append(r)
+    texts = {i["input_id"]: i["text"] for i in ctx.train_inputs}
+    items = [{"input_id": iid, "text": texts[iid], "a_id": a["candidate_id"], "a": a["text"], "b_id": b["candidate_id"],
+              "b": b["text"]}
+             for iid, cs in cands.items() for n, a in enumerate(cs) for b in cs[n + 1:]]
+    judge_pairs(ctx.store, ctx.critic, ctx.critic_lm, items, judge=ctx.critic_name, run_id=ctx.run_id, purpose="brio",
+                threads=ctx.threads)
+
+
+def _brio(ctx: ObjectiveContext, base: TrainResult) -> TrainResult:
+    from finetune.brio import BRIOTrainConfig, train_brio
+
+    rank_teacher_outputs(ctx)
+    rows, dataset_id = sql_dataset(ctx.store, "brio", ctx.brio_sql, ctx.params(), name="brio", run_id=ctx.run_id)
+    groups: dict[str, dict] = {}
+    for r in rows:
+        g = groups.setdefault(r["input_id"], {"input": r["input"], "prompt": training_prompt(ctx.task, r["input"]),
+                                              "candidates": []})
+        g["candidates"].append(r["text"])
+    usable = [dict(g, reference=g["candidates"][0]) for g in groups.values() if len(g["candidates"]) >= 2]
+    if not usable:
+        raise DatasetError("brio: no input has two or more ranked teacher candidates (the teacher wrote too few?)")
+    settings = {k: v for k, v in ctx.train_settings.items() if k != "learning_rate"}
+    cfg = BRIOTrainConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
+                          **{**settings, "batch_size": max(1, settings.get("batch_size", 8) // 4)})
+    cfg.output_dir = _out(ctx, "brio", base.checkpoint_id, dataset_id)
+    return train_brio(usable, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id)
+
+
+def run_objective(name: str, ctx: ObjectiveContext) -> TrainResult:
+    """Train `name` from the warm start; returns the final model (a merged full-model folder)."""
+    if name == "ft":
+        rows, dataset_id = sql_dataset(ctx.store, "sft", ctx.sft_sql, ctx.params(), name="ft", run_id=ctx.run_id)
+        return _imitation(ctx, ctx.warm, rows, dataset_id, "ft", "ft", float(ctx.train_settings.get("epochs", 1.0)))
+    if name in ("sd", "dpo"):
+        return _feedback_rounds(ctx, name, ctx.warm)
+    if name == "brio":
+        return _brio(ctx, ctx.warm)
+    if name == "brio-dpo":
+        return _feedback_rounds(ctx, "brio-dpo", _brio(ctx, ctx.warm))
+    raise ValueError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)} or all")
+
+
+__all__ = ["OBJECTIVES", "DatasetError", "ObjectiveContext", "check_query", "run_objective", "sql_dataset"]

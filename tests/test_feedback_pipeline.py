@@ -1,0 +1,84 @@
+"""Every feedback objective through `python -m programs.compile` on the tiny profile: sampling, pair selection,
+judging, SQL datasets, training from one warm start, evaluation, the comparison report."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from store import Store
+
+ENV = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def compile_run(tmp: Path, *extra: str, timeout: int = 1500) -> subprocess.CompletedProcess:
+    band = tmp / "band.toml"
+    band.write_text("length_band = [0.2, 5.0]\nk_samples = 3\n")  # the tiny student rambles: keep its pairs
+    cmd = [sys.executable, "-m", "programs.compile", "--profile", "tiny", "--limit", "2", "--max-steps", "1",
+           "--config", str(band), "--db", str(tmp / "t.duckdb"), "--out", str(tmp / "out"), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_all_objectives_from_one_warm_start(tmp_path):
+    out = compile_run(tmp_path, "--objective", "all", "--ood", "2")
+    assert out.returncode == 0, out.stderr[-4000:]
+    s = Store(tmp_path / "t.duckdb", create=False)
+
+    runs = {r["objective"]: r for r in s.query("SELECT objective, status, config, base_model FROM training_runs")}
+    assert set(runs) == {"ft", "sd", "brio", "dpo", "brio-dpo"}
+    assert all(r["status"] == "finished" for r in runs.values())
+    # one warm start: ft, sd, dpo and brio start from the imitation model; brio-dpo's DPO starts from BRIO's model
+    warm = s.scalar("SELECT path FROM checkpoints k JOIN training_runs t USING (training_id) "
+                    "WHERE t.objective = 'ft' ORDER BY k.created_at LIMIT 1")
+    starts = {name: json.loads(r["config"])["base_model"] for name, r in runs.items()}
+    assert starts["sd"] == starts["dpo"] == starts["brio"] == warm
+    assert starts["brio-dpo"] != warm
+    for path in s.query("SELECT path FROM checkpoints"):
+        assert (Path(path["path"]) / "config.json").exists(), path
+
+    purposes = {r["purpose"] for r in s.query("SELECT DISTINCT purpose FROM judgments")}
+    assert {"eval", "feedback", "brio"} <= purposes
+    assert s.scalar("SELECT count(*) FROM candidates WHERE role = 'sample'") > 0
+    assert s.scalar("SELECT count(*) FROM feedback_pairs") > 0
+    names = {r["name"] for r in s.query("SELECT name FROM datasets")}
+    assert {"imitation", "ft", "sd-round0", "dpo-round0", "brio", "brio-dpo-round0"} <= names
+
+    evals = s.query("SELECT student, split, judge, wtr_prob, wtr_decision FROM evaluations")
+    assert {e["split"] for e in evals} == {"test", "ood"}
+    assert len({e["student"] for e in evals}) == 6  # warm start + five objectives
+    assert all(0 <= e["wtr_prob"] <= 1 and 0 <= e["wtr_decision"] <= 1 for e in evals)
+
+    report = (tmp_path / "out" / "report.md").read_text()
+    for label in ("warm start (imitation)", "| FT |", "| SD |", "| BRIO |", "| DPO |", "BRIO→DPO"):
+        assert label in report, label
+    for png in ("wtr.png", "loss.png", "length_ratio.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 1000
+
+    # a rerun trains nothing and calls no model
+    calls = s.scalar("SELECT count(*) FROM lm_calls")
+    again = compile_run(tmp_path, "--objective", "all", "--ood", "2")
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert s.scalar("SELECT count(*) FROM lm_calls") == calls
+    assert s.scalar("SELECT count(*) FROM training_runs") == len(runs)
+
+
+@pytest.mark.slow
+def test_feedback_every_k_epochs_samples_fresh_pairs_each_round(tmp_path):
+    out = compile_run(tmp_path, "--objective", "dpo", "--epochs", "2", "--feedback-every", "1", "--max-steps", "-1")
+    assert out.returncode == 0, out.stderr[-4000:]
+    s = Store(tmp_path / "t.duckdb", create=False)
+    rounds = s.query("SELECT base_model FROM training_runs WHERE objective = 'dpo' ORDER BY started_at")
+    assert len(rounds) == 2 and rounds[0]["base_model"] != rounds[1]["base_model"]  # round 2 starts from round 1
+    producers = s.scalar("SELECT count(DISTINCT producer) FROM candidates WHERE role = 'sample'")
+    assert producers == 2  # on-policy: each round sampled from the model it then trained
+
+
+def test_user_sql_with_wrong_columns_is_named(tmp_path):
+    out = compile_run(tmp_path, "--sft-sql", "SELECT input AS question, output AS answer FROM teacher_pairs",
+                      timeout=600)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "missing ['input', 'output']" in out.stderr and "Traceback" not in out.stderr
