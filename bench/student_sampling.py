@@ -14,8 +14,9 @@ one-at-a-time:  one `generate` per candidate at batch 1 (`sample_candidates(...,
 
 Each side warms up once; then, batch by batch, the batched call and the same inputs one at a time run in turn
 (so a busy machine slows both alike), each side's time summed. Prints both rates in candidates/s, the ratio
-batched / one-at-a-time, and PASS when it is >= 3 (else BELOW TARGET). Exits 0 either way. About 2 minutes on a quiet
-2-core machine with the defaults.
+batched / one-at-a-time, and PASS when it is >= 3 (else BELOW TARGET). Exits 0 either way. A few minutes on a
+quiet 2-core machine with the defaults. On a busy one, pass `--threads 1`: two OpenMP threads that keep losing
+their core to other processes slow torch down by orders of magnitude (both sides alike, but the run may not end).
 """
 
 from __future__ import annotations
@@ -55,10 +56,14 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=6)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (0: torch's default); 1 is far steadier on a busy machine")
     parser.add_argument("--no-share-prompt", action="store_true",
                         help="batched side: prefill each prompt once per candidate row (generate's default)")
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model, tokenizer = load_student(args.student)
     print(f"student {args.student} loaded in {time.perf_counter() - t0:.1f}s; torch threads {torch.get_num_threads()}")

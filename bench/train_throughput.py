@@ -9,16 +9,20 @@ trl:  `trl.SFTTrainer` / `trl.DPOTrainer` built by hand on the same model folder
       checkpointing, use_cpu), the same batch size, learning rate, max_length, seed and save/log cadence, the trained
       model saved with `trainer.save_model`.
 
-Each run is its own child process, so runs don't share caches or memory: tokens/s = the tokens the trainer counted
-(its `num_tokens` log) over the seconds from loading the model to the saved model (imports done before); peak memory =
-the child's `ru_maxrss` (`os.wait4`), imports included. Runs alternate (trl, ours, ours, trl, ...) so that a noisy
-machine slows both alike; each round's pair gives a ratio and the median over rounds is reported (wall-clock, and
-per CPU-second of the timed section as a cross-check that a busy machine swings less). Prints the speed ratio ours / trl (target >= 1.0) and the memory
-ratio ours / trl (target <= 1.0) per objective with PASS or BELOW TARGET, and exits 0 either way. Both sides run
-with the same torch thread count: 1 for the tiny model (it gains nothing from more, and on a busy machine OpenMP's
-waits between threads swamp it), torch's default otherwise. The tiny model is a
-config-built 2-layer Llama (as in the tests): about 2.5 minutes on a 2-core machine; SmolLM2-135M takes longer
-(use `--steps 3 --rounds 1`).
+Each run is its own child process, so runs don't share caches or memory.
+- tokens/s: the tokens the trainer counted (its `num_tokens` log) over the seconds from loading the model to the saved
+  model, imports done before the clock starts; also per CPU-second of that section, a cross-check that a busy
+  machine swings less.
+- peak memory: the child's `ru_maxrss` (`os.wait4`), imports included, with glibc's mmap threshold pinned
+  (MALLOC_MMAP_THRESHOLD_): left adaptive, it makes the peak land on one of two levels by chance.
+- Runs alternate (trl, ours, ours, trl, ...) so that a noisy machine slows both alike; each round's back-to-back pair
+  gives a ratio, and the median over rounds is reported.
+- Both sides use the same torch thread count: 1 for the tiny model (it gains nothing from more, and on a busy
+  machine OpenMP's waits between threads swamp it), torch's default otherwise.
+
+Prints the speed ratio ours / trl (target >= 1.0) and the memory ratio ours / trl (target <= 1.0) per objective, each
+with PASS or BELOW TARGET, and exits 0 either way. The tiny model is a config-built 2-layer Llama (hidden 64): under
+2 minutes on a 2-core machine; SmolLM2-135M takes several minutes even with `--steps 2 --rounds 1`.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ INPUTS = ROOT / "programs" / "data" / "humor_inputs.jsonl"
 INSTRUCTION = "Rewrite the sentence as a humorous paraphrase with the same meaning."
 KINDS = ("trl-sft", "ours-sft", "trl-dpo", "ours-dpo")
 LEARNING_RATE = {"sft": 2e-4, "dpo": 5e-5}  # the finetune defaults with LoRA
+# glibc raises its mmap threshold as large blocks are freed, so a run's peak RSS lands on one of two levels by chance
+# (SmolLM2 DPO: 2.7 or 3.5 GB, same code, same data). Pinned at glibc's initial value, it no longer drifts.
+CHILD_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 # -- setup (parent) --------------------------------------------------------------------------------------------------
@@ -100,7 +107,7 @@ def run_child(kind: str, args: argparse.Namespace, folder: Path, data: Path, tmp
            "--out", str(out / "run"), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
            "--threads", str(args.threads)]
     with open(out / "stdout.txt", "w+") as stdout, open(out / "stderr.txt", "w+") as stderr:
-        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, cwd=ROOT, env=CHILD_ENV)
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (not all children's, as RUSAGE_CHILDREN)
         proc.returncode = os.waitstatus_to_exitcode(status)
         stdout.seek(0)

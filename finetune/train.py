@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
     )
     parser.add_argument("--objective", required=True, choices=OBJECTIVES)
-    parser.add_argument("--data", required=True, help="JSONL file, one row a line (shapes above)")
+    parser.add_argument("--data", required=True, help="JSONL file, one row a line (shapes below)")
     parser.add_argument("--base", default=DEFAULT_STUDENT,
                         help=f"student to start from: embedded name, model/adapter folder, GGUF file (default {DEFAULT_STUDENT})")
     parser.add_argument("--out", required=True, help="output folder (final model, train_result.json)")

@@ -14,7 +14,7 @@ from store import Store
 ENV = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def compile_run(tmp: Path, *extra: str, timeout: int = 1500) -> subprocess.CompletedProcess:
+def compile_run(tmp: Path, *extra: str, timeout: int = 2700) -> subprocess.CompletedProcess:
     band = tmp / "band.toml"
     band.write_text("length_band = [0.2, 5.0]\nk_samples = 3\n")  # the tiny student rambles: keep its pairs
     cmd = [sys.executable, "-m", "programs.compile", "--profile", "tiny", "--limit", "2", "--max-steps", "1",
