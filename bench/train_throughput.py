@@ -1,7 +1,7 @@
 """What the training layer costs: SFT and DPO tokens/s and peak memory through `finetune` against TRL used directly.
 
-    python bench/train_throughput.py [--model tiny|smollm2-135m-instruct|PATH] [--steps 16] [--rounds 3] [--batch-size 4]
-                                     [--threads N]
+    python bench/train_throughput.py [--model tiny|smollm2-135m-instruct|PATH] [--steps 16] [--rounds 3]
+                                     [--batch-size 4] [--threads N]
 
 ours: `finetune.imitate.train_imitation` (SFT) and `finetune.dpo.train_dpo` (DPO), no store, no progress bar.
 trl:  `trl.SFTTrainer` / `trl.DPOTrainer` built by hand on the same model folder, the same conversational data, the
@@ -139,7 +139,8 @@ def _cpu_settings(out: Path, objective: str, steps: int, batch_size: int) -> dic
                 report_to=[], dataloader_num_workers=0, disable_tqdm=True, max_length=128, dataset_num_proc=None)
 
 
-def _trl(kind: str, folder: Path, data: list[dict], out: Path, steps: int, batch_size: int) -> tuple[int, float, float]:
+def _trl(kind: str, folder: Path, data: list[dict], out: Path, steps: int,
+         batch_size: int) -> tuple[int, float, float]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -155,8 +156,8 @@ def _trl(kind: str, folder: Path, data: list[dict], out: Path, steps: int, batch
     if kind == "trl-sft":
         from trl import SFTConfig, SFTTrainer
 
-        dataset = Dataset.from_list([{"prompt": prompt(r), "completion": [{"role": "assistant", "content": r["output"]}]}
-                                     for r in data])
+        dataset = Dataset.from_list([{"prompt": prompt(r),
+                                      "completion": [{"role": "assistant", "content": r["output"]}]} for r in data])
         args = SFTConfig(**_cpu_settings(out, "sft", steps, batch_size), completion_only_loss=True)
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=lora)
@@ -173,7 +174,8 @@ def _trl(kind: str, folder: Path, data: list[dict], out: Path, steps: int, batch
     return _num_tokens(trainer.state.log_history), time.perf_counter() - t0, time.process_time() - c0
 
 
-def _ours(kind: str, folder: Path, data: list[dict], out: Path, steps: int, batch_size: int) -> tuple[int, float, float]:
+def _ours(kind: str, folder: Path, data: list[dict], out: Path, steps: int,
+          batch_size: int) -> tuple[int, float, float]:
     common = dict(base_model=str(folder), output_dir=str(out), max_steps=steps, batch_size=batch_size,
                   logging_steps=1, save_steps=10**6, max_length=128, instruction=INSTRUCTION)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -222,7 +224,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 1 for tiny, else torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per run (default: 1 for tiny, else torch's)")
     parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -262,8 +265,8 @@ def main() -> None:
         speed = statistics.median(o["tokens_per_s"] / t["tokens_per_s"] for o, t in zip(ours, trl))
         cpu = statistics.median(o["tokens_per_cpu_s"] / t["tokens_per_cpu_s"] for o, t in zip(ours, trl))
         memory = statistics.median(o["maxrss_mb"] / t["maxrss_mb"] for o, t in zip(ours, trl))
-        print(f"{objective.upper():4s} speed ours/trl {speed:5.3f} (target >= 1.0): {'PASS' if speed >= 1.0 else 'BELOW TARGET'}"
-              f"   [per CPU-second: {cpu:5.3f}]")
+        print(f"{objective.upper():4s} speed ours/trl {speed:5.3f} (target >= 1.0): "
+              f"{'PASS' if speed >= 1.0 else 'BELOW TARGET'}   [per CPU-second: {cpu:5.3f}]")
         print(f"{objective.upper():4s} peak memory ours/trl {memory:5.3f} (target <= 1.0): "
               f"{'PASS' if memory <= 1.0 else 'BELOW TARGET'}")
     print(f"({time.monotonic() - started:.0f} s)")

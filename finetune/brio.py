@@ -232,8 +232,9 @@ class BRIOCollator:
 
 
 class BRIOTrainer(Trainer):
-    """`Trainer` with BRIO's loss: token-mean cross-entropy on the references + λ · the ranking loss of the candidates'
-    length-normalised scores, all from one forward. Logs `ce_loss`, `rank_loss` and `rank_weight` beside `loss`."""
+    """`Trainer` with BRIO's loss: token-mean cross-entropy on the references + λ · the ranking loss of the
+    candidates' length-normalised scores, all from one forward. Logs `ce_loss`, `rank_loss` and `rank_weight` beside
+    `loss`."""
 
     loss_is_scaled_for_ga = False  # a per-batch mean: Trainer divides it by the accumulation steps
 

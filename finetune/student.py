@@ -72,13 +72,14 @@ def _converted_dir(gguf: Path, name: str) -> Path:
 def _resolve(spec: str) -> str:
     """The local folder (or hub id) that `spec` names, converting an embedded or GGUF model on first use."""
     from programs import models
-    from store.db import stable_id
 
     if models.is_embedded(spec):
         entry = models.get(spec)
         return str(_converted_dir(models.path(entry.name), entry.name))
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
+        from store.db import stable_id  # only here: the store (and DuckDB) stays out of plain model loads
+
         resolved = path.resolve()
         key = stable_id(str(resolved), resolved.stat().st_size)[:8]
         return str(_converted_dir(resolved, f"{resolved.stem}-{key}"))

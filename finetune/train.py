@@ -3,7 +3,7 @@
 
     python -m finetune.train --objective sft  --data pairs.jsonl  --base smollm2-135m-instruct --out runs/ft
     python -m finetune.train --objective dpo  --data prefs.jsonl  --base runs/ft/merged --out runs/dpo
-    python -m finetune.train --objective brio --data ranked.jsonl --base runs/ft/merged --out runs/brio --db traces.duckdb
+    python -m finetune.train --objective brio --data ranked.jsonl --base runs/ft/merged --out runs/brio --db t.duckdb
 
 One JSON object a line:
     sft   {"input": ..., "output": ..., "prompt"?: [chat messages]}
@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--objective", required=True, choices=OBJECTIVES)
     parser.add_argument("--data", required=True, help="JSONL file, one row a line (shapes below)")
     parser.add_argument("--base", default=DEFAULT_STUDENT,
-                        help=f"student to start from: embedded name, model/adapter folder, GGUF file (default {DEFAULT_STUDENT})")
+                        help="student to start from: embedded name, model/adapter folder, GGUF file "
+                             f"(default {DEFAULT_STUDENT})")
     parser.add_argument("--out", required=True, help="output folder (final model, train_result.json)")
     parser.add_argument("--full-finetune", action="store_true", help="train all weights instead of a LoRA adapter")
     parser.add_argument("--merge-lora", action="store_true", help="also write a merged full model to OUT/merged")
@@ -121,8 +122,9 @@ def _config(args: argparse.Namespace):
     if args.objective_name is not None and args.objective != "dpo":
         raise UsageError("--objective-name applies to --objective dpo only")
     values = dict(base_model=args.base, output_dir=args.out, lora=not args.full_finetune, merge_lora=args.merge_lora)
-    optional = dict(max_steps=args.max_steps, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                    learning_rate=args.lr, max_length=args.max_length, beta=args.beta, seed=args.seed)
+    optional = dict(max_steps=args.max_steps, epochs=args.epochs, batch_size=args.batch_size,
+                    grad_accum=args.grad_accum, learning_rate=args.lr, max_length=args.max_length, beta=args.beta,
+                    seed=args.seed)
     values.update({k: v for k, v in optional.items() if v is not None})
     if args.merge_lora and args.full_finetune:
         raise UsageError("--merge-lora applies to LoRA runs: drop it or --full-finetune")

@@ -97,8 +97,10 @@ def _margins(model_path, pairs) -> list[float]:
 def _best_above_worst(model_path, groups) -> int:
     """How many groups the model's length-normalised score ranks best above worst."""
     model, tokenizer = load_student(str(model_path))
-    best = score_completions(model, tokenizer, [{"input": g["input"], "completion": g["candidates"][0]} for g in groups])
-    worst = score_completions(model, tokenizer, [{"input": g["input"], "completion": g["candidates"][-1]} for g in groups])
+    best = score_completions(model, tokenizer, [{"input": g["input"], "completion": g["candidates"][0]}
+                                                for g in groups])
+    worst = score_completions(model, tokenizer, [{"input": g["input"], "completion": g["candidates"][-1]}
+                                                 for g in groups])
     return sum(b > w for b, w in zip(best, worst))
 
 
@@ -282,7 +284,8 @@ def test_brio_full_resumes_after_crash(tiny_causal_dir, groups, tmp_path, monkey
 
     ran = []
     with monkeypatch.context() as patch:
-        patch.setattr(RichProgress, "on_step_end", lambda self, args, state, control, **kw: ran.append(state.global_step))
+        patch.setattr(RichProgress, "on_step_end",
+                      lambda self, args, state, control, **kw: ran.append(state.global_step))
         result = train_brio(groups, config, progress=True)
     assert ran == [3, 4] and result.steps == 4
     assert (Path(result.path) / "config.json").exists()
