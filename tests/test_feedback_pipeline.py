@@ -59,11 +59,12 @@ def test_all_objectives_from_one_warm_start(tmp_path):
         assert (tmp_path / "out" / png).stat().st_size > 1000
 
     # a rerun trains nothing and calls no model
-    calls = s.scalar("SELECT count(*) FROM lm_calls")
+    calls, trainings = s.scalar("SELECT count(*) FROM lm_calls"), s.scalar("SELECT count(*) FROM training_runs")
+    assert trainings == 6  # the warm start and five objectives
     again = compile_run(tmp_path, "--objective", "all", "--ood", "2")
     assert again.returncode == 0, again.stderr[-4000:]
     assert s.scalar("SELECT count(*) FROM lm_calls") == calls
-    assert s.scalar("SELECT count(*) FROM training_runs") == len(runs)
+    assert s.scalar("SELECT count(*) FROM training_runs") == trainings
 
 
 @pytest.mark.slow

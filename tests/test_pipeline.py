@@ -20,7 +20,7 @@ def compile_cmd(tmp: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "programs.compile", *TINY, "--db", str(tmp / "t.duckdb"), "--out", str(tmp / "out"), *extra]
 
 
-def run(cmd, timeout=900):
+def run(cmd, timeout=1800):
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
 
 
