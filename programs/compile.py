@@ -155,7 +155,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
         check_query(store, "pairs", cfg.pairs_sql, params, name="--pairs-sql")
     store.insert("runs", [run_row], replace=True)
     out_dir = Path(out)
-    console.print(f"run {run_id[:12]} · profile {cfg.profile} · store {db} · out {out_dir}")
+    console.print(f"run {run_id[:12]} · profile {cfg.profile} · store {db} · out {out_dir}", soft_wrap=True)
     try:
         with trace_context(run_id=run_id, stage="inputs"):
             store_inputs(store, cfg, task, chosen)
@@ -235,10 +235,11 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
                "models": {label: model.path for label, model in models}}
     for e in evaluations:
         console.print(f"[bold]{e['label']}[/] vs teacher, {e['split']}, judge {e['judge']}: "
-                      f"WTR mean P {e['wtr_prob']} · decisions {e['wtr_decision']}", highlight=False)
-    console.print(f"student: {trained.path}\nreport:  {report}")
+                      f"WTR mean P {e['wtr_prob']} · decisions {e['wtr_decision']}", highlight=False, soft_wrap=True)
+    console.print(f"student: {trained.path}\nreport:  {report}", soft_wrap=True)
     logged = callback.seconds + store.flush_seconds_total
-    console.print(f"store: logging took {logged:.2f}s, {100 * logged / (time.monotonic() - started):.2f}% of this run")
+    share = 100 * logged / (time.monotonic() - started)
+    console.print(f"store: logging took {logged:.2f}s, {share:.2f}% of this run", soft_wrap=True)
     return summary
 
 
