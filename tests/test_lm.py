@@ -255,6 +255,29 @@ def test_llama_usage_max_tokens_and_logprobs(gguf_spec):
 
 
 @pytest.mark.slow
+def test_llama_logprobs_match_llama_cpp_python_own(gguf_spec):
+    """Our numpy read of the kept logits gives llama-cpp-python's own numbers, without its full-vocabulary sorts."""
+    from programs import models
+    from programs.lm import _llama_logprobs, load_llama
+
+    llama, _ = load_llama(models.path("qwen2.5-coder-0.5b-instruct", quiet=True), logits_all=True)
+    msgs = [{"role": "user", "content": PROMPT}]
+    llama.reset()
+    theirs = llama.create_chat_completion(messages=msgs, temperature=0.0, max_tokens=8, logprobs=True,
+                                          top_logprobs=5, seed=0)["choices"][0]["logprobs"]["content"]
+    llama.reset()
+    out = llama.create_chat_completion(messages=msgs, temperature=0.0, max_tokens=8, seed=0)
+    ours = _llama_logprobs(llama, out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"], k=5, greedy=True)
+    assert len(ours) == len(theirs) == 8  # max_tokens cut it: the last, never-evaluated token is included too
+    for a, b in zip(ours, theirs):
+        assert a.token == b["token"] and a.logprob == pytest.approx(b["logprob"], abs=1e-4)
+        top = {t["token"]: t["logprob"] for t in b["top_logprobs"]}
+        for alt in a.top:
+            if alt.token in top:
+                assert alt.logprob == pytest.approx(top[alt.token], abs=1e-4)
+
+
+@pytest.mark.slow
 def test_llama_temperature_zero_is_deterministic(gguf_spec):
     lm = resolve_lm(gguf_spec, temperature=0.0, max_tokens=10, cache=False)
     assert lm(PROMPT, seed=1)[0] == lm(PROMPT, seed=2)[0]
