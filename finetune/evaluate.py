@@ -119,7 +119,36 @@ def evaluate(store: Store, *, student: Student, student_lm: dspy.LM, student_nam
             "p_student": [p[it["input_id"]] for it in items], "evaluation_id": row["evaluation_id"]}
 
 
-__all__ = ["Estimate", "evaluate", "judge_pairs", "student_outputs"]
+def compare_producers(store: Store, *, critic: Critic, critic_lm: dspy.LM, critic_name: str, inputs: list[dict],
+                      producer: str, reference: str, split: str, run_id: str, threads: int = 1) -> dict:
+    """WTR of one teacher's first candidates against another's (e.g. the optimized teacher vs the one as written)."""
+    first = {}
+    for name in (producer, reference):
+        first[name] = {r["input_id"]: r for r in store.query(
+            "SELECT input_id, candidate_id, text FROM candidates WHERE role = 'teacher' AND producer = ? AND rank = 0",
+            [name])}
+    items = [{"input_id": i["input_id"], "text": i["text"], "a_id": first[producer][i["input_id"]]["candidate_id"],
+              "a": first[producer][i["input_id"]]["text"], "b_id": first[reference][i["input_id"]]["candidate_id"],
+              "b": first[reference][i["input_id"]]["text"]}
+             for i in inputs if i["input_id"] in first[producer] and i["input_id"] in first[reference]]
+    p = judge_pairs(store, critic, critic_lm, items, judge=critic_name, run_id=run_id, purpose="teacher-eval",
+                    threads=threads)
+    prob, decision = win_tie_rate([p[it["input_id"]] for it in items])
+    row = {
+        "evaluation_id": stable_id("evaluation", producer, reference, critic_name, split,
+                                   sorted(it["input_id"] for it in items)),
+        "run_id": run_id, "checkpoint_id": None, "student": producer, "reference": reference,
+        "judge": critic_name, "split": split, "n": prob.n,
+        "wtr_prob": prob.value, "wtr_prob_lo": prob.lo, "wtr_prob_hi": prob.hi,
+        "wtr_decision": decision.value, "wtr_decision_lo": decision.lo, "wtr_decision_hi": decision.hi,
+        "details": to_json({"items": [{"input_id": it["input_id"], "p": p[it["input_id"]]} for it in items]}),
+        "created_at": datetime.now(),
+    }
+    store.insert("evaluations", [row], replace=True)
+    return {"wtr_prob": prob, "wtr_decision": decision, "n": prob.n, "evaluation_id": row["evaluation_id"]}
+
+
+__all__ = ["Estimate", "compare_producers", "evaluate", "judge_pairs", "student_outputs"]
 
 
 # -- python -m finetune.evaluate -----------------------------------------------------------------------------------
@@ -150,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--critic", default="local/qwen2.5-coder-1.5b-instruct", help="judge model spec")
     ap.add_argument("--judge", help="a second judge model spec (e.g. an API model)")
     ap.add_argument("--teacher", help="writes references when the file has none (default: the critic's model)")
-    ap.add_argument("--task", default="humor")
+    ap.add_argument("--task", default="humor", help="humor (default) | formal | a task .toml file | "
+                                                     "package.module:ATTR | file.py:ATTR (docs/tasks.md)")
     ap.add_argument("--limit", type=int, help="evaluate the first N inputs only")
     ap.add_argument("--db", help="DuckDB store (default: $CRITIC_DISTILL_DB or ./traces.duckdb)")
     args = ap.parse_args(argv)
@@ -162,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     from programs.lm import ModelSpecError, check_reachable, resolve_lm
     from programs.models import ModelError
     from programs.progress import console
-    from programs.tasks import get_task
+    from programs.tasks import TaskError, get_task
 
     _quiet_libraries()
     try:
@@ -170,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError("--limit must be a positive integer")
         try:
             task = get_task(args.task)
-        except KeyError as e:
-            raise InputError(str(e.args[0])) from e
+        except TaskError as e:
+            raise InputError(str(e)) from e
         rows = load_file(args.inputs)[: args.limit]
         student_spec, producer = _student_spec(args.student)
         resolve_student(student_spec[len("local/"):])
@@ -199,6 +229,7 @@ def _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, criti
     from pathlib import Path
 
     from programs.adapter import LabeledAdapter
+    from programs.lm import resolve_lm
     from programs.teach import teach
     from programs.teacher import Teacher
     from store.callback import install, trace_context
@@ -209,7 +240,8 @@ def _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, criti
     dspy.configure(adapter=LabeledAdapter())
     digest = hashlib.sha256(Path(args.inputs).read_bytes()).hexdigest()[:12]
     split = f"file:{Path(args.inputs).name}"
-    run_id = stable_id("evaluate", producer, args.critic, args.judge, digest, args.limit)
+    run_id = stable_id("evaluate", producer, args.critic, args.judge, digest, args.limit,
+                       *(() if task.name == "humor" else (task.name,)))  # humor keeps its earlier ids
     store.insert("runs", [{"run_id": run_id, "started_at": datetime.now(), "status": "running",
                            "command": "python -m finetune.evaluate", "profile": None,
                            "config": to_json(vars(args)), "code_version": None}], replace=True)

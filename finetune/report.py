@@ -66,8 +66,58 @@ def _length_chart(path: Path, ratios: dict[str, list[float]], band: tuple[float,
     return True
 
 
+def _usage_lines(usage: list[dict]) -> list[str]:
+    """The "Cost and usage" section: one row per stage and model of `usage_per_stage`, then the run's total."""
+    def num(v, fmt="{:,}"):
+        return "–" if v is None else fmt.format(v)
+
+    def total(key):
+        values = [r[key] for r in usage if r.get(key) is not None]
+        return sum(values) if values else None
+
+    lines = ["## Cost and usage", "",
+             "| stage | model | LM calls | from the store | to the model | errors | prompt tokens | completion tokens "
+             "| time (s) | mean per model call (s) | cost (USD) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in usage + [{"stage": "**total**", "model": "", **{k: total(k) for k in (
+            "calls", "cache_hits", "model_calls", "errors", "prompt_tokens", "completion_tokens", "latency_s",
+            "cost")}, "mean_latency_s": None}]:
+        model = f"`{r['model']}`" if r.get("model") else ""
+        lines.append(f"| {r['stage'] or '–'} | {model} | {num(r['calls'])} | {num(r['cache_hits'])} | "
+                     f"{num(r['model_calls'])} | {num(r['errors'])} | {num(r['prompt_tokens'])} | "
+                     f"{num(r['completion_tokens'])} | {num(r['latency_s'], '{:,.1f}')} | "
+                     f"{num(r['mean_latency_s'], '{:.2f}')} | {num(r['cost'], '{:.4f}')} |")
+    run_id = usage[0].get("run_id") if usage else None
+    lines += ["", "All invocations of this run together; calls answered from the store are free (no tokens, no "
+              "cost). Tokens and cost are the provider's figures, – where none was reported (local models have no "
+              f"price). The same numbers: `python -m store query \"SELECT * FROM usage_per_stage WHERE run_id = "
+              f"'{run_id}'\"`; each call is a row of `lm_calls`.", ""]
+    return lines
+
+
+def _teacher_lines(t: dict, config: dict) -> list[str]:
+    """The teacher before and after DSPy optimization: its critic score on the validation inputs, and WTR on test."""
+    def pct(e) -> str:
+        return f"{100 * e.value:.1f} [{100 * e.lo:.1f}, {100 * e.hi:.1f}]"
+
+    before, after = t.get("val_before"), t.get("val_after")
+    return [
+        "## Teacher optimization", "",
+        f"`--optimize {t['optimizer']}` against the critic `{config['critic']}`; the program is `{t['program']}` and "
+        f"its candidates are stored as producer `{t['producer']}`.", "",
+        "| | critic score on validation inputs | WTR vs the teacher as written, test ×100 [95% CI] (mean P · decisions) |",
+        "|---|---|---|",
+        f"| teacher as written | {'' if before is None else f'{before:.3f}'} | 50 (itself) |",
+        f"| optimized teacher | {'' if after is None else f'{after:.3f}'} | {pct(t['wtr_prob'])} · "
+        f"{pct(t['wtr_decision'])} (n = {t['n']}) |", "",
+        "Every candidate program the optimizer scored: `python -m store query \"SELECT optimizer, trial, score, chosen, "
+        "n_demos, instructions FROM optimization_trials ORDER BY created_at, trial\"`.", "",
+    ]
+
+
 def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dict], log_history: list[dict],
-                 examples: list[dict], command: str, db: str) -> Path:
+                 examples: list[dict], command: str, db: str, usage: list[dict] | None = None,
+                 teacher_quality: dict | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     main_judge = evaluations[0]["judge"] if evaluations else None
     headline = [e for e in evaluations if e["split"] == "test" and e["judge"] == main_judge]
@@ -102,10 +152,14 @@ def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dic
               "share of items where that probability is at least 0.5. Small critics sit near 0.5, which squeezes the "
               "first toward 50; the second separates better. Meaning: cosine similarity of input and output "
               "embeddings (all-MiniLM-L6-v2). Length ratio: output words / input words.", ""]
+    if teacher_quality:
+        lines += _teacher_lines(teacher_quality, config)
     if has_loss:
         lines += ["## Training", "", "![training loss](loss.png)", ""]
     if has_lengths:
         lines += ["## Output length", "", "![length ratio](length_ratio.png)", ""]
+    if usage:
+        lines += _usage_lines(usage)
     if examples:
         lines += ["## Examples (test split)", "", "| input | teacher | student | P(student ≥ teacher) |", "|---|---|---|---|"]
         for ex in examples:

@@ -255,7 +255,7 @@ def audit(pairs: list[dict], critic, critic_lm, *, store, judge: str, run_id: st
         })
     summary = summarize(rows)
     pair_ids = [pr["id"] for pr in pairs]
-    audit_id = stable_id("audit", judge, file_sha, pair_ids)
+    audit_id = stable_id("audit", judge, file_sha, pair_ids, *(() if task.name == "humor" else (task.name,)))
     agreement: Estimate = summary["agreement"]
     details = {
         "file_sha": file_sha, "producer": producer, "pair_ids": pair_ids, "failed_judgments": failed,
@@ -333,6 +333,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"model spec of the critic (default {DEFAULT_CRITIC})")
     p.add_argument("--db", default=None, help="DuckDB store (default: $CRITIC_DISTILL_DB or ./traces.duckdb)")
     p.add_argument("--limit", type=int, metavar="N", help="audit only the first N pairs")
+    p.add_argument("--task", default="humor", help="whose critic to audit: humor (default) | formal | a task .toml "
+                                                   "file | package.module:ATTR | file.py:ATTR (docs/tasks.md)")
     p.add_argument("--format", choices=["table", "json"], default="table", help="how to print the result")
     return p
 
@@ -342,6 +344,12 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     if args.limit is not None and args.limit < 1:
         raise AuditError(f"--limit must be at least 1 (got {args.limit})")
     pairs = pair_file.pairs[: args.limit] if args.limit else pair_file.pairs
+    from programs.tasks import TaskError, get_task
+
+    try:
+        task = get_task(args.task)
+    except TaskError as e:
+        raise AuditError(str(e)) from e
 
     import dspy
 
@@ -349,7 +357,6 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     from programs.critic import Critic
     from programs.lm import check_reachable
     from programs.progress import console
-    from programs.tasks import HUMOR
     from store import Store, stable_id, to_json
     from store.callback import install
     from store.db import default_path
@@ -362,15 +369,17 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     install(store)
     dspy.configure(adapter=LabeledAdapter())
     source = str(pair_file.path.resolve())
-    run_id = stable_id("run", "audit", args.critic, pair_file.sha, [pr["id"] for pr in pairs])
+    run_id = stable_id("run", "audit", args.critic, pair_file.sha, [pr["id"] for pr in pairs],
+                       *(() if task.name == "humor" else (task.name,)))  # humor keeps its earlier ids
     run_row = {"run_id": run_id, "started_at": datetime.now(), "status": "running", "command": command,
                "profile": None, "config": to_json({"pairs": source, "critic": args.critic, "limit": args.limit,
-                                                     "file_sha": pair_file.sha}), "code_version": _code_version()}
+                                                     "file_sha": pair_file.sha, "task": args.task}),
+               "code_version": _code_version()}
     store.insert("runs", [run_row], replace=True)
     console.print(f"audit {run_id[:12]} · critic {args.critic} · {len(pairs)} pairs · store {db}", highlight=False)
     try:
-        result = audit(pairs, Critic(HUMOR, max_tokens=CRITIC_MAX_TOKENS), critic_lm, store=store, judge=args.critic,
-                       run_id=run_id, source=source, file_sha=pair_file.sha, task=HUMOR,
+        result = audit(pairs, Critic(task, max_tokens=CRITIC_MAX_TOKENS), critic_lm, store=store, judge=args.critic,
+                       run_id=run_id, source=source, file_sha=pair_file.sha, task=task,
                        threads=1 if args.critic.startswith("local/") else 4)
     except BaseException:
         store.insert("runs", [{**run_row, "status": "failed", "finished_at": datetime.now()}], replace=True)

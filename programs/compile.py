@@ -6,6 +6,13 @@
 
 Rerunning the same command reuses everything already done (LM calls are answered from the store's cache; rows have
 stable ids); a run killed at any point finishes on the next invocation with nothing lost or duplicated.
+
+    python -m programs.compile --max-calls 200     # stop before the 201st LM call that is not answered from the store
+    python -m programs.compile --max-cost 0.50     # stop before priced calls (hosted models) could pass $0.50
+
+A budget counts this command's own new LM calls (cached answers are free). Reaching it stops the command before the
+call that would pass it (exit code 3, run status 'stopped'); the same command with a higher budget, or none, goes on
+from there.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from programs.inputs import InputError, load_inputs  # noqa: E402
 from programs.progress import console  # noqa: E402
 
 EXIT_USAGE = 2
+EXIT_BUDGET = 3  # --max-calls / --max-cost reached: stopped cleanly, a rerun with a higher budget continues
 
 
 def _code_version() -> str:
@@ -63,11 +71,14 @@ def select_inputs(cfg: PipelineConfig, task) -> dict[str, list[dict]]:
                          for r in items]
     if cfg.ood_inputs:
         from programs.inputs import load_file
-        from programs.tasks import DATA
 
-        ood = load_file(DATA / "ood_inputs.jsonl")[: cfg.ood_inputs]
+        # the task's out-of-distribution file, else the inputs' rows whose split is 'ood'
+        ood = load_file(task.ood_inputs) if task.ood_inputs else [r for r in rows if r["split"] == "ood"]
+        if not ood:
+            raise InputError(f"task {task.name} has no out-of-distribution inputs (no ood_inputs file, no rows "
+                             "with split 'ood'); pass --ood 0")
         chosen["ood"] = [{"input_id": stable_id("input", task.name, r["text"]), "text": r["text"], "split": "ood"}
-                         for r in ood]
+                         for r in ood[: cfg.ood_inputs]]
     return chosen
 
 
@@ -104,11 +115,25 @@ def _meaning(items: list[dict]) -> float:
     return _mean(meaning_preservation([it["text"] for it in items], [it["a"] for it in items]))
 
 
+def _link_student(out_dir: Path, models: list, evaluations: list[dict], critic: str) -> str:
+    """`<out>/student` points at the distilled student (the best by the critic on test), so `local/<out>/student`
+    is a model spec for any DSPy program."""
+    scored = {e["label"]: e["wtr_prob"].value for e in evaluations
+              if e["split"] == "test" and e["judge"] == critic and e["wtr_prob"].value == e["wtr_prob"].value}
+    label, model = max(models, key=lambda m: scored.get(m[0], float("-inf")))
+    link = out_dir / "student"
+    target = os.path.relpath(Path(model.path).resolve(), out_dir.resolve())
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target, target_is_directory=True)
+    return f"{model.path} ({label})"
+
+
 def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     """Run (or finish) the pipeline for `cfg`; returns the evaluation summary."""
     import dspy
 
-    from finetune.evaluate import evaluate
+    from finetune.evaluate import compare_producers, evaluate
     from finetune.feedback import FeedbackConfig
     from finetune.objectives import SFT_SQL, ObjectiveContext, check_query, run_objective, sql_dataset
     from programs.config import objectives
@@ -117,22 +142,26 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     from programs.adapter import LabeledAdapter
     from programs.critic import Critic
     from programs.lm import check_reachable, resolve_lm
+    from programs.optimize import OptimizeSettings, optimize_teacher
     from programs.student import Student, training_prompt
-    from programs.tasks import get_task
+    from programs.tasks import TaskError, get_task
     from programs.teach import teach
     from programs.teacher import Teacher
     from store import Store, stable_id, to_json
+    from store.budget import Budget, BudgetExceeded
     from store.callback import install, trace_context
 
     try:
         task = get_task(cfg.task)
-    except KeyError as e:
-        raise ConfigError(str(e.args[0])) from e
+    except TaskError as e:
+        raise ConfigError(str(e)) from e
     chosen = select_inputs(cfg, task)  # bad inputs fail here, before any model is loaded
     teacher_lm = resolve_lm(cfg.teacher, temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p,
                             max_tokens=cfg.teacher_max_tokens, seed=cfg.seed)
     critic_lm = resolve_lm(cfg.critic, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed)
     judge_lm = resolve_lm(cfg.judge, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed) if cfg.judge else None
+    reflection_lm = (resolve_lm(cfg.reflection_lm or cfg.teacher, temperature=0.7, max_tokens=512, seed=cfg.seed)
+                     if cfg.optimize in ("mipro", "gepa") else None)
     from finetune.student import _resolve as resolve_student  # validates the student spec before any work
 
     resolve_student(cfg.student)
@@ -140,10 +169,12 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     check_reachable(critic_lm)
     if judge_lm is not None:
         check_reachable(judge_lm)
+    if cfg.reflection_lm and reflection_lm is not None:
+        check_reachable(reflection_lm)
 
     started = time.monotonic()
     store = Store(db)
-    callback = install(store)
+    callback = install(store, budget=Budget(cfg.max_calls, cfg.max_cost))
     dspy.configure(adapter=LabeledAdapter())
     run_id = stable_id("run", cfg.identity())
     run_row = {"run_id": run_id, "started_at": datetime.now(), "status": "running", "command": command,
@@ -159,13 +190,27 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     try:
         with trace_context(run_id=run_id, stage="inputs"):
             store_inputs(store, cfg, task, chosen)
+        teacher, teacher_name, optimized = Teacher(task, n=cfg.n_candidates), cfg.teacher, None
+        if cfg.optimize:
+            with trace_context(run_id=run_id, stage="optimize"):
+                optimized = optimize_teacher(
+                    store, task, settings=OptimizeSettings(cfg.optimize, train_size=cfg.optimize_inputs // 2,
+                                                           val_size=cfg.optimize_inputs - cfg.optimize_inputs // 2,
+                                                           trials=cfg.optimize_trials,
+                                                           max_metric_calls=6 * cfg.optimize_trials, seed=cfg.seed),
+                    n=cfg.n_candidates, teacher_name=cfg.teacher, teacher_lm=teacher_lm, critic_name=cfg.critic,
+                    critic_lm=critic_lm, reflection_lm=reflection_lm, train=chosen["train"], run_id=run_id,
+                    out_dir=out_dir)
+            teacher, teacher_name = optimized.program, optimized.producer
         with trace_context(run_id=run_id, stage="teach"):
-            teacher = Teacher(task, n=cfg.n_candidates)
-            taught = teach(store, teacher, teacher_lm, [r for rows in chosen.values() for r in rows], producer=cfg.teacher,
+            taught = teach(store, teacher, teacher_lm, [r for rows in chosen.values() for r in rows], producer=teacher_name,
                            run_id=run_id, threads=_threads(cfg, cfg.teacher))
+            if optimized is not None:  # the teacher as written, on the test inputs: the before of before/after
+                teach(store, Teacher(task, n=cfg.n_candidates), teacher_lm, chosen["test"], producer=cfg.teacher,
+                      run_id=run_id, threads=_threads(cfg, cfg.teacher))
 
         with trace_context(run_id=run_id, stage="imitate"):
-            params = {"teacher": cfg.teacher, "inputs": [r["input_id"] for r in chosen["train"]]}
+            params = {"teacher": teacher_name, "inputs": [r["input_id"] for r in chosen["train"]]}
             rows, dataset_id = sql_dataset(store, "sft", cfg.sft_sql or SFT_SQL, params, name="imitation", run_id=run_id)
             if not rows:
                 raise InputError("the teacher produced no usable training pairs (see failed calls: "
@@ -183,7 +228,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
         if wanted:
             ctx = ObjectiveContext(
                 store=store, task=task, run_id=run_id, out_dir=out_dir, warm=trained, train_inputs=chosen["train"],
-                teacher=cfg.teacher, critic=critic, critic_lm=critic_lm, critic_name=cfg.critic,
+                teacher=teacher_name, critic=critic, critic_lm=critic_lm, critic_name=cfg.critic,
                 train_settings=_train_settings(cfg), feedback_every=cfg.feedback_every,
                 feedback=FeedbackConfig(k=cfg.k_samples, method=cfg.sampling, pair_selection=cfg.pair_selection,
                                         length_lo=cfg.length_band[0], length_hi=cfg.length_band[1], seed=cfg.seed,
@@ -207,23 +252,38 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
                     for judge_name, lm in judges:
                         r = evaluate(store, student=Student(task), student_lm=student_lm, student_name=model.checkpoint_id,
                                      checkpoint_id=model.checkpoint_id, critic=critic, critic_lm=lm,
-                                     critic_name=judge_name, inputs=items, teacher_name=cfg.teacher, split=split,
+                                     critic_name=judge_name, inputs=items, teacher_name=teacher_name, split=split,
                                      run_id=run_id, threads=_threads(cfg, judge_name))
                         evaluations.append({"label": label, "judge": judge_name, "split": split, **r,
                                             "meaning": _meaning(r["items"]), "log_history": model.log_history})
 
+        best = _link_student(out_dir, models, evaluations, cfg.critic)
+        teacher_quality = None
+        if optimized is not None:
+            with trace_context(run_id=run_id, stage="evaluate"):
+                r = compare_producers(store, critic=critic, critic_lm=critic_lm, critic_name=cfg.critic,
+                                      inputs=chosen["test"], producer=teacher_name, reference=cfg.teacher, split="test",
+                                      run_id=run_id, threads=_threads(cfg, cfg.critic))
+            teacher_quality = {"optimizer": cfg.optimize, "program": str(optimized.path), "producer": teacher_name,
+                               "val_before": optimized.baseline_score, "val_after": optimized.score, **r}
         first = evaluations[0]
         examples = [{"input": it["text"], "teacher": it["b"], "student": it["a"], "p": p}
                     for it, p in zip(first["items"], first["p_student"])][:8]
+        usage = store.query("SELECT * FROM usage_per_stage WHERE run_id = ? ORDER BY first_call_at, stage, model",
+                            [run_id])
         report = write_report(
             out_dir, config=asdict(cfg), command=command, db=db, log_history=trained.log_history, examples=examples,
             counts={"train_inputs": len(chosen["train"]), "test_inputs": len(chosen["test"]), "pairs": len(pairs)},
-            evaluations=[dict(e, length_ratio=_mean(e["length_ratios"])) for e in evaluations],
+            evaluations=[dict(e, length_ratio=_mean(e["length_ratios"])) for e in evaluations], usage=usage,
+            teacher_quality=teacher_quality,
         )
         result = first
         store.insert("runs", [{**run_row, "status": "finished", "finished_at": datetime.now()}], replace=True)
     except KeyboardInterrupt:
         store.insert("runs", [{**run_row, "status": "interrupted", "finished_at": datetime.now()}], replace=True)
+        raise
+    except BudgetExceeded:
+        store.insert("runs", [{**run_row, "status": "stopped", "finished_at": datetime.now()}], replace=True)
         raise
     except BaseException:
         store.insert("runs", [{**run_row, "status": "failed", "finished_at": datetime.now()}], replace=True)
@@ -236,7 +296,12 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     for e in evaluations:
         console.print(f"[bold]{e['label']}[/] vs teacher, {e['split']}, judge {e['judge']}: "
                       f"WTR mean P {e['wtr_prob']} · decisions {e['wtr_decision']}", highlight=False, soft_wrap=True)
-    console.print(f"student: {trained.path}\nreport:  {report}", soft_wrap=True)
+    if teacher_quality is not None:
+        console.print(f"optimized teacher ({cfg.optimize}) vs teacher as written, test, judge {cfg.critic}: "
+                      f"WTR mean P {teacher_quality['wtr_prob']} · decisions {teacher_quality['wtr_decision']}",
+                      highlight=False, soft_wrap=True)
+    console.print(f"student: {out_dir / 'student'} -> {best} (use it as a model: local/{out_dir / 'student'})\n"
+                  f"report:  {report}", soft_wrap=True)
     logged = callback.seconds + store.flush_seconds_total
     share = 100 * logged / (time.monotonic() - started)
     console.print(f"store: logging took {logged:.2f}s, {share:.2f}% of this run", soft_wrap=True)
@@ -251,6 +316,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="use at most N train and N test inputs")
     p.add_argument("--db", default=None, help="DuckDB store (default: $CRITIC_DISTILL_DB or ./traces.duckdb)")
     p.add_argument("--out", default="out", help="output folder for checkpoints and the report (default: out)")
+    p.add_argument("--task", help="humor (default) | formal | a task .toml file | package.module:ATTR | file.py:ATTR "
+                                  "(docs/tasks.md)")
     p.add_argument("--inputs", help="bundled | empathetic_dialogues | a .txt/.jsonl/.csv/.parquet file")
     p.add_argument("--teacher", metavar="SPEC", help="model spec: local/<name|path> or a LiteLLM string")
     p.add_argument("--critic", metavar="SPEC", help="model spec for the critic")
@@ -272,9 +339,24 @@ def parser() -> argparse.ArgumentParser:
                    help="imitation/ft data: a query returning input, output ($teacher, $inputs available)")
     g.add_argument("--pairs-sql", dest="pairs_sql", metavar="SQL",
                    help="DPO data: a query returning input, chosen, rejected ($producer, $judge, $inputs available)")
+    o = p.add_argument_group("optimization of the teacher (DSPy, the critic as metric), before it teaches")
+    o.add_argument("--optimize", choices=["bootstrap", "mipro", "gepa"],
+                   help="BootstrapFewShot, MIPROv2 or GEPA; the program is saved as program-*.json and reused")
+    o.add_argument("--reflection-lm", dest="reflection_lm", metavar="SPEC",
+                   help="model that proposes instructions for MIPROv2/GEPA (default: the teacher)")
+    o.add_argument("--optimize-inputs", type=int, dest="optimize_inputs", metavar="N",
+                   help="train inputs the optimizer sees (default 16: half train, half validation)")
+    o.add_argument("--optimize-trials", type=int, dest="optimize_trials", metavar="N",
+                   help="MIPROv2 trials; GEPA gets 6 critic calls per trial (default 4)")
     e = p.add_argument_group("evaluation")
     e.add_argument("--judge", metavar="SPEC", help="a second, independent judge")
     e.add_argument("--ood", type=int, dest="ood_inputs", metavar="N", help="also evaluate on N bundled OOD inputs")
+    b = p.add_argument_group("budget (this command's new LM calls; answers already in the store are free)")
+    b.add_argument("--max-calls", type=int, dest="max_calls", metavar="N",
+                   help="stop before the LM call that would make more than N; rerun with more to continue (exit 3)")
+    b.add_argument("--max-cost", type=float, dest="max_cost", metavar="USD",
+                   help="stop before the spend could pass USD, as the provider prices the calls (local models: "
+                        "free); rerun with more to continue (exit 3)")
     return p
 
 
@@ -300,13 +382,15 @@ def main(argv: list[str] | None = None) -> int:
     from programs.lm import ModelSpecError
     from programs.models import ModelError
     from store import Store, StoreError  # noqa: F401
+    from store.budget import BudgetExceeded
 
     overrides = {"limit": args.limit, "inputs": args.inputs, "teacher": args.teacher, "critic": args.critic,
                  "student": args.student, "epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed,
                  "threads": args.threads, "objective": args.objective, "feedback_every": args.feedback_every,
                  "k_samples": args.k_samples, "sampling": args.sampling, "pair_selection": args.pair_selection,
                  "sft_sql": args.sft_sql, "pairs_sql": args.pairs_sql, "judge": args.judge,
-                 "ood_inputs": args.ood_inputs}
+                 "ood_inputs": args.ood_inputs, "task": args.task, "max_calls": args.max_calls,
+                 "max_cost": args.max_cost}
     if args.full_finetune:
         overrides["lora"] = False
     if args.merge_lora:
@@ -326,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
         usage = (ConfigError, InputError, ModelSpecError, ModelError, StudentError, DatasetError)
         return EXIT_USAGE if isinstance(e, usage) else 1
+    except BudgetExceeded as e:
+        line = e.describe({"calls": "--max-calls", "cost": "--max-cost"})
+        console.print(f"{line}; rerun with a higher budget to continue", soft_wrap=True, highlight=False)
+        return EXIT_BUDGET
     except KeyboardInterrupt:
         console.print("interrupted: rerun the same command to finish (nothing done so far is lost)")
         return 130

@@ -15,7 +15,7 @@ class ConfigError(Exception):
 @dataclass
 class PipelineConfig:
     profile: str = "default"
-    task: str = "humor"
+    task: str = "humor"  # a built-in task (humor, formal), a task .toml file, or package.module:ATTR / file.py:ATTR
     inputs: str = "bundled"  # bundled | empathetic_dialogues | a .txt/.jsonl/.csv/.parquet file
     train_inputs: int | None = 140  # per split; None = all
     test_inputs: int | None = 40
@@ -50,6 +50,14 @@ class PipelineConfig:
     # evaluation beyond the critic on the test split
     judge: str | None = None  # a second, independent judge (model spec)
     ood_inputs: int = 0  # how many bundled out-of-distribution inputs to evaluate on too
+    # DSPy optimization of the teacher against the critic, before it teaches (None: the teacher as written)
+    optimize: str | None = None  # bootstrap | mipro | gepa
+    reflection_lm: str | None = None  # model spec proposing instructions (MIPROv2, GEPA); default: the teacher's
+    optimize_inputs: int = 16  # train inputs the optimizer uses: half to learn from, half to score candidates on
+    optimize_trials: int = 4  # MIPROv2 trials; GEPA gets 6 metric calls per trial
+    # budget for one command (its real LM calls; cached answers are free); not part of the run's identity
+    max_calls: int | None = None  # stop before the LM call that would make more than this many
+    max_cost: float | None = None  # stop before the spend (USD, as the provider prices calls) could pass this
 
     def split_limit(self, split: str) -> int | None:
         base = self.train_inputs if split == "train" else self.test_inputs
@@ -61,6 +69,9 @@ class PipelineConfig:
         """What decides the run's results (and so its id): everything but how fast it gets there."""
         values = asdict(self)
         values.pop("threads")
+        # a budget decides where a command stops, not what the run computes: a rerun with a higher one continues it
+        values.pop("max_calls")
+        values.pop("max_cost")
         return values
 
 
@@ -115,6 +126,24 @@ def build_config(profile: str = "default", toml_path: str | None = None, overrid
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
     if cfg.feedback_every is not None and cfg.feedback_every <= 0:
         raise ConfigError("feedback_every must be a positive number of epochs")
+    if cfg.max_calls is not None and (isinstance(cfg.max_calls, bool) or not isinstance(cfg.max_calls, int)
+                                      or cfg.max_calls < 0):
+        raise ConfigError(f"max_calls must be a non-negative integer, got {cfg.max_calls!r}")
+    if cfg.max_cost is not None and (isinstance(cfg.max_cost, bool) or not isinstance(cfg.max_cost, (int, float))
+                                     or not cfg.max_cost > 0):
+        raise ConfigError(f"max_cost must be a positive number of dollars, got {cfg.max_cost!r}")
+    if cfg.optimize not in (None, "", "none", "bootstrap", "mipro", "gepa"):
+        raise ConfigError(f"optimize must be one of bootstrap, mipro, gepa, got {cfg.optimize!r}")
+    if cfg.optimize in ("", "none"):
+        cfg.optimize = None
+    if cfg.optimize and (cfg.optimize_inputs < 2 or cfg.optimize_trials < 1):
+        raise ConfigError("optimize_inputs must be at least 2 and optimize_trials at least 1")
+    from programs.tasks import TaskError, get_task
+
+    try:
+        get_task(cfg.task)  # a bad task fails here, before any model is loaded
+    except TaskError as e:
+        raise ConfigError(str(e)) from e
     return cfg
 
 

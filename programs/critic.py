@@ -31,11 +31,13 @@ class OrderJudgment:
 def choice_probability(logprobs: dict | None, label: str = "choice") -> float | None:
     """P("1") / (P("1") + P("2")) at the token that answers `Choice:`, from the top log-probabilities there."""
     tokens = (logprobs or {}).get("content") or []
+    bare = label + ":" not in "".join(t.get("token") or "" for t in tokens).lower()  # the answer alone, e.g. "1"
     text = ""
     for tok in tokens:
         token = tok.get("token") or ""
         after_label = text.lower().rfind(label + ":")
-        if after_label >= 0 and not text[after_label + len(label) + 1:].strip() and token.strip()[:1] in ("1", "2"):
+        answers = (after_label >= 0 and not text[after_label + len(label) + 1:].strip()) or (bare and not text.strip())
+        if answers and token.strip()[:1] in ("1", "2"):
             p = {"1": 0.0, "2": 0.0}
             for alt in tok.get("top_logprobs") or [{"token": token, "logprob": tok.get("logprob", 0.0)}]:
                 key = (alt.get("token") or "").strip()
@@ -73,7 +75,7 @@ class Critic(dspy.Module):
         source = "logprobs"
         if p is None:
             p, source = (1.0 if choice == 1 else 0.0), "parsed"
-        return OrderJudgment(first, second, choice, p, source, pred.reason, last_lm_call_id())
+        return OrderJudgment(first, second, choice, p, source, getattr(pred, "reason", None), last_lm_call_id())
 
     def forward(self, text: str, a: str, b: str) -> dspy.Prediction:
         """P(a is better than b), averaged over showing a first and showing b first."""

@@ -100,8 +100,10 @@ class LlamaCppEngine:
     def __init__(self, model_path: str, *, n_ctx: int = 2048, n_threads: int | None = None, name: str | None = None):
         self.model_path = str(model_path)
         self.n_ctx = n_ctx
-        # llama-cpp-python's default is half the cores for generation; this process is the machine's main job
-        self.n_threads = n_threads or os.cpu_count() or 1
+        # llama-cpp-python's default is half the cores for generation; this process is the machine's main job.
+        # CRITIC_DISTILL_LLAMA_THREADS lowers it where processes share the cores: llama.cpp's threads spin while
+        # they wait for each other, so two processes that each take every core run many times slower, not 2x.
+        self.n_threads = n_threads or int(os.environ.get("CRITIC_DISTILL_LLAMA_THREADS") or 0) or os.cpu_count() or 1
         self.name = name or Path(model_path).stem
         self._seeds = _SeedSchedule()
 

@@ -18,6 +18,7 @@ import dspy
 from dspy.clients.cache import Cache
 from dspy.utils.callback import BaseCallback
 
+from store.budget import Budget, BudgetExceeded
 from store.db import Store, to_json
 
 _run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("run_id", default=None)
@@ -25,6 +26,9 @@ _stage: contextvars.ContextVar[str | None] = contextvars.ContextVar("stage", def
 _module_stack: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("module_stack", default=())
 _last_lookup = threading.local()  # what StoreCache saw for this thread's current LM call
 _last_call = threading.local()  # id of this thread's latest finished LM call, to link candidates and judgments
+# This thread's open LM call and the budget: None outside an LM call, False inside one with nothing reserved, True
+# once StoreCache found no answer and the budget allowed the real call (the callback settles it when the call ends).
+_budget_slot = threading.local()
 
 
 @contextmanager
@@ -54,9 +58,10 @@ def last_lm_call_id() -> str | None:
 class StoreCache(Cache):
     """DSPy's response cache, kept in the store's `lm_cache` table (memory in front, DuckDB behind)."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, budget: Budget | None = None):
         super().__init__(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=None)
         self.store = store
+        self.budget = budget if budget is not None and budget.active else None
         import json
 
         for row in store.query("SELECT cache_key, record FROM lm_cache"):
@@ -66,6 +71,10 @@ class StoreCache(Cache):
         key = self._key(request, ignored_args_for_cache_key)
         record = super().get(request, ignored_args_for_cache_key)
         _last_lookup.value = {"key": key, "hit": record is not None, "record": record}
+        if record is None and self.budget is not None and getattr(_budget_slot, "value", None) is False:
+            # a miss: DSPy calls the model next. This is the last point where the call can still not happen.
+            self.budget.reserve(stage=_stage.get())
+            _budget_slot.value = True
         return record
 
     def put(self, request: dict[str, Any], value: Any, ignored_args_for_cache_key: list[str] | None = None,
@@ -116,8 +125,9 @@ def _logprobs(record: dict | None) -> list | None:
 class StoreCallback(BaseCallback):
     """Writes one `lm_calls` row per LM call and one `module_calls` row per module call, in batches."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, budget: Budget | None = None):
         self.store = store
+        self.budget = budget
         self._open: dict[str, dict[str, Any]] = {}
         self.seconds = 0.0  # time spent in this callback: the logging overhead bench/store_ingest.py reports
 
@@ -147,6 +157,7 @@ class StoreCallback(BaseCallback):
     def on_lm_start(self, call_id, instance, inputs):
         t0 = time.perf_counter()
         _last_lookup.value = None
+        _budget_slot.value = False
         stack = _module_stack.get()
         self._open[call_id] = {"t": time.perf_counter(), "model": getattr(instance, "model", type(instance).__name__),
                                "inputs": inputs, "module": stack[-1] if stack else None,
@@ -156,13 +167,16 @@ class StoreCallback(BaseCallback):
     def on_lm_end(self, call_id, outputs, exception=None):
         t0 = time.perf_counter()
         start = self._open.pop(call_id, None)
-        if start is None:
+        reserved, _budget_slot.value = getattr(_budget_slot, "value", None), None
+        if start is None or isinstance(exception, BudgetExceeded):  # refused by the budget: no call was made
             return
         latency = time.perf_counter() - start["t"]
         _last_call.value = call_id
         seen = getattr(_last_lookup, "value", None) or {}
         record = seen.get("record") if isinstance(seen.get("record"), dict) else None
         usage = (record or {}).get("usage") or {}
+        if reserved and self.budget is not None:
+            self.budget.settle(None if seen.get("hit") else (record or {}).get("cost"))
         inputs = start["inputs"]
         kwargs = {**start["lm_kwargs"], **{k: v for k, v in inputs.items() if k not in ("prompt", "messages", "request")}}
         self.store.add("lm_calls", {
@@ -197,10 +211,11 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def install(store: Store) -> StoreCallback:
-    """Route DSPy's cache and callbacks through the store for this process."""
-    callback = StoreCallback(store)
-    dspy.cache = StoreCache(store)
+def install(store: Store, budget: Budget | None = None) -> StoreCallback:
+    """Route DSPy's cache and callbacks through the store for this process; with a `budget`, a real LM call that
+    would pass it is not made (`store.budget.BudgetExceeded` is raised instead)."""
+    callback = StoreCallback(store, budget)
+    dspy.cache = StoreCache(store, budget)
     existing = [c for c in (dspy.settings.callbacks or []) if not isinstance(c, StoreCallback)]
     dspy.configure(callbacks=existing + [callback])
     return callback

@@ -228,8 +228,66 @@ def m004_feedback_views(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m005_usage_views(con: duckdb.DuckDBPyConnection) -> None:
+    """Calls, tokens, latency and cost per stage and per run (`cost_per_stage` from m002 stays as it was)."""
+    con.execute(
+        """
+        CREATE VIEW usage_per_stage AS         -- one row per run, stage and model
+            SELECT run_id, stage, model,
+                   count(*) AS calls,
+                   count(*) FILTER (WHERE cache_hit) AS cache_hits,
+                   count(*) FILTER (WHERE NOT coalesce(cache_hit, false)) AS model_calls,
+                   count(*) FILTER (WHERE error IS NOT NULL) AS errors,
+                   sum(prompt_tokens) AS prompt_tokens,
+                   sum(completion_tokens) AS completion_tokens,
+                   sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0))
+                       FILTER (WHERE prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL) AS total_tokens,
+                   round(sum(latency_s), 3) AS latency_s,
+                   round(avg(latency_s) FILTER (WHERE NOT coalesce(cache_hit, false)), 3) AS mean_latency_s,
+                   sum(cost) AS cost,
+                   min(created_at) AS first_call_at,
+                   max(created_at) AS last_call_at
+            FROM lm_calls
+            GROUP BY run_id, stage, model;
+        CREATE VIEW usage_per_run AS           -- the same, summed over a run's stages, with the run's status
+            SELECT u.run_id, r.status, r.profile, r.started_at, r.finished_at,
+                   sum(u.calls) AS calls, sum(u.cache_hits) AS cache_hits, sum(u.model_calls) AS model_calls,
+                   sum(u.errors) AS errors, sum(u.prompt_tokens) AS prompt_tokens,
+                   sum(u.completion_tokens) AS completion_tokens, sum(u.total_tokens) AS total_tokens,
+                   round(sum(u.latency_s), 3) AS latency_s, sum(u.cost) AS cost
+            FROM usage_per_stage u
+            LEFT JOIN runs r USING (run_id)
+            GROUP BY u.run_id, r.status, r.profile, r.started_at, r.finished_at;
+        """
+    )
+
+
+def m006_optimization(con: duckdb.DuckDBPyConnection) -> None:
+    """Every candidate program a DSPy optimizer scored against the critic (trial 0: the unoptimized program)."""
+    con.execute(
+        """
+        CREATE TABLE optimization_trials (
+            trial_id VARCHAR PRIMARY KEY,
+            program_key VARCHAR,   -- hash of optimizer settings, teacher, critic and inputs: one optimization
+            run_id VARCHAR,
+            optimizer VARCHAR,     -- bootstrap | mipro | gepa
+            trial INTEGER,
+            score DOUBLE,          -- mean critic score on the validation inputs, in [0, 1]
+            chosen BOOLEAN,        -- the program that went on to teach
+            note VARCHAR,
+            instructions VARCHAR,
+            n_demos INTEGER,
+            program JSON,          -- the program's saved state
+            settings JSON,
+            created_at TIMESTAMP
+        );
+        """
+    )
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_views, m003_audits,
-                                                                   m004_feedback_views]
+                                                                   m004_feedback_views, m005_usage_views,
+                                                                   m006_optimization]
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:

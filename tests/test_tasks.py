@@ -1,0 +1,342 @@
+"""Any task: built-in (humor, formal), a TOML file or a Python reference; signatures built from it; one-line errors for
+bad task specs (exit 2 from the CLIs); and the tiny pipeline end to end on the `formal` task."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from programs.adapter import LabeledAdapter
+from programs.config import ConfigError, PipelineConfig, build_config
+from programs.inputs import InputError, load_inputs
+from programs.tasks import FORMAL, HUMOR, TASKS, Task, TaskError, get_task, student_signature
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+ELI5 = ROOT / "examples" / "tasks" / "eli5.toml"
+
+TOML_TASK = '''
+name = "simplify"
+teacher_instruction = "Write {n} simpler versions of the input text as a list numbered as {numbered}."
+critic_instruction = "Choose the simpler rewrite that keeps the meaning."
+student_instruction = "Rewrite the sentence in simpler words."
+input_desc = "a complicated sentence"
+output_desc = "a simpler sentence"
+inputs = "data/in.jsonl"
+
+[[demos]]
+text = "The committee deliberated at length before reaching a consensus."
+outputs = ["The group talked a long time before they agreed.", "They discussed it for ages, then agreed."]
+'''
+
+
+def write_task(tmp_path: Path, text: str = TOML_TASK, name: str = "simplify.toml") -> Path:
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "in.jsonl").write_text(
+        "\n".join(json.dumps({"text": f"Sentence number {i} is rather convoluted.", "split": s})
+                  for i, s in enumerate(["train", "train", "test", "dev", "ood"])) + "\n")
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+# --- built-in tasks -------------------------------------------------------------------------------------------------
+
+def test_builtin_names_resolve_to_the_same_objects():
+    assert get_task("humor") is HUMOR and get_task("formal") is FORMAL
+    assert set(TASKS) >= {"humor", "formal"}
+
+
+def test_formal_bundled_inputs_are_casual_varied_and_split():
+    rows = load_inputs("bundled", FORMAL)
+    assert len(rows) >= 150
+    assert len({r["text"].lower() for r in rows}) == len(rows)
+    splits = {s: sum(r["split"] == s for r in rows) for s in ("train", "dev", "test")}
+    assert splits["train"] > splits["test"] > 0 and splits["dev"] > 0 and sum(splits.values()) == len(rows)
+    casual = ("gonna", " u ", "can't", "i'm", "wanna", "kinda", "thx", "lol", "!")
+    assert sum(any(c in f" {r['text'].lower()} " for c in casual) for r in rows) > 0.3 * len(rows)
+    assert all(4 <= len(r["text"].split()) <= 30 for r in rows)
+    humor = {r["text"] for r in load_inputs("bundled", HUMOR)}
+    assert not humor & {r["text"] for r in rows}
+    ood = [json.loads(line) for line in FORMAL.ood_inputs.read_text().splitlines() if line.strip()]
+    assert len(ood) >= 20 and {o["split"] for o in ood} == {"ood"}
+    from metrics.audit import load_pairs
+
+    pairs = load_pairs(ROOT / "programs" / "data" / "formal_audit_pairs.jsonl").pairs
+    assert len(pairs) == 20 and {pr["input"] for pr in pairs} <= {r["text"] for r in rows}
+
+
+def test_formal_signatures_and_demo():
+    sig = FORMAL.teacher_signature(3)
+    assert "3 different formal" in sig.instructions and "1., 2., 3." in sig.instructions
+    assert list(sig.input_fields) == ["text"] and list(sig.output_fields) == ["paraphrases"]
+    assert "formal and polished" in FORMAL.critic_signature().instructions
+    assert len(FORMAL.teacher_demos) == 1 and len(FORMAL.teacher_demos[0]["outputs"]) == 3
+
+
+# --- TOML tasks -----------------------------------------------------------------------------------------------------
+
+def test_toml_task_loads_with_inputs_relative_to_the_file(tmp_path, monkeypatch):
+    p = write_task(tmp_path)
+    monkeypatch.chdir(ROOT)  # the task file's own folder, not the working directory, anchors `inputs`
+    task = get_task(str(p))
+    assert isinstance(task, Task) and task.name == "simplify"
+    assert task.bundled_inputs == (tmp_path / "data" / "in.jsonl").resolve()
+    assert task.teacher_demos[0]["outputs"][1] == "They discussed it for ages, then agreed."
+    rows = load_inputs("bundled", task)
+    assert [r["split"] for r in rows] == ["train", "train", "test", "dev", "ood"]
+
+
+def test_toml_task_name_defaults_to_the_file_stem_and_inputs_are_optional(tmp_path):
+    text = "\n".join(line for line in TOML_TASK.splitlines() if not line.startswith(("name", "inputs")))
+    task = get_task(str(write_task(tmp_path, text, "my-task.toml")))
+    assert task.name == "my-task" and task.bundled_inputs is None
+    with pytest.raises(InputError, match="has no bundled inputs; pass --inputs FILE"):
+        load_inputs("bundled", task)
+
+
+def test_example_eli5_task_loads_and_has_train_and_test_inputs():
+    task = get_task(str(ELI5))
+    assert task.name == "eli5" and len(task.teacher_demos) == 1
+    rows = load_inputs("bundled", task)
+    assert 30 <= len(rows) <= 60
+    assert {r["split"] for r in rows} == {"train", "dev", "test"}
+    assert sum(r["split"] == "train" for r in rows) >= 20 and sum(r["split"] == "test" for r in rows) >= 8
+    assert "five-year-old" in task.teacher_signature(3).instructions
+
+
+# --- Python tasks ---------------------------------------------------------------------------------------------------
+
+PY_TASK = '''
+from pathlib import Path
+from programs.tasks import Task
+
+SHOUT = Task(
+    name="shout",
+    teacher_instruction="Write {n} versions of the input in capital letters, numbered as {numbered}.",
+    critic_instruction="Choose the louder version that keeps the meaning.",
+    student_instruction="Rewrite the sentence in capital letters.",
+    input_desc="a sentence",
+    output_desc="the sentence in capitals",
+    bundled_inputs=Path(__file__).parent / "shout.txt",
+    teacher_demos=[{"text": "hello there", "outputs": ["HELLO THERE", "HELLO, THERE!"]}],
+)
+NOT_A_TASK = {"name": "shout"}
+'''
+
+
+def test_python_file_task(tmp_path):
+    (tmp_path / "shout.txt").write_text("one line\nanother line\n")
+    (tmp_path / "shout_task.py").write_text(PY_TASK)
+    task = get_task(f"{tmp_path / 'shout_task.py'}:SHOUT")
+    assert task.name == "shout" and task.bundled_inputs == tmp_path / "shout.txt"
+    assert task.teacher_demos == ({"text": "hello there", "outputs": ["HELLO THERE", "HELLO, THERE!"]},)
+    assert get_task(f"{tmp_path / 'shout_task.py'}:SHOUT") is task  # the file runs once per process
+    assert len(load_inputs("bundled", task)) == 2
+
+
+def test_python_module_task(tmp_path, monkeypatch):
+    pkg = tmp_path / "mytasks_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "defs.py").write_text(PY_TASK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert get_task("mytasks_pkg.defs:SHOUT").name == "shout"
+    assert get_task("programs.tasks:FORMAL") is FORMAL
+
+
+def test_every_task_named_in_the_docs_resolves(monkeypatch):
+    import re
+
+    monkeypatch.chdir(ROOT)  # the docs' commands run from the repository root
+    specs = set(re.findall(r"--task (\S+)", (ROOT / "docs" / "tasks.md").read_text())) - {"my.toml"}
+    assert {"formal", "examples/tasks/eli5.toml", "examples/tasks/polite.py:POLITE", "programs.tasks:FORMAL"} <= specs
+    for spec in specs:
+        assert isinstance(get_task(spec), Task), spec
+    polite = get_task("examples/tasks/polite.py:POLITE")
+    assert polite.name == "polite" and polite.bundled_inputs == FORMAL.bundled_inputs
+    assert "warm and polite" in polite.critic_signature().instructions
+
+
+# --- signatures from a custom task ----------------------------------------------------------------------------------
+
+def test_signatures_and_prompts_come_from_the_custom_task(tmp_path):
+    from programs.student import training_prompt
+    from programs.teacher import Teacher
+
+    task = get_task(str(write_task(tmp_path)))
+    teacher = task.teacher_signature(2)
+    assert teacher.instructions == "Write 2 simpler versions of the input text as a list numbered as 1., 2.."
+    assert teacher.input_fields["text"].json_schema_extra["desc"] == "a complicated sentence"
+    critic = task.critic_signature()
+    assert critic.instructions == task.critic_instruction
+    assert list(critic.input_fields) == ["text", "paraphrase_1", "paraphrase_2"]
+    assert list(critic.output_fields) == ["reason", "choice"]
+    assert critic.input_fields["paraphrase_1"].json_schema_extra["desc"] == "a simpler sentence"
+    student = student_signature(task)
+    assert student.instructions == "Rewrite the sentence in simpler words."
+    assert list(student.output_fields) == ["paraphrase"]
+
+    messages = training_prompt(task, "A needlessly elaborate sentence.")
+    assert messages[0]["content"].startswith("Rewrite the sentence in simpler words.")
+    assert "a simpler sentence" in messages[0]["content"]
+    assert messages[-1] == {"role": "user", "content": "Text: A needlessly elaborate sentence."}
+
+    t = Teacher(task, n=2)
+    shown = LabeledAdapter().format(t.generate.signature, demos=t.generate.demos, inputs={"text": "X"})
+    assert shown[0]["content"].startswith("Write 2 simpler versions")
+    assert shown[2]["content"] == ("1. The group talked a long time before they agreed.\n"
+                                   "2. They discussed it for ages, then agreed.")
+
+
+def test_teacher_instruction_without_placeholders_is_fine(tmp_path):
+    text = TOML_TASK.replace("Write {n} simpler versions of the input text as a list numbered as {numbered}.",
+                             "Write three simpler versions of the input text, numbered.")
+    task = get_task(str(write_task(tmp_path, text)))
+    assert task.teacher_signature(3).instructions == "Write three simpler versions of the input text, numbered."
+
+
+def test_literal_braces_are_escaped_by_doubling(tmp_path):
+    text = TOML_TASK.replace("as a list numbered as {numbered}.", "as a list numbered as {numbered}, no {{markup}}.")
+    task = get_task(str(write_task(tmp_path, text)))
+    assert task.teacher_signature(2).instructions.endswith("numbered as 1., 2., no {markup}.")
+
+
+# --- errors ---------------------------------------------------------------------------------------------------------
+
+def _bad_cases(tmp_path: Path) -> list[tuple[str, str]]:
+    ok = write_task(tmp_path)
+    cases = []
+
+    def toml(name: str, text: str) -> str:
+        (tmp_path / name).write_text(text)
+        return str(tmp_path / name)
+
+    cases.append(("nope", "unknown task 'nope'"))
+    cases.append((str(tmp_path / "absent.toml"), "task file not found"))
+    cases.append((toml("syntax.toml", 'teacher_instruction = "unclosed\n'), "not valid TOML"))
+    cases.append((toml("missing.toml", 'teacher_instruction = "x {n}"\n'),
+                  "missing required key(s) critic_instruction, student_instruction, input_desc, output_desc"))
+    cases.append((toml("unknown.toml", 'temperature = 0.3\n' + TOML_TASK), "unknown key(s) temperature"))
+    cases.append((toml("demokey.toml", TOML_TASK + 'temperature = 0.3\n'),
+                  "[[demos]] 1 has unknown key(s) temperature"))
+    cases.append((toml("noinputs.toml", TOML_TASK.replace('"data/in.jsonl"', '"data/nothere.jsonl"')),
+                  "inputs file not found"))
+    cases.append((toml("placeholder.toml", TOML_TASK.replace("{numbered}", "{count}")),
+                  "unknown placeholder {count}"))
+    cases.append((toml("malformed.toml", TOML_TASK.replace("{numbered}.", "{numbered.")),
+                  "not a valid format string"))
+    cases.append((toml("positional.toml", TOML_TASK.replace("{numbered}", "{}")), "positional placeholder"))
+    cases.append((toml("empty.toml", TOML_TASK.replace('"Rewrite the sentence in simpler words."', '""')),
+                  "student_instruction must be a non-empty string"))
+    cases.append((toml("type.toml", TOML_TASK.replace('"a simpler sentence"', "3")),
+                  "output_desc must be a non-empty string"))
+    cases.append((toml("demo.toml", TOML_TASK.replace("outputs = [", "answers = [")), "[[demos]] 1 has unknown key"))
+    cases.append((toml("demo2.toml", TOML_TASK.replace('outputs = ["The group', 'outputs = [3, "The group')),
+                  "teacher demo 1 needs a text and a non-empty list of output strings"))
+    (tmp_path / "shout.txt").write_text("x\n")
+    (tmp_path / "defs.py").write_text(PY_TASK)
+    (tmp_path / "broken.py").write_text("raise RuntimeError('boom\\nsecond line')\n")
+    cases.append((f"{tmp_path / 'defs.py'}:NOT_A_TASK", "is a dict, not a programs.tasks.Task"))
+    cases.append((f"{tmp_path / 'defs.py'}:MISSING", "has no attribute 'MISSING'"))
+    cases.append((f"{tmp_path / 'nothere.py'}:SHOUT", "task file not found"))
+    cases.append((f"{tmp_path / 'broken.py'}:X", "cannot load (RuntimeError: boom)"))
+    cases.append(("no_such_module_xyz:TASK", "cannot import 'no_such_module_xyz'"))
+    cases.append(("programs.tasks:", "bad task reference"))
+    cases.append((str(ok.with_suffix("")), "unknown task"))
+    return cases
+
+
+def test_bad_task_specs_raise_one_line_task_errors(tmp_path):
+    for spec, message in _bad_cases(tmp_path):
+        with pytest.raises(TaskError) as info:
+            get_task(spec)
+        text = str(info.value)
+        assert message in text, (spec, text)
+        assert "\n" not in text, (spec, text)
+
+
+def test_a_bad_task_fails_when_the_config_is_built(tmp_path):
+    with pytest.raises(ConfigError, match="unknown task 'nope'"):
+        build_config("tiny", overrides={"task": "nope"})
+    cfg_file = tmp_path / "pipeline.toml"
+    cfg_file.write_text(f'task = "{write_task(tmp_path)}"\nlimit = 2\n')
+    assert build_config("tiny", str(cfg_file)).task == str(tmp_path / "simplify.toml")
+    assert build_config("tiny", overrides={"task": "formal"}).task == "formal"
+
+
+def test_ood_inputs_follow_the_task(tmp_path):
+    from programs.compile import select_inputs
+
+    cfg = PipelineConfig(task="formal", limit=2, ood_inputs=3)
+    chosen = select_inputs(cfg, FORMAL)
+    assert len(chosen["ood"]) == 3 and chosen["ood"][0]["text"].startswith("this blender")
+    custom = get_task(str(write_task(tmp_path)))  # no ood file: the rows of its inputs whose split is 'ood'
+    chosen = select_inputs(PipelineConfig(task="x", ood_inputs=5), custom)
+    assert [r["text"] for r in chosen["ood"]] == ["Sentence number 4 is rather convoluted."]
+    eli5 = get_task(str(ELI5))
+    with pytest.raises(InputError, match="has no out-of-distribution inputs"):
+        select_inputs(PipelineConfig(task="eli5", ood_inputs=5), eli5)
+
+
+def test_cli_bad_task_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('teacher_instruction = "Write {n} things {oops"\n')
+    out = subprocess.run([sys.executable, "-m", "programs.compile", "--profile", "tiny", "--task", str(bad),
+                          "--db", str(tmp_path / "e.duckdb"), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "missing required key(s)" in out.stderr and "Traceback" not in out.stderr
+    assert [line for line in out.stderr.splitlines() if line.strip()][-1].startswith("error:")
+    assert not (tmp_path / "e.duckdb").exists()  # nothing ran
+
+
+def test_evaluate_and_audit_clis_reject_a_bad_task(tmp_path, capsys):
+    from finetune.evaluate import main as evaluate_main
+    from metrics.audit import main as audit_main
+
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("hello there\n")
+    code = evaluate_main(["--student", str(tmp_path), "--inputs", str(inputs), "--task", "nope",
+                          "--db", str(tmp_path / "e.duckdb")])
+    assert code == 2 and "unknown task 'nope'" in capsys.readouterr().err
+    code = audit_main(["--pairs", str(ROOT / "programs" / "data" / "audit_pairs.jsonl"), "--task",
+                       str(tmp_path / "missing.toml"), "--db", str(tmp_path / "e.duckdb")])
+    assert code == 2 and "task file not found" in capsys.readouterr().err
+    assert not (tmp_path / "e.duckdb").exists()
+
+
+# --- end to end -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_tiny_pipeline_end_to_end_on_the_formal_task(tmp_path):
+    from store import Store
+
+    db, out = tmp_path / "t.duckdb", tmp_path / "out"
+    cmd = [sys.executable, "-m", "programs.compile", "--task", "formal", "--profile", "tiny", "--limit", "2",
+           "--max-steps", "2", "--db", str(db), "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=1800, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    s = Store(db, create=False)
+    assert s.scalar("SELECT status FROM runs") == "finished"
+    assert json.loads(s.scalar("SELECT config FROM runs"))["task"] == "formal"
+    rows = s.query("SELECT task, text, split FROM inputs ORDER BY split, text")
+    bundled = {r["text"] for r in load_inputs("bundled", FORMAL)}
+    assert len(rows) == 4 and {r["task"] for r in rows} == {"formal"} and {r["text"] for r in rows} <= bundled
+    n_teacher = s.scalar("SELECT count(*) FROM candidates WHERE role = 'teacher'")
+    assert 4 <= n_teacher <= 12
+    # the teacher was asked the formal task's prompt, with its demo
+    prompts = [r["messages"] for r in s.query("SELECT messages FROM lm_calls WHERE stage = 'teach'")]
+    assert prompts and all("formal and polished" in str(m) and "hey, can't make it tonight" in str(m) for m in prompts)
+    assert s.scalar("SELECT count(*) FROM judgments") == 4  # 2 test inputs x 2 orders
+    judged = [r["messages"] for r in s.query("SELECT messages FROM lm_calls WHERE stage = 'evaluate' "
+                                             "AND CAST(messages AS VARCHAR) LIKE '%Choose the better rewrite%'")]
+    assert len(judged) >= 2
+    ev = s.query("SELECT * FROM evaluations")
+    assert len(ev) == 1 and 0.0 <= ev[0]["wtr_prob"] <= 1.0
+    assert s.scalar("SELECT count(*) FROM training_runs WHERE status = 'finished'") == 1
+    assert "formal" in (out / "report.md").read_text()
