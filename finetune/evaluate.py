@@ -242,9 +242,9 @@ def _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, criti
     split = f"file:{Path(args.inputs).name}"
     run_id = stable_id("evaluate", producer, args.critic, args.judge, digest, args.limit,
                        *(() if task.name == "humor" else (task.name,)))  # humor keeps its earlier ids
-    store.insert("runs", [{"run_id": run_id, "started_at": datetime.now(), "status": "running",
-                           "command": "python -m finetune.evaluate", "profile": None,
-                           "config": to_json(vars(args)), "code_version": None}], replace=True)
+    run_row = {"run_id": run_id, "started_at": datetime.now(), "status": "running", "command": "python -m finetune.evaluate",
+               "profile": None, "config": to_json(vars(args)), "code_version": None}
+    store.insert("runs", [run_row], replace=True)
     items = [{"input_id": stable_id("input", task.name, r["text"]), "text": r["text"]} for r in rows]
     store.insert("inputs", [{**it, "task": task.name, "split": r["split"], "source": str(Path(args.inputs).resolve()),
                              "created_at": datetime.now()} for it, r in zip(items, rows)])
@@ -268,9 +268,7 @@ def _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, criti
                                      checkpoint_id=checkpoint[0]["checkpoint_id"] if checkpoint else None,
                                      critic=Critic(task), critic_lm=lm, critic_name=name, inputs=items,
                                      teacher_name=reference, split=split, run_id=run_id)
-    store.insert("runs", [{"run_id": run_id, "started_at": datetime.now(), "status": "finished",
-                           "finished_at": datetime.now(), "command": "python -m finetune.evaluate",
-                           "config": to_json(vars(args))}], replace=True)
+    store.insert("runs", [{**run_row, "status": "finished", "finished_at": datetime.now()}], replace=True)
     store.flush()
     return summary
 

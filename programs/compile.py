@@ -390,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
                  "k_samples": args.k_samples, "sampling": args.sampling, "pair_selection": args.pair_selection,
                  "sft_sql": args.sft_sql, "pairs_sql": args.pairs_sql, "judge": args.judge,
                  "ood_inputs": args.ood_inputs, "task": args.task, "max_calls": args.max_calls,
-                 "max_cost": args.max_cost}
+                 "max_cost": args.max_cost, "optimize": args.optimize, "reflection_lm": args.reflection_lm,
+                 "optimize_inputs": args.optimize_inputs, "optimize_trials": args.optimize_trials}
     if args.full_finetune:
         overrides["lora"] = False
     if args.merge_lora:
