@@ -72,7 +72,7 @@ def test_critic_metrics_score_threshold_and_feedback(lms, dspy_state):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", ["bootstrap", "mipro", "gepa"])
+@pytest.mark.parametrize("optimizer", ["mipro", "gepa"])  # bootstrap: through the pipeline, tests/test_student_lm.py
 def test_each_optimizer_runs_against_the_critic(optimizer, lms, tmp_path, dspy_state):
     from programs.optimize import OptimizeSettings, optimize_teacher
 
