@@ -142,7 +142,7 @@ def dspy_state():
     """`store.callback.install` replaces dspy.cache and the global callbacks: put them back afterwards."""
     import dspy
 
-    cache, callbacks, lm = dspy.cache, dspy.settings.callbacks, dspy.settings.lm
+    cache, callbacks, lm, adapter = dspy.cache, dspy.settings.callbacks, dspy.settings.lm, dspy.settings.adapter
     yield dspy
     dspy.cache = cache
-    dspy.configure(callbacks=callbacks, lm=lm)
+    dspy.configure(callbacks=callbacks, lm=lm, adapter=adapter)
