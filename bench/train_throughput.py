@@ -208,7 +208,7 @@ def child(args: argparse.Namespace) -> None:
         import finetune.dpo  # noqa: F401
         import finetune.imitate  # noqa: F401
         import programs.models  # noqa: F401
-        import store.db  # noqa: F401
+        import store.ids  # noqa: F401
     data = json.loads(Path(args.data).read_text())
     run = _ours if args.child.startswith("ours") else _trl
     tokens, seconds, cpu = run(args.child, Path(args.model_dir), data, Path(args.out), args.steps, args.batch_size)

@@ -37,6 +37,8 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from store.ids import stable_id as _stable_id  # not store.db: a run without a store never loads DuckDB
+from store.ids import to_json as _to_json
 from finetune.student import DEFAULT_STUDENT, is_seq2seq, load_student, user_message
 
 if TYPE_CHECKING:
@@ -81,20 +83,6 @@ class ImitationConfig:
         if self.learning_rate is not None:
             return self.learning_rate
         return 2e-4 if self.lora else 5e-5
-
-
-def _stable_id(*parts: Any) -> str:
-    """`store.db.stable_id`, imported when first used: a run without a store never loads DuckDB (~12 MB resident,
-    2% of a tiny-model run against plain TRL)."""
-    from store.db import stable_id
-
-    return stable_id(*parts)
-
-
-def _to_json(value: Any) -> str | None:
-    from store.db import to_json
-
-    return to_json(value)
 
 
 @dataclass

@@ -78,7 +78,7 @@ def _resolve(spec: str) -> str:
         return str(_converted_dir(models.path(entry.name), entry.name))
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        from store.db import stable_id  # only here: the store (and DuckDB) stays out of plain model loads
+        from store.ids import stable_id  # only here: the store (and DuckDB) stays out of plain model loads
 
         resolved = path.resolve()
         key = stable_id(str(resolved), resolved.stat().st_size)[:8]

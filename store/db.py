@@ -23,7 +23,7 @@ import duckdb
 import pyarrow as pa
 
 from store.migrations import migrate
-from store.redact import redact
+from store.ids import stable_id, to_json  # noqa: F401 - re-exported
 
 DEFAULT_DB = "traces.duckdb"
 # The two call logs take most rows and have ids unique by construction (DSPy's call ids): no primary-key index to
@@ -41,19 +41,6 @@ class ReadOnlyError(StoreError):
 
 def default_path() -> str:
     return os.environ.get("CRITIC_DISTILL_DB") or DEFAULT_DB
-
-
-def stable_id(*parts: Any) -> str:
-    """A short content hash: the same inputs give the same id on every rerun, so inserts are idempotent."""
-    text = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def to_json(value: Any) -> str | None:
-    """JSON text for a JSON column, with secrets removed (nothing secret ever reaches the file)."""
-    if value is None:
-        return None
-    return json.dumps(redact(value), default=str, ensure_ascii=False)
 
 
 _WRITE = re.compile(
