@@ -105,18 +105,28 @@ def evaluate(store: Store, *, student: Student, student_lm: dspy.LM, student_nam
     details = {"items": [{"input_id": it["input_id"], "p_student": p[it["input_id"]],
                           "length_ratio": r} for it, r in zip(items, ratios)],
                "skipped": len(inputs) - len(items)}
+    evaluation_id = _store_evaluation(store, student=student_name, reference=teacher_name, judge=critic_name,
+                                      split=split, items=items, prob=prob, decision=decision, details=details,
+                                      run_id=run_id, checkpoint_id=checkpoint_id)
+    return {"wtr_prob": prob, "wtr_decision": decision, "length_ratios": ratios, "items": items,
+            "p_student": [p[it["input_id"]] for it in items], "evaluation_id": evaluation_id}
+
+
+def _store_evaluation(store: Store, *, student: str, reference: str, judge: str, split: str, items: list[dict],
+                      prob: Estimate, decision: Estimate, details: dict, run_id: str,
+                      checkpoint_id: str | None) -> str:
+    """One `evaluations` row (id = hash of who was compared, by whom, on which inputs); returns its id."""
     row = {
-        "evaluation_id": stable_id("evaluation", student_name, teacher_name, critic_name, split,
+        "evaluation_id": stable_id("evaluation", student, reference, judge, split,
                                    sorted(it["input_id"] for it in items)),
-        "run_id": run_id, "checkpoint_id": checkpoint_id, "student": student_name, "reference": teacher_name,
-        "judge": critic_name, "split": split, "n": prob.n,
+        "run_id": run_id, "checkpoint_id": checkpoint_id, "student": student, "reference": reference,
+        "judge": judge, "split": split, "n": prob.n,
         "wtr_prob": prob.value, "wtr_prob_lo": prob.lo, "wtr_prob_hi": prob.hi,
         "wtr_decision": decision.value, "wtr_decision_lo": decision.lo, "wtr_decision_hi": decision.hi,
         "details": to_json(details), "created_at": datetime.now(),
     }
     store.insert("evaluations", [row], replace=True)
-    return {"wtr_prob": prob, "wtr_decision": decision, "length_ratios": ratios, "items": items,
-            "p_student": [p[it["input_id"]] for it in items], "evaluation_id": row["evaluation_id"]}
+    return row["evaluation_id"]
 
 
 def compare_producers(store: Store, *, critic: Critic, critic_lm: dspy.LM, critic_name: str, inputs: list[dict],
@@ -134,18 +144,11 @@ def compare_producers(store: Store, *, critic: Critic, critic_lm: dspy.LM, criti
     p = judge_pairs(store, critic, critic_lm, items, judge=critic_name, run_id=run_id, purpose="teacher-eval",
                     threads=threads)
     prob, decision = win_tie_rate([p[it["input_id"]] for it in items])
-    row = {
-        "evaluation_id": stable_id("evaluation", producer, reference, critic_name, split,
-                                   sorted(it["input_id"] for it in items)),
-        "run_id": run_id, "checkpoint_id": None, "student": producer, "reference": reference,
-        "judge": critic_name, "split": split, "n": prob.n,
-        "wtr_prob": prob.value, "wtr_prob_lo": prob.lo, "wtr_prob_hi": prob.hi,
-        "wtr_decision": decision.value, "wtr_decision_lo": decision.lo, "wtr_decision_hi": decision.hi,
-        "details": to_json({"items": [{"input_id": it["input_id"], "p": p[it["input_id"]]} for it in items]}),
-        "created_at": datetime.now(),
-    }
-    store.insert("evaluations", [row], replace=True)
-    return {"wtr_prob": prob, "wtr_decision": decision, "n": prob.n, "evaluation_id": row["evaluation_id"]}
+    evaluation_id = _store_evaluation(
+        store, student=producer, reference=reference, judge=critic_name, split=split, items=items, prob=prob,
+        decision=decision, details={"items": [{"input_id": it["input_id"], "p": p[it["input_id"]]} for it in items]},
+        run_id=run_id, checkpoint_id=None)
+    return {"wtr_prob": prob, "wtr_decision": decision, "n": prob.n, "evaluation_id": evaluation_id}
 
 
 __all__ = ["Estimate", "compare_producers", "evaluate", "judge_pairs", "student_outputs"]
