@@ -108,6 +108,25 @@ def test_insert_column_subset_and_unknown_column(db):
         store.insert("runs", [{"run_id": "r2", "nope": 1}])
 
 
+
+def test_large_batch_streams_in_the_table_types_and_casts_odd_values(db):
+    """A batch bigger than one Arrow chunk goes to DuckDB as a stream; a chunk whose values are not of their
+    columns' types (an int model name, ISO text for a timestamp) is inferred and cast, not lost."""
+    store = Store(db)
+    rows = [_lm_call(i) for i in range(12_000)]
+    for i in range(10_000, 12_000):  # the last chunk as another producer might write it
+        rows[i] = {**rows[i], "model": 7, "created_at": "2026-01-02 03:04:05"}
+    store.insert("lm_calls", rows)
+    store.insert("lm_calls", rows[:6_000])  # a repeat adds nothing
+    assert _count(db, "lm_calls") == 12_000
+    odd = store.query("SELECT model, created_at FROM lm_calls WHERE call_id = 'call-11000'")[0]
+    assert odd == {"model": "7", "created_at": datetime(2026, 1, 2, 3, 4, 5)}
+    assert store.scalar("SELECT sum(prompt_tokens) FROM lm_calls") == 120_000
+    with pytest.raises((StoreError, duckdb.Error)):
+        store.insert("lm_calls", [_lm_call(i) for i in range(20_000, 26_000)] + [{**_lm_call(0), "call_id": "bad",
+                                                                                  "prompt_tokens": "many"}])
+    assert _count(db, "lm_calls") == 12_000  # a batch that fails writes nothing
+
 def test_buffered_add_then_flush(db):
     writer = Store(db, batch_rows=1000, flush_seconds=3600)
     for i in range(10):
