@@ -89,6 +89,8 @@ class ObjectiveContext:
     critic_lm: dspy.LM
     critic_name: str
     train_settings: dict[str, Any]  # lora, epochs, batch_size, learning_rate, max_length, seed, max_steps
+    # per objective trained with another loss than imitation's: {"dpo": lr, "brio": lr}; None: that trainer's default
+    learning_rates: dict[str, float | None] = field(default_factory=dict)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     feedback_every: float | None = None  # epochs between feedback rounds; None: feedback once
     sft_sql: str = SFT_SQL
@@ -129,7 +131,7 @@ def _imitation(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], datas
 def _dpo(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], dataset_id: str, name: str, epochs: float) -> TrainResult:
     from finetune.dpo import DPOTrainConfig, train_dpo
 
-    settings = {k: v for k, v in ctx.train_settings.items() if k != "learning_rate"}
+    settings = {**ctx.train_settings, "learning_rate": ctx.learning_rates.get("dpo")}
     cfg = DPOTrainConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
                          **{**settings, "epochs": epochs, "batch_size": max(1, settings.get("batch_size", 8) // 2)})
     cfg.output_dir = _out(ctx, name, base.checkpoint_id, dataset_id, epochs)
@@ -191,7 +193,7 @@ def _brio(ctx: ObjectiveContext, base: TrainResult) -> TrainResult:
     usable = [dict(g, reference=g["candidates"][0]) for g in groups.values() if len(g["candidates"]) >= 2]
     if not usable:
         raise DatasetError("brio: no input has two or more ranked teacher candidates (the teacher wrote too few?)")
-    settings = {k: v for k, v in ctx.train_settings.items() if k != "learning_rate"}
+    settings = {**ctx.train_settings, "learning_rate": ctx.learning_rates.get("brio")}
     cfg = BRIOTrainConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
                           **{**settings, "batch_size": max(1, settings.get("batch_size", 8) // 4)})
     cfg.output_dir = _out(ctx, "brio", base.checkpoint_id, dataset_id)

@@ -230,6 +230,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
                 store=store, task=task, run_id=run_id, out_dir=out_dir, warm=trained, train_inputs=chosen["train"],
                 teacher=teacher_name, critic=critic, critic_lm=critic_lm, critic_name=cfg.critic,
                 train_settings=_train_settings(cfg), feedback_every=cfg.feedback_every,
+                learning_rates={"dpo": cfg.dpo_learning_rate, "brio": cfg.brio_learning_rate},
                 feedback=FeedbackConfig(k=cfg.k_samples, method=cfg.sampling, pair_selection=cfg.pair_selection,
                                         length_lo=cfg.length_band[0], length_hi=cfg.length_band[1], seed=cfg.seed,
                                         max_new_tokens=cfg.student_max_tokens),

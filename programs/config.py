@@ -34,7 +34,9 @@ class PipelineConfig:
     merge_lora: bool = False
     epochs: float = 1.0
     max_steps: int = -1
-    learning_rate: float | None = None
+    learning_rate: float | None = None  # imitation, FT and SD; None: 2e-4 with LoRA, 5e-5 full
+    dpo_learning_rate: float | None = None  # DPO rounds; None: 5e-5 with LoRA, 5e-6 full (TRL's scale, not SFT's)
+    brio_learning_rate: float | None = None  # BRIO; None: 1e-4 with LoRA, 2e-5 full
     batch_size: int = 8
     max_length: int = 128
     threads: int = 4  # parallel LM calls for hosted teachers/critics (local models run one at a time)
@@ -72,8 +74,13 @@ class PipelineConfig:
         # a budget decides where a command stops, not what the run computes: a rerun with a higher one continues it
         values.pop("max_calls")
         values.pop("max_cost")
+        for key in NEWER_KEYS:  # unset: left out, so runs made before the key existed keep their ids
+            if values[key] is None:
+                values.pop(key)
         return values
 
+
+NEWER_KEYS = ("dpo_learning_rate", "brio_learning_rate")
 
 PROFILES: dict[str, dict[str, Any]] = {
     # fast: the 0.5B teacher/critic, a few inputs; for tests and a first look (<= 10 min on 2 CPU cores)
@@ -124,6 +131,10 @@ def build_config(profile: str = "default", toml_path: str | None = None, overrid
     for name, allowed in (("sampling", ("nucleus", "diverse_beam")), ("pair_selection", ("edit", "embedding"))):
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
+    for name in ("learning_rate", *NEWER_KEYS):
+        v = getattr(cfg, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+            raise ConfigError(f"{name} must be a positive number, got {v!r}")
     if cfg.feedback_every is not None and cfg.feedback_every <= 0:
         raise ConfigError("feedback_every must be a positive number of epochs")
     if cfg.max_calls is not None and (isinstance(cfg.max_calls, bool) or not isinstance(cfg.max_calls, int)

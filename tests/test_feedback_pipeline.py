@@ -16,7 +16,8 @@ ENV = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "
 
 def compile_run(tmp: Path, *extra: str, timeout: int = 2700) -> subprocess.CompletedProcess:
     band = tmp / "band.toml"
-    band.write_text("length_band = [0.2, 5.0]\nk_samples = 3\n")  # the tiny student rambles: keep its pairs
+    # the tiny student rambles: keep its pairs; DPO and BRIO get learning rates of their own
+    band.write_text("length_band = [0.2, 5.0]\nk_samples = 3\ndpo_learning_rate = 3e-5\nbrio_learning_rate = 7e-5\n")
     cmd = [sys.executable, "-m", "programs.compile", "--profile", "tiny", "--limit", "2", "--max-steps", "1",
            "--config", str(band), "--db", str(tmp / "t.duckdb"), "--out", str(tmp / "out"), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
@@ -35,6 +36,8 @@ def test_all_objectives_from_one_warm_start(tmp_path):
     warm = s.scalar("SELECT path FROM checkpoints k JOIN training_runs t USING (training_id) "
                     "WHERE t.objective = 'ft' ORDER BY k.created_at LIMIT 1")
     starts = {name: json.loads(r["config"])["base_model"] for name, r in runs.items()}
+    rates = {name: json.loads(r["config"])["learning_rate"] for name, r in runs.items()}
+    assert rates == {"ft": None, "sd": None, "brio": 7e-5, "dpo": 3e-5, "brio-dpo": 3e-5}  # each trainer's own
     assert starts["sd"] == starts["dpo"] == starts["brio"] == warm
     assert starts["brio-dpo"] != warm
     for path in s.query("SELECT path FROM checkpoints"):
