@@ -65,7 +65,9 @@ class StoreCache(Cache):
         import json
 
         for row in store.query("SELECT cache_key, record FROM lm_cache"):
-            self.memory_cache[row["cache_key"]] = json.loads(row["record"])
+            record = _restore(json.loads(row["record"]))
+            if record is not None:
+                self.memory_cache[row["cache_key"]] = record
 
     def get(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None = None) -> Any:
         key = self._key(request, ignored_args_for_cache_key)
@@ -81,17 +83,64 @@ class StoreCache(Cache):
             enable_memory_cache: bool = True) -> None:
         key = self._key(request, ignored_args_for_cache_key)
         _last_lookup.value = {"key": key, "hit": False, "record": value}
-        if not isinstance(value, dict):  # LiteLLM compatibility-path objects: cached in memory only
+        record = _persistable(value)
+        if record is None:  # nothing we can write as JSON and read back: this process's memory only
             return super().put(request, value, ignored_args_for_cache_key, enable_memory_cache)
         with self._lock:
             self.memory_cache[key] = value
-        self.store.add("lm_cache", {"cache_key": key, "record": to_json(value), "created_at": datetime.now()})
+        self.store.add("lm_cache", {"cache_key": key, "record": to_json(record), "created_at": datetime.now()})
 
     def _key(self, request, ignored):
         try:
             return self.cache_key(request, ignored)
         except Exception:
             return None
+
+
+# DSPy caches plain dicts for its native engine and LiteLLM's own response objects (pydantic models under
+# litellm.types) for calls on LiteLLM's compatibility path (providers lm15 does not know, extra headers, a gateway
+# set by environment variable). Those are kept as their JSON and rebuilt on load, so a rerun finds them too.
+_LITELLM = "_litellm_response"
+
+
+def _persistable(value: Any) -> dict | None:
+    if isinstance(value, dict):
+        return value
+    cls = type(value)
+    if cls.__module__.startswith("litellm.types.") and hasattr(value, "model_dump"):
+        try:
+            return {_LITELLM: {"module": cls.__module__, "type": cls.__qualname__,
+                               "data": value.model_dump(mode="json")}}
+        except Exception:  # noqa: BLE001 - an object LiteLLM cannot dump stays in memory
+            return None
+    return None
+
+
+def _restore(record: Any) -> Any:
+    """A stored record as DSPy cached it; None for one this LiteLLM cannot rebuild (the call is then made again)."""
+    if not (isinstance(record, dict) and _LITELLM in record):
+        return record
+    import importlib
+
+    spec = record[_LITELLM]
+    if not str(spec.get("module", "")).startswith("litellm.types."):  # the trust rule of DSPy's own disk cache
+        return None
+    try:
+        cls = getattr(importlib.import_module(spec["module"]), spec["type"])
+        return cls(**spec["data"])
+    except Exception:  # noqa: BLE001 - another LiteLLM version's shape
+        return None
+
+
+def _usage_and_cost(record: Any) -> tuple[dict, float | None]:
+    """Token usage and the provider's price of a fresh answer, from either kind of cache record."""
+    if isinstance(record, dict):
+        return record.get("usage") or {}, record.get("cost")
+    if record is not None and type(record).__module__.startswith("litellm.types."):
+        usage = getattr(record, "usage", None)
+        usage = usage.model_dump() if hasattr(usage, "model_dump") else dict(usage or {})
+        return usage, (getattr(record, "_hidden_params", None) or {}).get("response_cost")
+    return {}, None
 
 
 def _messages(inputs: dict[str, Any]) -> Any:
@@ -173,10 +222,10 @@ class StoreCallback(BaseCallback):
         latency = time.perf_counter() - start["t"]
         _last_call.value = call_id
         seen = getattr(_last_lookup, "value", None) or {}
+        usage, cost = _usage_and_cost(seen.get("record"))
         record = seen.get("record") if isinstance(seen.get("record"), dict) else None
-        usage = (record or {}).get("usage") or {}
         if reserved and self.budget is not None:
-            self.budget.settle(None if seen.get("hit") else (record or {}).get("cost"))
+            self.budget.settle(None if seen.get("hit") else cost)
         inputs = start["inputs"]
         kwargs = {**start["lm_kwargs"], **{k: v for k, v in inputs.items() if k not in ("prompt", "messages", "request")}}
         self.store.add("lm_calls", {
@@ -186,7 +235,7 @@ class StoreCallback(BaseCallback):
             "logprobs": to_json(_logprobs(record)),
             "prompt_tokens": None if seen.get("hit") else usage.get("prompt_tokens"),
             "completion_tokens": None if seen.get("hit") else usage.get("completion_tokens"),
-            "latency_s": latency, "cost": None if seen.get("hit") else (record or {}).get("cost"),
+            "latency_s": latency, "cost": None if seen.get("hit") else cost,
             "cache_hit": bool(seen.get("hit")), "error": _error(exception), "created_at": datetime.now(),
         })
         self.seconds += time.perf_counter() - t0

@@ -316,6 +316,36 @@ def test_max_cost_uses_the_recorded_cost_and_stops_before_passing_it(tmp_path, p
     assert store.scalar("SELECT count(*) FROM lm_calls WHERE cache_hit AND cost IS NULL") == 2
 
 
+def test_litellm_compatibility_path_is_priced_budgeted_and_cached_in_the_store(tmp_path, priced_server, dspy_state):
+    """Calls DSPy sends through LiteLLM (engine="litellm" here; in use: providers lm15 does not know, extra headers,
+    a gateway in OPENAI_API_BASE) get their tokens and price recorded, count against --max-cost, and are answered
+    from the store by the next command."""
+    from programs.lm import resolve_lm
+    from store.callback import trace_context
+
+    db = tmp_path / "t.duckdb"
+    lm = resolve_lm("deepseek/deepseek-chat", api_base=priced_server.url, api_key="test-key", max_tokens=4,
+                    num_retries=0, engine="litellm")
+    budget = Budget(max_cost=1.0)
+    store = _session(db, budget)
+    with trace_context(run_id="c", stage="teach"):
+        first = [_ask(lm, q) for q in QUESTIONS[:2]]
+    store.flush()
+    rows = store.query("SELECT cost, prompt_tokens, completion_tokens FROM lm_calls ORDER BY created_at")
+    assert len(rows) == 2 and all(r["cost"] > 0 and r["prompt_tokens"] > 0 and r["completion_tokens"] > 0
+                                  for r in rows)
+    assert budget.spent == pytest.approx(sum(r["cost"] for r in rows))
+    assert store.scalar("SELECT count(*) FROM lm_cache") == 2
+
+    requests = priced_server.requests
+    store = _session(db)  # the next command: a new cache, filled from the store
+    with trace_context(run_id="c", stage="teach"):
+        again = [_ask(lm, q) for q in QUESTIONS[:2]]
+    store.flush()
+    assert again == first and priced_server.requests == requests
+    assert store.scalar("SELECT count(*) FROM lm_calls WHERE cache_hit") == 2
+
+
 def test_budget_settings_are_checked_and_kept_out_of_the_run_id():
     from programs.config import ConfigError, build_config
 
