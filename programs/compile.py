@@ -290,7 +290,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
         store.insert("runs", [{**run_row, "status": "failed", "finished_at": datetime.now()}], replace=True)
         raise
     finally:
-        store.flush()
+        store.close()  # flush, then checkpoint: one self-contained file when the command ends
     summary = {"run_id": run_id, "teach": taught, "checkpoint": trained.path, "report": str(report),
                "wtr_prob": result["wtr_prob"], "wtr_decision": result["wtr_decision"],
                "models": {label: model.path for label, model in models}}
