@@ -272,7 +272,7 @@ def _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, criti
                                      critic=Critic(task), critic_lm=lm, critic_name=name, inputs=items,
                                      teacher_name=reference, split=split, run_id=run_id)
     store.insert("runs", [{**run_row, "status": "finished", "finished_at": datetime.now()}], replace=True)
-    store.flush()
+    store.close()  # flush, then checkpoint: one self-contained file
     return summary
 
 

@@ -385,7 +385,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         store.insert("runs", [{**run_row, "status": "failed", "finished_at": datetime.now()}], replace=True)
         raise
     store.insert("runs", [{**run_row, "status": "finished", "finished_at": datetime.now()}], replace=True)
-    store.flush()
+    store.close()  # flush, then checkpoint: one self-contained file
     return result
 
 
