@@ -103,11 +103,15 @@ class StoreCache(Cache):
 _LITELLM = "_litellm_response"
 
 
+def _is_litellm(value: Any) -> bool:
+    return type(value).__module__.startswith("litellm.types.")
+
+
 def _persistable(value: Any) -> dict | None:
     if isinstance(value, dict):
         return value
     cls = type(value)
-    if cls.__module__.startswith("litellm.types.") and hasattr(value, "model_dump"):
+    if _is_litellm(value) and hasattr(value, "model_dump"):
         try:
             return {_LITELLM: {"module": cls.__module__, "type": cls.__qualname__,
                                "data": value.model_dump(mode="json")}}
@@ -136,7 +140,7 @@ def _usage_and_cost(record: Any) -> tuple[dict, float | None]:
     """Token usage and the provider's price of a fresh answer, from either kind of cache record."""
     if isinstance(record, dict):
         return record.get("usage") or {}, record.get("cost")
-    if record is not None and type(record).__module__.startswith("litellm.types."):
+    if _is_litellm(record):
         usage = getattr(record, "usage", None)
         usage = usage.model_dump() if hasattr(usage, "model_dump") else dict(usage or {})
         return usage, (getattr(record, "_hidden_params", None) or {}).get("response_cost")

@@ -122,7 +122,6 @@ class Store:
         self._buffered = 0
         self._last_flush = time.monotonic()
         self._lock = threading.RLock()
-        self._columns: dict[str, list[str]] = {}
         self._schemas: dict[str, pa.Schema] = {}
         if not self.path.startswith("md:") and not Path(self.path).exists() and not create:
             raise StoreError(f"no store at {self.path} (run the pipeline first, or pass --db PATH)")
@@ -148,7 +147,7 @@ class Store:
         self.flush()
         t0 = time.perf_counter()
         try:
-            with _path_lock(self.path), self._connect(False) as con:
+            with self.connect() as con:
                 con.execute("CHECKPOINT")
         finally:
             self.flush_seconds_total += time.perf_counter() - t0
@@ -269,12 +268,8 @@ class Store:
                     self._buffered += sum(len(rows) for rows in buffers.values())
                 raise
 
-    def _table_columns(self, con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
-        if table not in self._columns:
-            self._columns[table] = [r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall()]
-        return self._columns[table]
-
     def _arrow_schema(self, con: duckdb.DuckDBPyConnection, table: str) -> pa.Schema:
+        """The table's columns, in order, with their types as Arrow types."""
         if table not in self._schemas:
             self._schemas[table] = con.sql(f'SELECT * FROM "{table}" LIMIT 0').to_arrow_table().schema
         return self._schemas[table]
@@ -315,7 +310,7 @@ class Store:
         return pa.RecordBatchReader.from_batches(schema, chunks())
 
     def _insert(self, con: duckdb.DuckDBPyConnection, table: str, rows: list[dict], replace: bool) -> None:
-        columns = self._table_columns(con, table)
+        columns = self._arrow_schema(con, table).names
         keys = set().union(*map(dict.keys, rows))
         unknown = keys - set(columns)
         if unknown:

@@ -145,6 +145,21 @@ def test_buffered_add_then_flush(db):
     assert _count(db, "inputs") == 1  # closing the store flushes it
 
 
+def test_flushes_wait_in_the_write_ahead_log_until_close(db):
+    """Small flushes stay in `.wal` (a checkpoint per flush rewrote whole row groups), readers see them anyway, and
+    closing the store checkpoints: the command leaves one self-contained file."""
+    wal = Path(f"{db}.wal")
+    store = Store(db, flush_seconds=3600)
+    for i in range(3):
+        store.add("lm_calls", _lm_call(i))
+        store.flush()
+    assert wal.exists() and wal.stat().st_size > 0
+    assert _count(db, "lm_calls") == 3  # a read-only connection sees the logged rows
+    store.close()
+    assert not wal.exists()
+    assert _count(db, "lm_calls") == 3
+
+
 def test_flush_keeps_rows_while_the_file_is_held(db):
     store = Store(db, batch_rows=1000, flush_seconds=3600, lock_timeout=0.3)
     store.add("inputs", _input(1))
