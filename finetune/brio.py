@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,8 @@ from finetune.imitate import (
     _device_args,
     _lora_config,
     _stable_id,
+    config_identity,
+    merge_adapter,
     recorded_result,
     run_training,
 )
@@ -72,6 +74,8 @@ class BRIOTrainConfig:
     margin: float = 0.001  # BRIO's margin per rank gap
     rank_weight: float | None = None  # λ; None: the mean output length in tokens of the training candidates
     length_penalty: float = 1.0  # s = sum log p / |tokens| ** length_penalty (BRIO's α)
+    lr_scheduler_type: str = "linear"  # transformers' SchedulerType: linear, cosine, constant, constant_with_warmup...
+    warmup_ratio: float = 0.0  # share of the steps spent warming the learning rate up from 0
 
     def lr(self) -> float:
         if self.learning_rate is not None:
@@ -81,9 +85,7 @@ class BRIOTrainConfig:
 
 def training_id_for(config: BRIOTrainConfig, dataset_key: str | None) -> str:
     """Stable across reruns and output folders: the config without output_dir, plus the dataset."""
-    values = asdict(config)
-    values.pop("output_dir")
-    return _stable_id("brio", values, dataset_key)
+    return _stable_id("brio", config_identity(config), dataset_key)
 
 
 # -- the loss --------------------------------------------------------------------------------------------------------
@@ -339,19 +341,20 @@ def train_brio(
     """Train the student on ranked candidates `{"input", "prompt"?, "candidates": [best, …, worst], "reference"?}`;
     resumable, recorded (objective `brio`) when `store` is given. Without `dataset_id` the groups identify the
     dataset."""
-    # 1. A finished run is not trained again.
-    expected = training_id_for(config, _dataset_key(groups, dataset_id)) if groups else None
-    recorded = recorded_result(config, objective="brio", expected_id=expected, store=store, run_id=run_id,
-                               dataset_id=dataset_id)
+    # 1. A finished run is not trained again; merging, when asked, is a step after training.
+    key = _dataset_key(groups, dataset_id) if groups else None
+    trained = replace(config, merge_lora=False)
+    recorded = recorded_result(config, objective="brio", store=store, run_id=run_id, dataset_id=dataset_id,
+                               training_id=(lambda c: training_id_for(c, key)) if groups else None)
     if recorded is not None:
-        return recorded
+        return merge_adapter(recorded, config, store=store) if config.merge_lora else recorded
 
     _check_groups(groups)
-    return run_training(
-        config,
+    result = run_training(
+        trained,
         objective="brio",
-        training_id=training_id_for(config, _dataset_key(groups, dataset_id)),
-        build=lambda model, tokenizer, callbacks: _brio_trainer(model, tokenizer, groups, config,
+        training_id=training_id_for(trained, key),
+        build=lambda model, tokenizer, callbacks: _brio_trainer(model, tokenizer, groups, trained,
                                                                 Path(config.output_dir), callbacks),
         n_examples=len(groups),
         what="group",
@@ -363,3 +366,4 @@ def train_brio(
         progress=progress,
         description="brio",
     )
+    return merge_adapter(result, config, store=store) if config.merge_lora else result

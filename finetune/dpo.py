@@ -17,7 +17,7 @@ result and one `checkpoints` row.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,8 @@ from finetune.imitate import (
     _device_args,
     _lora_config,
     _stable_id,
+    config_identity,
+    merge_adapter,
     recorded_result,
     run_training,
 )
@@ -57,6 +59,10 @@ class DPOTrainConfig:
     max_steps: int = -1  # > 0 overrides epochs
     learning_rate: float | None = None  # None: 5e-5 with LoRA, 5e-6 for full fine-tuning
     beta: float = 0.1  # how far the policy may move from the reference (higher: less)
+    # TRL's loss_type: one name or a list mixed by loss_weights, e.g. ["sigmoid", "sft"] (RPO: DPO + NLL on chosen)
+    loss_type: str | list[str] = "sigmoid"
+    loss_weights: list[float] | None = None  # one weight per loss_type; None: 1 each
+    label_smoothing: float = 0.0  # cDPO: the chance a label is flipped (a noisy critic), in [0, 0.5)
     batch_size: int = 4  # pairs per device step (each pair is two sequences)
     grad_accum: int = 1
     max_length: int = 128  # prompt + answer, in tokens
@@ -64,6 +70,8 @@ class DPOTrainConfig:
     logging_steps: int = 5
     save_steps: int = 50
     instruction: str = field(default=DEFAULT_INSTRUCTION)
+    lr_scheduler_type: str = "linear"  # transformers' SchedulerType: linear, cosine, constant, constant_with_warmup...
+    warmup_ratio: float = 0.0  # share of the steps spent warming the learning rate up from 0
 
     def lr(self) -> float:
         if self.learning_rate is not None:
@@ -73,9 +81,7 @@ class DPOTrainConfig:
 
 def training_id_for(config: DPOTrainConfig, dataset_key: str | None, objective: str = "dpo") -> str:
     """Stable across reruns and output folders: the objective, the config without output_dir, and the dataset."""
-    values = asdict(config)
-    values.pop("output_dir")
-    return _stable_id(objective, values, dataset_key)
+    return _stable_id(objective, config_identity(config), dataset_key)
 
 
 # -- data ------------------------------------------------------------------------------------------------------------
@@ -132,6 +138,9 @@ def _dpo_trainer(model, tokenizer, pairs: list[dict], config: DPOTrainConfig, ou
     args = DPOConfig(
         **_device_args(config, output_dir),
         beta=config.beta,
+        loss_type=[config.loss_type] if isinstance(config.loss_type, str) else list(config.loss_type),
+        loss_weights=config.loss_weights,
+        label_smoothing=config.label_smoothing,
         max_length=config.max_length,
         dataset_num_proc=None,
     )
@@ -166,19 +175,20 @@ def train_dpo(
 ) -> TrainResult:
     """Train the student on preference pairs `{"input", "prompt"?, "chosen", "rejected"}`; resumable, recorded under
     `objective` when `store` is given. Without `dataset_id` the pairs themselves identify the dataset."""
-    # 1. A finished run is not trained again.
-    expected = training_id_for(config, _dataset_key(pairs, dataset_id), objective) if pairs else None
-    recorded = recorded_result(config, objective=objective, expected_id=expected, store=store, run_id=run_id,
-                               dataset_id=dataset_id)
+    # 1. A finished run is not trained again; merging, when asked, is a step after training.
+    key = _dataset_key(pairs, dataset_id) if pairs else None
+    trained = replace(config, merge_lora=False)
+    recorded = recorded_result(config, objective=objective, store=store, run_id=run_id, dataset_id=dataset_id,
+                               training_id=(lambda c: training_id_for(c, key, objective)) if pairs else None)
     if recorded is not None:
-        return recorded
+        return merge_adapter(recorded, config, store=store) if config.merge_lora else recorded
 
     _check_pairs(pairs)
-    return run_training(
-        config,
+    result = run_training(
+        trained,
         objective=objective,
-        training_id=training_id_for(config, _dataset_key(pairs, dataset_id), objective),
-        build=lambda model, tokenizer, callbacks: _dpo_trainer(model, tokenizer, pairs, config,
+        training_id=training_id_for(trained, key, objective),
+        build=lambda model, tokenizer, callbacks: _dpo_trainer(model, tokenizer, pairs, trained,
                                                                Path(config.output_dir), callbacks),
         n_examples=len(pairs),
         what="pair",
@@ -190,3 +200,4 @@ def train_dpo(
         progress=progress,
         description=objective,
     )
+    return merge_adapter(result, config, store=store) if config.merge_lora else result

@@ -1,11 +1,13 @@
-"""The critic's feedback, as in the paper: sample k candidates from the current student, keep the most different pair,
-drop pairs outside the length band, let the critic judge both orders, and turn the verdicts into training data.
+"""The critic's feedback, as in the paper: sample k candidates from the current student, drop those outside the length
+band, keep the most different pair among the rest, let the critic judge both orders, and turn the verdicts into
+training data.
 
-    sample (k = 6, batched) -> select pair (largest n-gram edit distance, or embedding distance)
-    -> length filter ([0.8, 1.2] x input words) -> critic, both orders -> judgments (purpose 'feedback')
+    sample (k = 6, batched; plus the greedy output, what evaluation sees) -> length filter ([0.8, 1.2] x input
+    words) -> select pair (greedy vs the most different sample, else the most different pair: largest n-gram edit
+    distance, or embedding distance) -> critic, both orders -> judgments (purpose 'feedback')
 
-The training data is then read back from the store by SQL (views `feedback_pairs`, `sd_examples`, `brio_groups`),
-so a user can replace any of it with a query of their own.
+The training data is then read back from the store by SQL (`finetune.objectives`: this round's judged pairs,
+optionally only the confident ones), so a user can replace any of it with a query of their own.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from programs.progress import stage_progress
 from programs.student import training_prompt
 from programs.tasks import Task
 from programs.teach import candidate_id
-from store import Store
+from store import Store, stable_id
+
+
+GREEDY_RANK = -1  # the student's greedy output is stored as a 'sample' candidate of rank -1 (k may change)
 
 
 @dataclass
@@ -34,65 +39,111 @@ class FeedbackConfig:
     top_p: float = 0.9
     temperature: float = 1.0
     pair_selection: str = "edit"  # edit | embedding
+    # greedy: the student's greedy output (what evaluation sees) vs the in-band sample most different from it, else
+    # the most different in-band pair of samples; none: the paper's rule, the most different in-band pair of samples
+    anchor: str = "greedy"
     length_lo: float = 0.8
     length_hi: float = 1.2
-    max_new_tokens: int = 48
+    max_new_tokens: int = 64
     batch_size: int = 8
     seed: int = 0
+    min_confidence: float = 0.0  # keep judged pairs whose debiased confidence |2 P - 1| is at least this
+    both_orders_agree: bool = False  # keep only pairs both presentation orders decide the same way
 
 
-def sample_round(store: Store, task: Task, student_path: str, producer: str, inputs: list[dict], cfg: FeedbackConfig,
-                 *, run_id: str) -> dict[str, list[dict]]:
-    """k samples per input from the student at `student_path`, stored as candidates (role 'sample'); reuses stored ones."""
+# Sampling settings whose values make other samples; at these values the producer is the checkpoint itself (so a
+# store made before they were settings keeps its samples), otherwise the checkpoint tagged with the ones that differ.
+SAMPLING_DEFAULTS = dict(k=6, method="nucleus", top_p=0.9, temperature=1.0, max_new_tokens=64, seed=0)
+
+
+def sample_producer(checkpoint_id: str, cfg: FeedbackConfig) -> str:
+    """The `producer` of a round's samples: the checkpoint, tagged with the sampling settings off their defaults, so
+    samples drawn with other settings are never reused for these."""
+    changed = {k: getattr(cfg, k) for k, v in SAMPLING_DEFAULTS.items() if getattr(cfg, k) != v}
+    return checkpoint_id if not changed else f"{checkpoint_id}~{stable_id('sampling', changed)[:8]}"
+
+
+def _stored(store: Store, producer: str) -> dict[str, list[dict]]:
     have: dict[str, list[dict]] = {}
     for r in store.query("SELECT input_id, candidate_id, text, rank FROM candidates WHERE role = 'sample' AND producer = ? "
                          "ORDER BY input_id, rank", [producer]):
         have.setdefault(r["input_id"], []).append(r)
-    todo = [i for i in inputs if i["input_id"] not in have]
-    if todo:
-        model, tokenizer = load_student(student_path)
-        with stage_progress("sample", total=len(inputs), done=len(inputs) - len(todo)) as advance:
-            for start in range(0, len(todo), cfg.batch_size):
-                chunk = todo[start:start + cfg.batch_size]
-                outs = sample_candidates(model, tokenizer, [training_prompt(task, i["text"]) for i in chunk], k=cfg.k,
-                                         method=cfg.method, top_p=cfg.top_p, temperature=cfg.temperature,
+    return have
+
+
+def _row(item: dict, producer: str, rank: int, text: str, run_id: str) -> dict:
+    return {"candidate_id": candidate_id(item["input_id"], "sample", producer, rank), "input_id": item["input_id"],
+            "role": "sample", "producer": producer, "rank": rank, "text": text, "lm_call_id": None, "run_id": run_id,
+            "created_at": datetime.now()}
+
+
+def sample_round(store: Store, task: Task, student_path: str, producer: str, inputs: list[dict], cfg: FeedbackConfig,
+                 *, run_id: str) -> dict[str, list[dict]]:
+    """k samples per input from the student at `student_path` (and, with the greedy anchor, its greedy output as rank
+    -1), stored as candidates (role 'sample'); reuses stored ones. Returns input_id -> candidates, by rank."""
+    have = _stored(store, producer)
+    todo = [i for i in inputs if not any(r["rank"] >= 0 for r in have.get(i["input_id"], []))]
+    greedy_todo = [i for i in inputs if cfg.anchor == "greedy"
+                   and not any(r["rank"] == GREEDY_RANK for r in have.get(i["input_id"], []))]
+    if not todo and not greedy_todo:
+        return have
+    model, tokenizer = load_student(student_path)
+    with stage_progress("sample", total=len(todo) + len(greedy_todo)) as advance:
+        for jobs, method, k in ((greedy_todo, "greedy", 1), (todo, cfg.method, cfg.k)):
+            for start in range(0, len(jobs), cfg.batch_size):
+                chunk = jobs[start:start + cfg.batch_size]
+                outs = sample_candidates(model, tokenizer, [training_prompt(task, i["text"]) for i in chunk], k=k,
+                                         method=method, top_p=cfg.top_p, temperature=cfg.temperature,
                                          batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
                                          seed=cfg.seed + start)
-                rows = []
-                for item, texts in zip(chunk, outs):
-                    for rank, text in enumerate(texts):
-                        rows.append({"candidate_id": candidate_id(item["input_id"], "sample", producer, rank),
-                                     "input_id": item["input_id"], "role": "sample", "producer": producer,
-                                     "rank": rank, "text": text, "lm_call_id": None, "run_id": run_id,
-                                     "created_at": datetime.now()})
-                    have[item["input_id"]] = [r for r in rows if r["input_id"] == item["input_id"]]
+                ranks = [GREEDY_RANK] if method == "greedy" else range(k)
+                rows = [_row(item, producer, rank, text, run_id)
+                        for item, texts in zip(chunk, outs) for rank, text in zip(ranks, texts)]
                 store.insert("candidates", rows)
                 advance(len(chunk))
-    return have
+    return _stored(store, producer)
+
+
+def pick_pair(cands: list[dict], text: str, cfg: FeedbackConfig, embed=None) -> tuple[tuple[dict, dict] | None, str]:
+    """The pair to judge among one input's candidates, and why: candidates outside the length band are dropped
+    first, then the pair is chosen among those that pass ('anchored' on the greedy output, or the most 'different'
+    pair); 'length' / 'identical' when fewer than two distinct candidates pass / differ."""
+    texts = [c["text"] for c in cands]
+    in_band = [i for i, t in enumerate(texts) if within_length(t, text, cfg.length_lo, cfg.length_hi)]
+    greedy = next((i for i, c in enumerate(cands) if c["rank"] == GREEDY_RANK), None)
+    if cfg.anchor == "greedy" and greedy is not None:
+        pair = select_pair(texts, method=cfg.pair_selection, embed=embed, allowed=in_band, anchor=greedy)
+        if pair is not None:
+            return (cands[pair[0]], cands[pair[1]]), "anchored"
+    samples = [i for i in in_band if cands[i]["rank"] != GREEDY_RANK]
+    pair = select_pair(texts, method=cfg.pair_selection, embed=embed, allowed=samples)
+    if pair is not None:
+        return (cands[pair[0]], cands[pair[1]]), "different"
+    return None, "identical" if len({t.strip() for t in texts if t.strip()}) < 2 else "length"
+
+
+def pair_key(a_id: str, b_id: str) -> str:
+    """A judged pair as the default dataset queries name it: the two candidate ids, smaller first."""
+    return "|".join(sorted((a_id, b_id)))
 
 
 def judge_round(store: Store, critic: Critic, critic_lm: dspy.LM, critic_name: str, inputs: list[dict],
                 samples: dict[str, list[dict]], cfg: FeedbackConfig, *, run_id: str, threads: int = 1) -> dict:
-    """Select one pair per input, filter by length, judge both orders. Returns counts."""
+    """Select one pair per input (length band first), judge both orders. Returns counts and the judged `pairs`
+    (`pair_key`s: this round's data, whatever else the store holds for the same producer)."""
     embed = None  # texts -> normalised embeddings, for the embedding-distance pair rule
     if cfg.pair_selection == "embedding":
         from metrics.similarity import embed
-    items, too_long, same = [], 0, 0
+    items, why = [], {"anchored": 0, "different": 0, "length": 0, "identical": 0}
     for item in inputs:
-        cands = samples.get(item["input_id"], [])
-        texts = [c["text"] for c in cands]
-        pair = select_pair(texts, method=cfg.pair_selection, embed=embed)
-        if pair is None:
-            same += 1
-            continue
-        a, b = cands[pair[0]], cands[pair[1]]
-        if not (within_length(a["text"], item["text"], cfg.length_lo, cfg.length_hi)
-                and within_length(b["text"], item["text"], cfg.length_lo, cfg.length_hi)):
-            too_long += 1
-            continue
-        items.append({"input_id": item["input_id"], "text": item["text"], "a_id": a["candidate_id"], "a": a["text"],
-                      "b_id": b["candidate_id"], "b": b["text"]})
+        pair, reason = pick_pair(samples.get(item["input_id"], []), item["text"], cfg, embed)
+        why[reason] += 1
+        if pair is not None:
+            a, b = pair
+            items.append({"input_id": item["input_id"], "text": item["text"], "a_id": a["candidate_id"],
+                          "a": a["text"], "b_id": b["candidate_id"], "b": b["text"]})
     p = judge_pairs(store, critic, critic_lm, items, judge=critic_name, run_id=run_id, purpose="feedback",
                     threads=threads)
-    return {"pairs": len(items), "judged": sum(v is not None for v in p.values()), "dropped_length": too_long,
-            "dropped_identical": same}
+    return {"pairs": [pair_key(it["a_id"], it["b_id"]) for it in items],
+            "judged": sum(v is not None for v in p.values()), "anchored": why["anchored"],
+            "dropped_length": why["length"], "dropped_identical": why["identical"]}

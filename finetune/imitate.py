@@ -4,18 +4,21 @@ Causal students train with TRL's `SFTTrainer` on a conversational prompt-complet
 only); seq2seq students (BART, T5) with transformers' `Seq2SeqTrainer`. LoRA through peft by default, full
 fine-tuning on request. The steps, in order:
 
-1. return the recorded result if `output_dir/train_result.json` exists (the run finished before);
+1. return the recorded result if `output_dir/train_result.json` exists (the run finished before; a run of other
+   settings or data there is refused, never returned as this one);
 2. record the run in the store (`training_runs`, status running);
 3. load the student and build the dataset;
 4. train, resuming from the last Trainer checkpoint in `output_dir` if a previous attempt crashed;
-5. save the final model (`output_dir/final`; LoRA: adapter + tokenizer, and with `merge_lora` a full model in
-   `output_dir/merged`), then the `train_result.json` marker, last and atomically; the Trainer checkpoints, kept
-   only for crash recovery (they carry the optimizer state), are removed after it;
-6. record the result (`training_runs` finished with the log history, one `checkpoints` row).
+5. save the final model (`output_dir/final`; LoRA: adapter + tokenizer), then the `train_result.json` marker, last
+   and atomically; the Trainer checkpoints, kept only for crash recovery (they carry the optimizer state), are
+   removed after it;
+6. record the result (`training_runs` finished with the log history and a summary, one `checkpoints` row);
+7. with `merge_lora`, merge the adapter into its base as a full model in `output_dir/merged` (`merge_adapter`: a
+   step after training, so a finished run asked for a merged model is merged, never trained again).
 
-Steps 1-2 and 4-6 are shared by every training stage (`finetune.dpo`, `finetune.brio`): `recorded_result` and
-`run_training` below. Under `accelerate launch`/torchrun every process trains; only the first one (global rank 0)
-writes the store rows, the final model and the marker.
+Steps 1-2 and 4-7 are shared by every training stage (`finetune.dpo`, `finetune.brio`): `recorded_result`,
+`run_training` and `merge_adapter` below. Under `accelerate launch`/torchrun every process trains; only the first
+one (global rank 0) writes the store rows, the final model and the marker.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,6 +81,8 @@ class ImitationConfig:
     logging_steps: int = 5
     save_steps: int = 50
     instruction: str = field(default=DEFAULT_INSTRUCTION)
+    lr_scheduler_type: str = "linear"  # transformers' SchedulerType: linear, cosine, constant, constant_with_warmup...
+    warmup_ratio: float = 0.0  # share of the steps spent warming the learning rate up from 0
 
     def lr(self) -> float:
         if self.learning_rate is not None:
@@ -95,11 +100,38 @@ class TrainResult:
     seconds: float
 
 
-def training_id_for(config: ImitationConfig, dataset_key: str | None) -> str:
-    """Stable across reruns and output folders: the config without output_dir, plus the dataset."""
+# Fields added after runs were recorded: left out of a run's identity while at their default, so those runs keep
+# their training ids (and output folders) and are not trained again.
+NEWER_FIELDS = frozenset({"lr_scheduler_type", "warmup_ratio", "loss_type", "loss_weights", "label_smoothing"})
+# Fields that change where or how often a run writes, not the weights it trains.
+NOT_WEIGHTS = frozenset({"output_dir", "merge_lora", "logging_steps", "save_steps"})
+
+
+def _default(f: Any) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def config_identity(config: Any) -> dict[str, Any]:
+    """A stage config as its training id sees it: everything but output_dir, newer fields only when set."""
     values = asdict(config)
     values.pop("output_dir")
-    return _stable_id("imitation", values, dataset_key)
+    for f in fields(config):
+        if f.name in NEWER_FIELDS and values[f.name] == _default(f):
+            values.pop(f.name)
+    return values
+
+
+def changed_settings(config: Any, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The settings that shape the weights and are not at their defaults (the base model, the instruction and the
+    `skip`ped ones aside): what an output folder's name must add to its start and data to be that run's alone."""
+    left_out = NOT_WEIGHTS | {"base_model", "instruction", *skip}
+    return {f.name: getattr(config, f.name) for f in fields(config)
+            if f.name not in left_out and getattr(config, f.name) != _default(f)}
+
+
+def training_id_for(config: ImitationConfig, dataset_key: str | None) -> str:
+    """Stable across reruns and output folders: the config without output_dir, plus the dataset."""
+    return _stable_id("imitation", config_identity(config), dataset_key)
 
 
 # -- data ------------------------------------------------------------------------------------------------------------
@@ -214,6 +246,8 @@ def _device_args(config: ImitationConfig, output_dir: Path) -> dict:
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
         learning_rate=config.lr(),
+        lr_scheduler_type=getattr(config, "lr_scheduler_type", "linear"),
+        warmup_steps=getattr(config, "warmup_ratio", 0.0) or 0,  # transformers 5: a float in [0, 1) is a ratio
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
         seed=config.seed,
@@ -377,38 +411,91 @@ def _run_row(training_id: str, objective: str, config: Any, run_id, dataset_id, 
     }
 
 
+SUMMARY_KEYS = {  # TRL's DPO metrics (the last logged value of each) under shorter names
+    "rewards/accuracies": "reward_accuracy", "rewards/margins": "reward_margin", "rewards/chosen": "reward_chosen",
+    "rewards/rejected": "reward_rejected", "logps/chosen": "logps_chosen", "logps/rejected": "logps_rejected",
+}
+
+
+def training_summary(log_history: list[dict]) -> dict[str, float | int | None]:
+    """Did the run move the model? Steps, the first and last logged loss and, for DPO, the last logged reward
+    accuracy (share of pairs whose chosen answer the policy prefers more than the reference does), reward margin and
+    the chosen / rejected rewards and log-probabilities."""
+    logged = [row for row in log_history if "loss" in row]
+    summary: dict[str, float | int | None] = {
+        "steps": max((int(row.get("step", 0)) for row in log_history), default=0),
+        "first_loss": logged[0]["loss"] if logged else None,
+        "final_loss": logged[-1]["loss"] if logged else None,
+    }
+    for key, name in SUMMARY_KEYS.items():
+        values = [row[key] for row in log_history if key in row]
+        if values:
+            summary[name] = values[-1]
+    return summary
+
+
 def _record_finished(store: Store, result: TrainResult, config: Any, run_id, dataset_id, merged: bool,
                      started_at, finished_at, *, replace: bool, objective: str = "ft") -> None:
+    metrics = _to_json([*result.log_history, {"summary": training_summary(result.log_history)}])
     store.insert("training_runs", [_run_row(result.training_id, objective, config, run_id, dataset_id, "finished",
-                                            started_at, finished_at, _to_json(result.log_history))], replace=replace)
+                                            started_at, finished_at, metrics)], replace=replace)
     store.insert("checkpoints", [{
         "checkpoint_id": result.checkpoint_id, "training_id": result.training_id, "path": result.path,
         "step": result.steps, "merged": merged, "created_at": finished_at,
     }], replace=replace)
 
 
-def recorded_result(config: Any, *, objective: str, expected_id: str | None, store: Store | None = None,
-                    run_id: str | None = None, dataset_id: str | None = None) -> TrainResult | None:
+class StaleRunError(TrainingError):
+    """An output folder holds a finished run of other settings or data."""
+
+
+def recorded_result(config: Any, *, objective: str, training_id: Callable[[Any], str] | None,
+                    store: Store | None = None, run_id: str | None = None,
+                    dataset_id: str | None = None) -> TrainResult | None:
     """Step 1 of every stage: the result of the run that finished in `config.output_dir` (its marker), recorded into
     `store` when given (a run first made without a store, or into another one); None when no run finished there.
-    Warns when that run's training id is not `expected_id` (another config or dataset)."""
+    `training_id(config)` is this run's id; a finished run with another one (other settings or data) is refused
+    rather than returned as if it were this one. Whether it was merged does not count: merging comes after."""
     output_dir = Path(config.output_dir)
     marker = output_dir / MARKER
     if not marker.exists():
         return None
     recorded = json.loads(marker.read_text())
     result = TrainResult(**recorded["result"])
-    if expected_id is not None and expected_id != result.training_id:
-        warnings.warn(
-            f"{output_dir} holds a finished run with another config or dataset (training id {result.training_id}); "
-            "returning it unchanged. Use a new output_dir to train this one.",
-            stacklevel=3,
-        )
+    was = recorded.get("config") or {}
+    if training_id is not None and training_id(replace(config, merge_lora=was.get("merge_lora", False))) != (
+            result.training_id):
+        changed = sorted(k for k, v in asdict(config).items() if k not in NOT_WEIGHTS and k in was and was[k] != v)
+        what = f"other settings ({', '.join(changed)})" if changed else "another dataset or settings"
+        raise StaleRunError(f"{output_dir} holds a finished run with {what}: use another output folder for this one")
     if store is not None and is_main_process():
         times = [datetime.fromisoformat(recorded[k]) if recorded.get(k) else None for k in ("started_at", "finished_at")]
         _record_finished(store, result, config, run_id, dataset_id, bool(recorded.get("merged")), *times,
                          replace=False, objective=objective)
     return result
+
+
+def merge_adapter(result: TrainResult, config: Any, *, store: Store | None = None) -> TrainResult:
+    """A finished LoRA run as a full model: its adapter merged into the base, written once to output_dir/merged
+    (a step after training, so asking for a merged model never trains again). A full fine-tune, or a run already
+    merged, comes back as it is."""
+    output_dir = Path(config.output_dir)
+    merged, final = output_dir / "merged", output_dir / "final"
+    if Path(result.path) == merged or not (final / "adapter_config.json").exists():
+        return result
+    if is_main_process() and not (merged / "config.json").exists():
+        model, tokenizer = load_student(str(final))  # base + adapter, merged
+        tmp = output_dir / ".merged.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _replace_dir(tmp, merged)
+    out = replace(result, path=str(merged), checkpoint_id=_stable_id(result.training_id, str(merged)))
+    if store is not None and is_main_process():
+        store.insert("checkpoints", [{"checkpoint_id": out.checkpoint_id, "training_id": out.training_id,
+                                      "path": out.path, "step": out.steps, "merged": True,
+                                      "created_at": datetime.now()}])
+    return out
 
 
 def run_training(
@@ -528,21 +615,23 @@ def train_imitation(
     """Fine-tune the student on teacher pairs `{"input": ..., "output": ...}`; resumable, recorded when `store` is
     given. Without `dataset_id` the pairs themselves identify the dataset in the training id. `objective` names the
     run in the store: "ft" (imitation) or "sd" (self-distillation: SFT on the critic's positives)."""
-    # 1. A finished run is not trained again.
-    expected = training_id_for(config, _dataset_key(pairs, dataset_id)) if pairs else None
-    recorded = recorded_result(config, objective=objective, expected_id=expected, store=store, run_id=run_id,
-                               dataset_id=dataset_id)
+    # 1. A finished run is not trained again; merging, when asked, is a step after training.
+    key = _dataset_key(pairs, dataset_id) if pairs else None
+    trained = replace(config, merge_lora=False)
+    recorded = recorded_result(config, objective=objective, training_id=(lambda c: training_id_for(c, key)) if pairs
+                               else None, store=store, run_id=run_id, dataset_id=dataset_id)
     if recorded is not None:
-        return recorded
+        return merge_adapter(recorded, config, store=store) if config.merge_lora else recorded
 
     _check_pairs(pairs)
 
     def build(model, tokenizer, callbacks):
         make = _seq2seq_trainer if is_seq2seq(model) else _causal_trainer
-        return make(model, tokenizer, pairs, config, Path(config.output_dir), callbacks)
+        return make(model, tokenizer, pairs, trained, Path(config.output_dir), callbacks)
 
-    return run_training(
-        config, objective=objective, training_id=training_id_for(config, _dataset_key(pairs, dataset_id)), build=build,
-        n_examples=len(pairs), what="pair", error=ImitationError, store=store, run_id=run_id, dataset_id=dataset_id,
-        progress=progress, description="imitate",
+    result = run_training(
+        trained, objective=objective, training_id=training_id_for(trained, key), build=build, n_examples=len(pairs),
+        what="pair", error=ImitationError, store=store, run_id=run_id, dataset_id=dataset_id, progress=progress,
+        description="imitate",
     )
+    return merge_adapter(result, config, store=store) if config.merge_lora else result

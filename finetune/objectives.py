@@ -21,8 +21,8 @@ from typing import Any
 import dspy
 
 from finetune.evaluate import judge_pairs
-from finetune.feedback import FeedbackConfig, judge_round, sample_round
-from finetune.imitate import TrainResult
+from finetune.feedback import FeedbackConfig, judge_round, sample_producer, sample_round
+from finetune.imitate import TrainResult, changed_settings
 from programs.critic import Critic
 from programs.student import training_prompt
 from programs.tasks import Task
@@ -32,10 +32,18 @@ OBJECTIVES = ("ft", "sd", "brio", "dpo", "brio-dpo")
 
 SFT_SQL = ("SELECT input, output FROM teacher_pairs WHERE teacher = $teacher AND split = 'train' "
            "AND list_contains($inputs, input_id) ORDER BY input_id, rank")
-SD_SQL = ("SELECT input, output FROM sd_examples WHERE producer = $producer AND judge = $judge "
-          "AND list_contains($inputs, input_id) ORDER BY input_id")
-PAIRS_SQL = ("SELECT input, chosen, rejected FROM feedback_pairs WHERE producer = $producer AND judge = $judge "
-             "AND list_contains($inputs, input_id) ORDER BY input_id")
+# This round's judged student pairs ($pairs: "a_id|b_id", smaller id first), each decided by its debiased probability
+# over both orders; kept when its confidence |2 P - 1| reaches $min_confidence and, with $both_orders, when each
+# order alone decides it the same way.
+_JUDGED = ("FROM judgment_orders o JOIN candidates ca ON ca.candidate_id = o.a_id "
+           "JOIN candidates cb ON cb.candidate_id = o.b_id JOIN inputs i ON i.input_id = o.input_id "
+           "WHERE o.judge = $judge AND ca.producer = $producer AND list_contains($pairs, o.a_id || '|' || o.b_id) "
+           "AND o.p_a IS NOT NULL AND abs(o.p_a - 0.5) * 2 >= $min_confidence "
+           "AND (NOT $both_orders OR (o.p_a_first - 0.5) * (o.p_a_second - 0.5) > 0) ORDER BY o.input_id")
+_CHOSEN, _REJECTED = ("CASE WHEN o.p_a >= 0.5 THEN ca.text ELSE cb.text END",
+                      "CASE WHEN o.p_a >= 0.5 THEN cb.text ELSE ca.text END")
+SD_SQL = f"SELECT i.text AS input, {_CHOSEN} AS output {_JUDGED}"
+PAIRS_SQL = f"SELECT i.text AS input, {_CHOSEN} AS chosen, {_REJECTED} AS rejected {_JUDGED}"
 BRIO_SQL = ("SELECT input_id, input, text, score FROM teacher_scores WHERE teacher = $teacher AND judge = $judge "
             "AND list_contains($inputs, input_id) ORDER BY input_id, score DESC, rank")
 
@@ -88,9 +96,12 @@ class ObjectiveContext:
     critic: Critic
     critic_lm: dspy.LM
     critic_name: str
-    train_settings: dict[str, Any]  # lora, epochs, batch_size, learning_rate, max_length, seed, max_steps
+    # the objectives' training settings: lora, epochs, max_steps, batch_size, learning_rate, max_length, seed,
+    # lr_scheduler_type, warmup_ratio
+    train_settings: dict[str, Any]
     # per objective trained with another loss than imitation's: {"dpo": lr, "brio": lr}; None: that trainer's default
     learning_rates: dict[str, float | None] = field(default_factory=dict)
+    dpo_settings: dict[str, Any] = field(default_factory=dict)  # beta, loss_type, loss_weights, label_smoothing
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     feedback_every: float | None = None  # epochs between feedback rounds; None: feedback once
     sft_sql: str = SFT_SQL
@@ -99,9 +110,11 @@ class ObjectiveContext:
     brio_sql: str = BRIO_SQL
     threads: int = 1
 
-    def params(self, producer: str | None = None) -> dict[str, Any]:
+    def params(self, producer: str | None = None, pairs: list[str] | None = None) -> dict[str, Any]:
         return {"teacher": self.teacher, "judge": self.critic_name, "producer": producer,
-                "inputs": [i["input_id"] for i in self.train_inputs]}
+                "inputs": [i["input_id"] for i in self.train_inputs], "pairs": pairs or [],
+                "min_confidence": float(self.feedback.min_confidence),
+                "both_orders": bool(self.feedback.both_orders_agree)}
 
     def rounds(self) -> list[float]:
         """Epochs per feedback round: one round of all epochs, or rounds of `feedback_every` epochs."""
@@ -113,8 +126,12 @@ class ObjectiveContext:
         return [self.feedback_every] * n + ([rest] if rest > 1e-9 else [])
 
 
-def _out(ctx: ObjectiveContext, name: str, *parts: Any) -> str:
-    return str(ctx.out_dir / f"student-{name}-{stable_id(*parts)[:10]}")
+def _out(ctx: ObjectiveContext, name: str, config: Any, *parts: Any, skip: tuple[str, ...] = ()) -> str:
+    """The student's folder: named by where it starts, its data and every weight setting off its default (`parts`
+    carry the `skip`ped ones), so other settings never find this run's model; at the defaults, the name earlier
+    versions gave it."""
+    changed = changed_settings(config, skip=skip)
+    return str(ctx.out_dir / f"student-{name}-{stable_id(*parts, *([changed] if changed else []))[:10]}")
 
 
 def _imitation(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], dataset_id: str, name: str,
@@ -123,7 +140,7 @@ def _imitation(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], datas
 
     cfg = ImitationConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
                           **{**ctx.train_settings, "epochs": epochs})
-    cfg.output_dir = _out(ctx, name, base.checkpoint_id, dataset_id, epochs)
+    cfg.output_dir = _out(ctx, name, cfg, base.checkpoint_id, dataset_id, epochs, skip=("epochs",))
     pairs = [{"input": r["input"], "output": r["output"], "prompt": training_prompt(ctx.task, r["input"])} for r in rows]
     return train_imitation(pairs, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id, objective=objective)
 
@@ -131,10 +148,10 @@ def _imitation(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], datas
 def _dpo(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], dataset_id: str, name: str, epochs: float) -> TrainResult:
     from finetune.dpo import DPOTrainConfig, train_dpo
 
-    settings = {**ctx.train_settings, "learning_rate": ctx.learning_rates.get("dpo")}
+    settings = {**ctx.train_settings, **ctx.dpo_settings, "learning_rate": ctx.learning_rates.get("dpo")}
     cfg = DPOTrainConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
                          **{**settings, "epochs": epochs, "batch_size": max(1, settings.get("batch_size", 8) // 2)})
-    cfg.output_dir = _out(ctx, name, base.checkpoint_id, dataset_id, epochs)
+    cfg.output_dir = _out(ctx, name, cfg, base.checkpoint_id, dataset_id, epochs, skip=("epochs",))
     pairs = [{"input": r["input"], "chosen": r["chosen"], "rejected": r["rejected"],
               "prompt": training_prompt(ctx.task, r["input"])} for r in rows]
     return train_dpo(pairs, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id, objective=name)
@@ -144,20 +161,22 @@ def _feedback_rounds(ctx: ObjectiveContext, name: str, start: TrainResult) -> Tr
     """sd / dpo: sample from the current student, judge, train; repeat every K epochs (on-policy)."""
     current = start
     for i, epochs in enumerate(ctx.rounds()):
-        producer = current.checkpoint_id
+        producer = sample_producer(current.checkpoint_id, ctx.feedback)
         samples = sample_round(ctx.store, ctx.task, current.path, producer, ctx.train_inputs, ctx.feedback,
                                run_id=ctx.run_id)
-        judge_round(ctx.store, ctx.critic, ctx.critic_lm, ctx.critic_name, ctx.train_inputs, samples, ctx.feedback,
-                    run_id=ctx.run_id, threads=ctx.threads)
-        if name == "sd":
-            rows, dataset_id = sql_dataset(ctx.store, "sft", ctx.sd_sql, ctx.params(producer), name=f"sd-round{i}",
-                                           run_id=ctx.run_id)
-        else:
-            rows, dataset_id = sql_dataset(ctx.store, "pairs", ctx.pairs_sql, ctx.params(producer),
+        judged = judge_round(ctx.store, ctx.critic, ctx.critic_lm, ctx.critic_name, ctx.train_inputs, samples,
+                             ctx.feedback, run_id=ctx.run_id, threads=ctx.threads)
+        kind, sql = ("sft", ctx.sd_sql) if name == "sd" else ("pairs", ctx.pairs_sql)
+        rows = []
+        if judged["pairs"] or "$pairs" not in sql:
+            rows, dataset_id = sql_dataset(ctx.store, kind, sql, ctx.params(producer, judged["pairs"]),
                                            name=f"{name}-round{i}", run_id=ctx.run_id)
         if not rows:
-            raise DatasetError(f"{name}: no usable feedback pairs in round {i} (all dropped by the length filter or "
-                               "unjudged); see `python -m store query \"SELECT * FROM feedback_pairs\"`")
+            raise DatasetError(
+                f"{name}: no usable feedback pairs in round {i} ({len(judged['pairs'])} judged, "
+                f"{judged['dropped_length']} inputs without two in-band candidates, {judged['dropped_identical']} "
+                "with identical ones; min_confidence / both_orders_agree drop the unsure ones); see "
+                "`python -m store query \"SELECT * FROM feedback_pairs\"`")
         if name == "sd":
             current = _imitation(ctx, current, rows, dataset_id, "sd", "sd", epochs)
         else:
@@ -196,7 +215,7 @@ def _brio(ctx: ObjectiveContext, base: TrainResult) -> TrainResult:
     settings = {**ctx.train_settings, "learning_rate": ctx.learning_rates.get("brio")}
     cfg = BRIOTrainConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
                           **{**settings, "batch_size": max(1, settings.get("batch_size", 8) // 4)})
-    cfg.output_dir = _out(ctx, "brio", base.checkpoint_id, dataset_id)
+    cfg.output_dir = _out(ctx, "brio", cfg, base.checkpoint_id, dataset_id)
     return train_brio(usable, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id)
 
 

@@ -6,23 +6,20 @@ the critic label one positive and one negative, and drops pairs whose length rat
 
     ngram_edit_distance(a, b, n=1)   Levenshtein distance over word n-grams / the longer n-gram sequence, in [0, 1]
     select_pair(candidates)          (i, j) of the most different pair, or None
+    select_pair(c, anchor=g)         (g, j): the candidate most different from candidate g (e.g. the greedy output)
+    select_pair(c, allowed=ids)      only among the candidates `ids` (e.g. those inside the length band)
     length_ratio(output, input)      words(output) / words(input)
     within_length(output, input)     0.8 <= ratio <= 1.2
 """
 
 from __future__ import annotations
 
-import re
 from typing import Callable, Sequence
 
 import numpy as np
 
-_TOKEN = re.compile(r"\w+|[^\w\s]")
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased word and punctuation tokens: what the edit distance compares."""
-    return _TOKEN.findall(text.lower())
+from metrics.checks import levenshtein as _levenshtein
+from metrics.checks import words  # noqa: F401 - part of this module's API
 
 
 def ngrams(tokens: Sequence[str], n: int = 1) -> list[tuple[str, ...]]:
@@ -32,19 +29,6 @@ def ngrams(tokens: Sequence[str], n: int = 1) -> list[tuple[str, ...]]:
     if 0 < len(tokens) < n:
         return [tuple(tokens)]
     return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
-
-
-def _levenshtein(a: Sequence, b: Sequence) -> int:
-    """Insertions, deletions and substitutions (each cost 1) turning sequence a into b."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        current = [i]
-        for j, y in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
 
 
 def ngram_edit_distance(a: str, b: str, n: int = 1) -> float:
@@ -63,11 +47,11 @@ def ngram_edit_distance(a: str, b: str, n: int = 1) -> float:
     return _levenshtein(x, y) / longest
 
 
-def _distinct(candidates: Sequence[str]) -> list[int]:
-    """Indices of the first occurrence of each distinct non-blank candidate (stripped)."""
+def _distinct_among(candidates: Sequence[str], order: Sequence[int]) -> list[int]:
+    """Of the indices `order`, in that order, the first of each distinct non-blank candidate text (stripped)."""
     seen: dict[str, int] = {}
-    for i, c in enumerate(candidates):
-        key = c.strip()
+    for i in order:
+        key = candidates[i].strip()
         if key and key not in seen:
             seen[key] = i
     return list(seen.values())
@@ -79,17 +63,27 @@ def select_pair(
     method: str = "edit",
     embed: Callable[[list[str]], np.ndarray] | None = None,
     n: int = 1,
+    allowed: Sequence[int] | None = None,
+    anchor: int | None = None,
 ) -> tuple[int, int] | None:
-    """Indices (i < j) of the two most different candidates, or None with fewer than 2 distinct non-blank ones.
+    """Indices of the two most different candidates, or None with fewer than 2 distinct non-blank ones.
 
     method "edit": the largest `ngram_edit_distance(·, ·, n)` (the paper's choice); "embedding": the largest cosine
     distance between sentence embeddings, `embed(texts) -> (len(texts), dim)` array (default: the bundled MiniLM,
     `metrics.similarity.embed`). Duplicates and blank candidates are skipped (a blank output is no paraphrase to
-    judge); ties go to the earliest pair, so the choice is deterministic.
+    judge); ties go to the earliest pair, so the choice is deterministic. `allowed` limits the choice to those
+    indices (filter first, then pick: the most different pair among the ones that pass). With `anchor` (an allowed,
+    non-blank index) one side is fixed: the result is (anchor, j) for the candidate j most different from it, or
+    None when every other candidate repeats it. Without it the result is (i, j) with i < j.
     """
     if method not in ("edit", "embedding"):
         raise ValueError(f"unknown pair selection method {method!r}; use 'edit' or 'embedding'")
-    idx = _distinct(candidates)
+    allowed_set = set(range(len(candidates)) if allowed is None else allowed)
+    if anchor is not None and (anchor not in allowed_set or not candidates[anchor].strip()):
+        return None
+    order = [i for i in range(len(candidates)) if i in allowed_set and i != anchor]
+    # the anchor goes first, so deduplication keeps it (and drops the candidates that repeat it)
+    idx = _distinct_among(candidates, ([anchor] if anchor is not None else []) + order)
     if len(idx) < 2:
         return None
     if method == "edit":
@@ -106,8 +100,9 @@ def select_pair(
         def distance(p: int, q: int) -> float:
             return float(dist[p, q])
 
+    firsts = [0] if anchor is not None else range(len(idx))
     best, best_pair = -np.inf, None
-    for p in range(len(idx)):
+    for p in firsts:
         for q in range(p + 1, len(idx)):
             d = distance(p, q)
             if d > best:

@@ -21,6 +21,7 @@ Methods:
   So the decoding loop lives here (`group_beam_search`) and is passed to core `generate` as a callable
   `custom_generate`: core still prepares inputs, cache, encoder outputs, logits processors and stopping criteria.
 - "beam": plain beam search with `num_beams = num_return_sequences = k` (the k best beams; little diversity).
+- "greedy": the one output evaluation decodes (temperature 0), k = 1.
 
 Every method batches `batch_size` prompts per `generate` call (prompts sorted by length to pad less; causal prompts
 left-padded, each one's KV cache computed once and shared by its k rows), runs under `torch.inference_mode`, and
@@ -37,7 +38,7 @@ from typing import Any, Sequence
 import torch
 from transformers.generation.utils import ALL_CACHE_NAMES
 
-METHODS = ("nucleus", "diverse_beam", "beam")
+METHODS = ("nucleus", "diverse_beam", "beam", "greedy")
 
 
 # -- prompts --------------------------------------------------------------------------------------------------------
@@ -272,9 +273,10 @@ def sample_candidates(
     """k candidates (stripped, deduplicated, k slots) per prompt, in prompt order.
 
     `method`: "nucleus" (top_p, temperature), "diverse_beam" (`num_beam_groups` groups, default k, of k beams in all,
-    Hamming `diversity_penalty`; see the module docstring) or "beam". One `generate` call per `batch_size` prompts
-    returns all k candidates of each (`num_return_sequences=k`). `share_prompt` (causal models): compute each
-    prompt's KV cache once and share it among its k rows (`prompt_cache`) instead of once per row.
+    Hamming `diversity_penalty`; see the module docstring), "beam" or "greedy" (k = 1). One `generate` call per
+    `batch_size` prompts returns all k candidates of each (`num_return_sequences=k`). `share_prompt` (causal
+    models): compute each prompt's KV cache once and share it among its k rows (`prompt_cache`) instead of once
+    per row.
     """
     if method not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; use one of {', '.join(METHODS)}")
@@ -297,6 +299,10 @@ def sample_candidates(
         kwargs.update(do_sample=True, top_p=top_p, top_k=0, temperature=temperature, num_beams=1)
     elif method == "beam":
         kwargs.update(do_sample=False, num_beams=k)
+    elif method == "greedy":
+        if k != 1:
+            raise ValueError("greedy decoding gives one output per prompt: use k=1")
+        kwargs.update(do_sample=False, num_beams=1)
     else:
         groups = num_beam_groups or k
         if groups < 1:

@@ -96,9 +96,52 @@ def _threads(cfg: PipelineConfig, spec: str) -> int:
 LABELS = {"ft": "FT", "sd": "SD", "brio": "BRIO", "dpo": "DPO", "brio-dpo": "BRIO→DPO"}
 
 
-def _train_settings(cfg: PipelineConfig) -> dict:
-    return dict(lora=cfg.lora, epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
-                batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed)
+def _warmstart_settings(cfg: PipelineConfig) -> dict:
+    """The imitation warm start's training settings (`warmstart_epochs` / `warmstart_max_steps`, else the shared ones)."""
+    return dict(lora=cfg.lora, epochs=cfg.warmstart_epochs or cfg.epochs,
+                max_steps=cfg.max_steps if cfg.warmstart_max_steps is None else cfg.warmstart_max_steps,
+                learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed)
+
+
+def _objective_settings(cfg: PipelineConfig) -> dict:
+    """Every objective's training settings after the warm start (`feedback_*`, else the shared ones)."""
+    return dict(lora=cfg.lora, epochs=cfg.feedback_epochs or cfg.epochs,
+                max_steps=cfg.max_steps if cfg.feedback_max_steps is None else cfg.feedback_max_steps,
+                learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed,
+                lr_scheduler_type=cfg.feedback_lr_scheduler_type, warmup_ratio=cfg.feedback_warmup_ratio)
+
+
+def _warm_start_dir(out_dir: Path, icfg, dataset_id: str) -> Path:
+    """The warm start's folder, named by its training settings and data but not by merging (a step after training,
+    so adding an objective to a finished imitation run reuses its adapter). A folder named the earlier way, with
+    merging in the name, that holds a finished run is used as it is (a store made then is not trained again)."""
+    from finetune.imitate import MARKER, ImitationConfig, config_identity
+    from store import stable_id
+
+    key = {**config_identity(icfg), "output_dir": ImitationConfig.output_dir}  # earlier names hashed the default
+    folder, earlier = (out_dir / f"student-ft-{stable_id({**key, 'merge_lora': merge}, dataset_id)[:10]}"
+                       for merge in (False, True))
+    return earlier if not (folder / MARKER).exists() and (earlier / MARKER).exists() else folder
+
+
+def _checks(evaluations: list[dict]) -> None:
+    """Critic-independent checks per student and split (`metrics.checks`), against the warm start's outputs on the
+    same inputs; added to each evaluation as `checks`."""
+    from metrics.checks import student_checks
+    from metrics.similarity import meaning_preservation
+
+    first = evaluations[0]["label"] if evaluations else None
+    done: dict[tuple[str, str], dict] = {}
+    for e in evaluations:
+        key = (e["label"], e["split"])
+        if key not in done:
+            warm = next((w for w in evaluations if w["label"] == first and w["split"] == e["split"]), None)
+            before = {it["input_id"]: it["a"] for it in (warm["items"] if warm else [])}
+            items = [it for it in e["items"] if it["input_id"] in before] if e["label"] != first else e["items"]
+            done[key] = student_checks([it["text"] for it in items], [it["a"] for it in items],
+                                       before=None if e["label"] == first else [before[it["input_id"]] for it in items],
+                                       similarity=meaning_preservation)
+        e["checks"] = done[key]
 
 
 def _mean(values: list[float]) -> float:
@@ -179,7 +222,8 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     run_id = stable_id("run", cfg.identity())
     run_row = {"run_id": run_id, "started_at": datetime.now(), "status": "running", "command": command,
                "profile": cfg.profile, "config": to_json(asdict(cfg)), "code_version": _code_version()}
-    params = {"teacher": cfg.teacher, "judge": cfg.critic, "producer": "", "inputs": []}
+    params = {"teacher": cfg.teacher, "judge": cfg.critic, "producer": "", "inputs": [], "pairs": [],
+              "min_confidence": float(cfg.min_confidence), "both_orders": bool(cfg.both_orders_agree)}
     if cfg.sft_sql:
         check_query(store, "sft", cfg.sft_sql, params, name="--sft-sql")
     if cfg.pairs_sql:
@@ -218,9 +262,11 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
             pairs = [{"input": r["input"], "output": r["output"], "prompt": training_prompt(task, r["input"])}
                      for r in rows]
             wanted = objectives(cfg)
-            icfg = ImitationConfig(base_model=cfg.student, merge_lora=cfg.merge_lora or bool(wanted),
-                                   instruction=task.student_instruction, **_train_settings(cfg))
-            icfg.output_dir = str(out_dir / f"student-ft-{stable_id(asdict(icfg), dataset_id)[:10]}")
+            icfg = ImitationConfig(base_model=cfg.student, merge_lora=False, instruction=task.student_instruction,
+                                   **_warmstart_settings(cfg))
+            icfg.output_dir = str(_warm_start_dir(out_dir, icfg, dataset_id))
+            if cfg.merge_lora or wanted:  # the objectives start from a full model: merge after training
+                icfg.merge_lora = True
             trained = train_imitation(pairs, icfg, store=store, run_id=run_id, dataset_id=dataset_id)
 
         critic = Critic(task, max_tokens=cfg.critic_max_tokens)
@@ -229,9 +275,14 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
             ctx = ObjectiveContext(
                 store=store, task=task, run_id=run_id, out_dir=out_dir, warm=trained, train_inputs=chosen["train"],
                 teacher=teacher_name, critic=critic, critic_lm=critic_lm, critic_name=cfg.critic,
-                train_settings=_train_settings(cfg), feedback_every=cfg.feedback_every,
+                train_settings=_objective_settings(cfg), feedback_every=cfg.feedback_every,
                 learning_rates={"dpo": cfg.dpo_learning_rate, "brio": cfg.brio_learning_rate},
+                dpo_settings=dict(beta=cfg.dpo_beta, loss_type=cfg.dpo_loss_type, loss_weights=cfg.dpo_loss_weights,
+                                  label_smoothing=cfg.dpo_label_smoothing),
                 feedback=FeedbackConfig(k=cfg.k_samples, method=cfg.sampling, pair_selection=cfg.pair_selection,
+                                        temperature=cfg.sampling_temperature, top_p=cfg.sampling_top_p,
+                                        anchor=cfg.pair_anchor, min_confidence=cfg.min_confidence,
+                                        both_orders_agree=cfg.both_orders_agree,
                                         length_lo=cfg.length_band[0], length_hi=cfg.length_band[1], seed=cfg.seed,
                                         max_new_tokens=cfg.student_max_tokens),
                 threads=_threads(cfg, cfg.critic), **({"sft_sql": cfg.sft_sql} if cfg.sft_sql else {}),
@@ -258,6 +309,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
                         evaluations.append({"label": label, "judge": judge_name, "split": split, **r,
                                             "meaning": _meaning(r["items"]), "log_history": model.log_history})
 
+        _checks(evaluations)
         best = _link_student(out_dir, models, evaluations, cfg.critic)
         teacher_quality = None
         if optimized is not None:

@@ -32,11 +32,21 @@ class PipelineConfig:
     seed: int = 0
     lora: bool = True
     merge_lora: bool = False
-    epochs: float = 1.0
-    max_steps: int = -1
+    epochs: float = 1.0  # every training stage's, unless warmstart_epochs / feedback_epochs say otherwise
+    max_steps: int = -1  # > 0 overrides epochs
+    warmstart_epochs: float | None = None  # the imitation warm start; None: epochs
+    warmstart_max_steps: int | None = None  # the warm start; None: max_steps
+    feedback_epochs: float | None = None  # every objective after the warm start (ft, sd, brio, dpo); None: epochs
+    feedback_max_steps: int | None = None  # the objectives; None: max_steps (-1: train by epochs)
+    feedback_lr_scheduler_type: str = "linear"  # the objectives' schedule (transformers' SchedulerType names)
+    feedback_warmup_ratio: float = 0.0  # share of the objectives' steps spent warming the learning rate up
     learning_rate: float | None = None  # imitation, FT and SD; None: 2e-4 with LoRA, 5e-5 full
     dpo_learning_rate: float | None = None  # DPO rounds; None: 5e-5 with LoRA, 5e-6 full (TRL's scale, not SFT's)
     brio_learning_rate: float | None = None  # BRIO; None: 1e-4 with LoRA, 2e-5 full
+    dpo_beta: float = 0.1  # how far DPO may move the student from the warm start (higher: less)
+    dpo_loss_type: str | list[str] = "sigmoid"  # TRL's loss_type; a list mixes losses, e.g. ["sigmoid", "sft"] (RPO)
+    dpo_loss_weights: list[float] | None = None  # one weight per dpo_loss_type entry; None: 1 each
+    dpo_label_smoothing: float = 0.0  # cDPO: the assumed chance that the critic's label is wrong, in [0, 0.5)
     batch_size: int = 8
     max_length: int = 128
     threads: int = 4  # parallel LM calls for hosted teachers/critics (local models run one at a time)
@@ -45,7 +55,14 @@ class PipelineConfig:
     feedback_every: float | None = None  # epochs between on-policy feedback rounds; None: feedback once
     k_samples: int = 6  # the paper's k
     sampling: str = "nucleus"  # nucleus | diverse_beam
+    sampling_temperature: float = 1.0  # the student's sampling temperature for feedback candidates (nucleus)
+    sampling_top_p: float = 0.9  # nucleus sampling's top-p
     pair_selection: str = "edit"  # edit (largest n-gram edit distance) | embedding
+    # greedy: the student's greedy output (what evaluation sees) vs the in-band sample most different from it (else
+    # the most different in-band pair of samples); none: the paper's rule, the most different in-band pair of samples
+    pair_anchor: str = "greedy"
+    min_confidence: float = 0.0  # keep judged pairs whose debiased confidence |2 P - 1| is at least this
+    both_orders_agree: bool = False  # keep only pairs that each presentation order alone decides the same way
     length_band: tuple[float, float] = (0.8, 1.2)  # keep pairs whose length ratio to the input is inside
     sft_sql: str | None = None  # replaces the imitation/ft dataset query (columns input, output)
     pairs_sql: str | None = None  # replaces the DPO preference query (columns input, chosen, rejected)
@@ -74,13 +91,20 @@ class PipelineConfig:
         # a budget decides where a command stops, not what the run computes: a rerun with a higher one continues it
         values.pop("max_calls")
         values.pop("max_cost")
-        for key in NEWER_KEYS:  # unset: left out, so runs made before the key existed keep their ids
-            if values[key] is None:
+        for key, default in NEWER_KEYS.items():  # at its default: left out, so earlier runs keep their ids
+            if values[key] == default:
                 values.pop(key)
         return values
 
 
-NEWER_KEYS = ("dpo_learning_rate", "brio_learning_rate")
+# keys added after runs were recorded, with the value that leaves a run's id as it was
+NEWER_KEYS: dict[str, Any] = {
+    "dpo_learning_rate": None, "brio_learning_rate": None, "warmstart_epochs": None, "warmstart_max_steps": None,
+    "feedback_epochs": None, "feedback_max_steps": None, "feedback_lr_scheduler_type": "linear",
+    "feedback_warmup_ratio": 0.0, "dpo_beta": 0.1, "dpo_loss_type": "sigmoid", "dpo_loss_weights": None,
+    "dpo_label_smoothing": 0.0, "sampling_temperature": 1.0, "sampling_top_p": 0.9, "pair_anchor": "greedy",
+    "min_confidence": 0.0, "both_orders_agree": False,
+}
 
 PROFILES: dict[str, dict[str, Any]] = {
     # fast: the 0.5B teacher/critic, a few inputs; for tests and a first look (<= 10 min on 2 CPU cores)
@@ -131,10 +155,11 @@ def build_config(profile: str = "default", toml_path: str | None = None, overrid
     for name, allowed in (("sampling", ("nucleus", "diverse_beam")), ("pair_selection", ("edit", "embedding"))):
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
-    for name in ("learning_rate", *NEWER_KEYS):
+    for name in ("learning_rate", "dpo_learning_rate", "brio_learning_rate", "warmstart_epochs", "feedback_epochs"):
         v = getattr(cfg, name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+        if v is not None and not (_number(v) and v > 0):
             raise ConfigError(f"{name} must be a positive number, got {v!r}")
+    _check_training(cfg)
     if cfg.feedback_every is not None and cfg.feedback_every <= 0:
         raise ConfigError("feedback_every must be a positive number of epochs")
     if cfg.max_calls is not None and (isinstance(cfg.max_calls, bool) or not isinstance(cfg.max_calls, int)
@@ -156,6 +181,64 @@ def build_config(profile: str = "default", toml_path: str | None = None, overrid
     except TaskError as e:
         raise ConfigError(str(e)) from e
     return cfg
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# TRL's DPOConfig.loss_type names (a test checks them against the installed TRL), and those that read label_smoothing
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+SMOOTHED_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
+# transformers' SchedulerType values that need nothing but the step count
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay")
+
+
+def _check_training(cfg: PipelineConfig) -> None:
+    """The training and feedback keys, each named in one line when its value cannot work (before any model loads)."""
+    for name in ("warmstart_max_steps", "feedback_max_steps"):
+        v = getattr(cfg, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v == 0 or v < -1):
+            raise ConfigError(f"{name} must be a positive integer (or -1: train by epochs), got {v!r}")
+    if not (_number(cfg.sampling_temperature) and 0 < cfg.sampling_temperature <= 2):
+        raise ConfigError(f"sampling_temperature must be in (0, 2], got {cfg.sampling_temperature!r}")
+    if not (_number(cfg.sampling_top_p) and 0 < cfg.sampling_top_p <= 1):
+        raise ConfigError(f"sampling_top_p must be in (0, 1], got {cfg.sampling_top_p!r}")
+    if cfg.pair_anchor not in ("greedy", "none"):
+        raise ConfigError(f"pair_anchor must be one of greedy, none, got {cfg.pair_anchor!r}")
+    if not (_number(cfg.min_confidence) and 0 <= cfg.min_confidence < 1):
+        raise ConfigError(f"min_confidence must be in [0, 1), got {cfg.min_confidence!r}")
+    if not isinstance(cfg.both_orders_agree, bool):
+        raise ConfigError(f"both_orders_agree must be true or false, got {cfg.both_orders_agree!r}")
+    if not (_number(cfg.dpo_beta) and cfg.dpo_beta > 0):
+        raise ConfigError(f"dpo_beta must be a positive number, got {cfg.dpo_beta!r}")
+    losses = [cfg.dpo_loss_type] if isinstance(cfg.dpo_loss_type, str) else cfg.dpo_loss_type
+    if not isinstance(losses, (list, tuple)) or not losses or any(loss not in DPO_LOSS_TYPES for loss in losses):
+        raise ConfigError(f"dpo_loss_type must be one of {', '.join(DPO_LOSS_TYPES)} or a list of them, "
+                          f"got {cfg.dpo_loss_type!r}")
+    if isinstance(cfg.dpo_loss_type, tuple):
+        cfg.dpo_loss_type = list(cfg.dpo_loss_type)
+    weights = cfg.dpo_loss_weights
+    if weights is not None and (not isinstance(weights, (list, tuple)) or len(weights) != len(losses)
+                                or not all(_number(w) and w >= 0 for w in weights) or not any(weights)):
+        raise ConfigError(f"dpo_loss_weights must be one non-negative number per dpo_loss_type entry "
+                          f"({len(losses)}), got {weights!r}")
+    if weights is not None:
+        cfg.dpo_loss_weights = [float(w) for w in weights]
+    if not (_number(cfg.dpo_label_smoothing) and 0 <= cfg.dpo_label_smoothing < 0.5):
+        raise ConfigError(f"dpo_label_smoothing must be in [0, 0.5), got {cfg.dpo_label_smoothing!r}")
+    if cfg.dpo_label_smoothing and not set(losses) & set(SMOOTHED_LOSSES):
+        raise ConfigError(f"dpo_label_smoothing needs a dpo_loss_type that reads it ({', '.join(SMOOTHED_LOSSES)}; "
+                          f"e.g. \"robust\", DPO with flipped-label noise), got {cfg.dpo_loss_type!r}")
+    if "exo_pair" in losses and not cfg.dpo_label_smoothing:
+        raise ConfigError("dpo_loss_type exo_pair needs dpo_label_smoothing > 0 (its paper suggests 1e-3)")
+    if cfg.feedback_lr_scheduler_type not in SCHEDULERS:
+        raise ConfigError(f"feedback_lr_scheduler_type must be one of {', '.join(SCHEDULERS)}, "
+                          f"got {cfg.feedback_lr_scheduler_type!r}")
+    if not (_number(cfg.feedback_warmup_ratio) and 0 <= cfg.feedback_warmup_ratio < 1):
+        raise ConfigError(f"feedback_warmup_ratio must be in [0, 1), got {cfg.feedback_warmup_ratio!r}")
 
 
 OBJECTIVE_NAMES = ("ft", "sd", "brio", "dpo", "brio-dpo")

@@ -1,5 +1,7 @@
 """The pipeline config: learning rates per objective, validated, and left out of a run's identity while unset."""
 
+import re
+
 import pytest
 
 from programs.config import ConfigError, build_config
@@ -23,3 +25,77 @@ def test_objective_learning_rates_from_toml_and_their_identity(tmp_path):
 def test_bad_learning_rates_are_named(key, value):
     with pytest.raises(ConfigError, match=f"{key} must be a positive number"):
         build_config("tiny", overrides={key: value})
+
+
+def test_new_keys_at_their_defaults_leave_run_ids_as_they_were():
+    """Ids computed by the code before these keys existed: a rerun on an old store finds its run."""
+    from store import stable_id
+
+    assert stable_id("run", build_config("default").identity()) == "fe64c4b5a7b77d1d6921d8f2"
+    assert stable_id("run", build_config("tiny").identity()) == "94b08c03ba644ea11c7ee99f"
+    cfg = build_config("tiny", overrides={"dpo_beta": 0.3, "min_confidence": 0.2})
+    assert cfg.identity()["dpo_beta"] == 0.3 and cfg.identity()["min_confidence"] == 0.2
+
+
+def test_training_keys_from_toml(tmp_path):
+    toml = tmp_path / "t.toml"
+    toml.write_text('warmstart_epochs = 3\nfeedback_epochs = 2\nfeedback_max_steps = 40\ndpo_beta = 0.2\n'
+                    'dpo_loss_type = ["sigmoid", "sft"]\ndpo_loss_weights = [1, 0.5]\nsampling_temperature = 0.7\n'
+                    'sampling_top_p = 0.95\npair_anchor = "none"\nmin_confidence = 0.2\nboth_orders_agree = true\n'
+                    'feedback_lr_scheduler_type = "cosine"\nfeedback_warmup_ratio = 0.1\n')
+    cfg = build_config("tiny", str(toml))
+    assert (cfg.warmstart_epochs, cfg.feedback_epochs, cfg.feedback_max_steps) == (3, 2, 40)
+    assert cfg.dpo_loss_type == ["sigmoid", "sft"] and cfg.dpo_loss_weights == [1.0, 0.5]
+    assert (cfg.sampling_temperature, cfg.sampling_top_p, cfg.pair_anchor) == (0.7, 0.95, "none")
+    assert (cfg.min_confidence, cfg.both_orders_agree) == (0.2, True)
+    from programs.compile import _objective_settings, _warmstart_settings
+
+    assert _warmstart_settings(cfg)["epochs"] == 3 and _warmstart_settings(cfg)["max_steps"] == -1
+    assert _objective_settings(cfg)["epochs"] == 2 and _objective_settings(cfg)["max_steps"] == 40
+    assert _objective_settings(cfg)["lr_scheduler_type"] == "cosine"
+    plain = build_config("tiny")
+    assert _warmstart_settings(plain)["epochs"] == _objective_settings(plain)["epochs"] == plain.epochs  # fallback
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("warmstart_epochs", 0, "warmstart_epochs must be a positive number"),
+    ("feedback_epochs", "two", "feedback_epochs must be a positive number"),
+    ("feedback_max_steps", 0, "feedback_max_steps must be a positive integer"),
+    ("warmstart_max_steps", 2.5, "warmstart_max_steps must be a positive integer"),
+    ("sampling_temperature", 0, "sampling_temperature must be in (0, 2]"),
+    ("sampling_top_p", 1.5, "sampling_top_p must be in (0, 1]"),
+    ("pair_anchor", "best", "pair_anchor must be one of greedy, none"),
+    ("min_confidence", 1.0, "min_confidence must be in [0, 1)"),
+    ("both_orders_agree", "yes", "both_orders_agree must be true or false"),
+    ("dpo_beta", 0, "dpo_beta must be a positive number"),
+    ("dpo_loss_type", "kto", "dpo_loss_type must be one of"),
+    ("dpo_loss_type", ["sigmoid", "nope"], "dpo_loss_type must be one of"),
+    ("dpo_loss_weights", [1.0, 2.0], "dpo_loss_weights must be one non-negative number per dpo_loss_type entry"),
+    ("dpo_label_smoothing", 0.5, "dpo_label_smoothing must be in [0, 0.5)"),
+    ("dpo_label_smoothing", 0.1, "dpo_label_smoothing needs a dpo_loss_type that reads it"),
+    ("feedback_lr_scheduler_type", "cosinus", "feedback_lr_scheduler_type must be one of"),
+    ("feedback_warmup_ratio", -0.1, "feedback_warmup_ratio must be in [0, 1)"),
+])
+def test_bad_training_keys_are_named_in_one_line(key, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        build_config("tiny", overrides={key: value})
+    assert "\n" not in str(e.value)
+
+
+def test_label_smoothing_with_a_loss_that_reads_it():
+    cfg = build_config("tiny", overrides={"dpo_loss_type": "robust", "dpo_label_smoothing": 0.1})
+    assert cfg.dpo_label_smoothing == 0.1
+
+
+def test_loss_types_and_schedulers_are_the_installed_libraries():
+    import re as regex
+    from dataclasses import fields
+
+    from transformers.trainer_utils import SchedulerType
+    from trl import DPOConfig
+
+    from programs.config import DPO_LOSS_TYPES, SCHEDULERS
+
+    help_text = next(f for f in fields(DPOConfig) if f.name == "loss_type").metadata["help"]
+    assert set(DPO_LOSS_TYPES) == set(regex.findall(r"`'(\w+)'`", help_text))
+    assert set(SCHEDULERS) <= {s.value for s in SchedulerType}

@@ -208,3 +208,71 @@ def test_similarity_on_minilm():
     candidates = [paraphrase, "A big gust of wind blew my dress up to my ears.", unrelated]
     pair = select_pair(candidates, method="embedding")
     assert pair is not None and 2 in pair
+
+
+def test_select_pair_among_allowed_and_anchored():
+    candidates = ["a b c d", "a b c e", "x y z w", "a b c d"]
+    assert select_pair(candidates) in {(0, 2), (1, 2)}  # the most different, across all
+    assert select_pair(candidates, allowed=[0, 1, 3]) == (0, 1)  # only among those that pass a filter
+    assert select_pair(candidates, allowed=[0, 3]) is None  # two copies of one text: no pair
+    assert select_pair(candidates, anchor=1) == (1, 2)  # the one most different from the anchor
+    assert select_pair(candidates, anchor=3, allowed=[0, 3]) is None  # the rest repeats the anchor
+    assert select_pair(candidates, anchor=2, allowed=[0, 1]) is None  # an anchor outside the filter
+
+
+def _cands(texts, greedy=None):
+    rows = [{"candidate_id": f"c{i}", "text": t, "rank": i} for i, t in enumerate(texts)]
+    if greedy is not None:
+        rows.insert(0, {"candidate_id": "g", "text": greedy, "rank": -1})
+    return rows
+
+
+def test_pick_pair_filters_by_length_first_then_picks():
+    """The most different pair overall has a candidate outside the band; the pair is chosen among those inside
+    (before: the input was dropped)."""
+    from finetune.feedback import FeedbackConfig, pick_pair
+
+    text = "one two three four five"
+    cands = _cands(["one two three four five", "one two three four six",
+                    "totally different words here now and then some more"])
+    pair, why = pick_pair(cands, text, FeedbackConfig(anchor="none"))
+    assert why == "different" and {pair[0]["candidate_id"], pair[1]["candidate_id"]} == {"c0", "c1"}
+    # too long and too short only: nothing to judge
+    pair, why = pick_pair(_cands(["a", "a b c d e f g h i j"]), text, FeedbackConfig(anchor="none"))
+    assert pair is None and why == "length"
+    assert pick_pair(_cands(["same", "same"]), "same", FeedbackConfig())[1] == "identical"
+
+
+def test_pick_pair_anchors_on_the_greedy_output():
+    from finetune.feedback import FeedbackConfig, pick_pair
+
+    text = "one two three four five"
+    cands = _cands(["one two three four five", "five four three two one", "one two three four six"],
+                   greedy="one two three four seven")
+    pair, why = pick_pair(cands, text, FeedbackConfig(anchor="greedy"))
+    assert why == "anchored" and pair[0]["candidate_id"] == "g" and pair[1]["candidate_id"] == "c1"
+    # the paper's rule ignores the greedy output
+    pair, why = pick_pair(cands, text, FeedbackConfig(anchor="none"))
+    assert why == "different" and "g" not in {pair[0]["candidate_id"], pair[1]["candidate_id"]}
+    # a greedy output outside the band: the most different in-band pair of samples
+    cands[0]["text"] = "one"
+    pair, why = pick_pair(cands, text, FeedbackConfig(anchor="greedy"))
+    assert why == "different" and "g" not in {pair[0]["candidate_id"], pair[1]["candidate_id"]}
+
+
+def test_greedy_is_the_models_argmax_output(tiny_causal):
+    model, tokenizer = tiny_causal
+    prompts = [[{"role": "user", "content": "It rained all day."}], [{"role": "user", "content": "A cat."}]]
+    greedy = sample_candidates(model, tokenizer, prompts, k=1, method="greedy", max_new_tokens=6, batch_size=2)
+    alone = [sample_candidates(model, tokenizer, [p], k=1, method="greedy", max_new_tokens=6)[0] for p in prompts]
+    assert greedy == alone and all(len(g) == 1 for g in greedy)
+    with pytest.raises(ValueError, match="k=1"):
+        sample_candidates(model, tokenizer, prompts, k=2, method="greedy")
+
+
+def test_sampling_settings_tag_the_producer():
+    from finetune.feedback import FeedbackConfig, sample_producer
+
+    assert sample_producer("ckpt", FeedbackConfig()) == "ckpt"  # the defaults: the producer samples had before
+    hot = sample_producer("ckpt", FeedbackConfig(temperature=0.7))
+    assert hot.startswith("ckpt~") and hot != sample_producer("ckpt", FeedbackConfig(top_p=0.95))
