@@ -1,8 +1,9 @@
 """Evaluate a student against the teacher: the critic judges student vs the teacher's reference in both orders.
 
 Student outputs come from the student *as a DSPy LM* (`local/<checkpoint>`), so every output is an LM call in the
-store, cached like any other. Judgments are stored per order; the win-tie rate (both readings) with its bootstrap
-interval goes into `evaluations`.
+store, cached like any other. Judgments are stored per order (`metrics.judge`); an item counts only when both orders
+gave an answer (one order alone carries the critic's position lean); the win-tie rate (both readings) with its
+bootstrap interval goes into `evaluations`.
 """
 
 from __future__ import annotations
@@ -11,18 +12,15 @@ from datetime import datetime
 
 import dspy
 
+from metrics.judge import judge_pairs, judge_verdicts, judgment_id  # noqa: F401 - judge_pairs, judgment_id: re-exported
 from metrics.winrate import Estimate, win_tie_rate
-from programs.critic import Critic
+from programs.critic import PAPER, Critic
 from programs.parallel import imap
 from programs.progress import stage_progress
 from programs.student import Student
 from programs.teach import candidate_id
 from store import Store, stable_id, to_json
 from store.callback import last_lm_call_id
-
-
-def judgment_id(judge: str, first_id: str, second_id: str) -> str:
-    return stable_id("judgment", judge, first_id, second_id)
 
 
 def student_outputs(store: Store, student: Student, student_lm: dspy.LM, inputs: list[dict], *, producer: str,
@@ -53,40 +51,6 @@ def student_outputs(store: Store, student: Student, student_lm: dspy.LM, inputs:
     return have
 
 
-def judge_pairs(store: Store, critic: Critic, critic_lm: dspy.LM, items: list[dict], *, judge: str, run_id: str,
-                purpose: str, threads: int = 1) -> dict[str, float | None]:
-    """items: {input_id, text, a_id, a, b_id, b}. Returns input_id -> debiased P(a >= b); judges only what is missing."""
-    wanted = [(it, first, second) for it in items
-              for first, second in ((("a_id", "a"), ("b_id", "b")), (("b_id", "b"), ("a_id", "a")))]
-    ids = [judgment_id(judge, it[f[0]], it[s[0]]) for it, f, s in wanted]
-    have = {r["judgment_id"]: r for r in store.query(
-        "SELECT judgment_id, p_first FROM judgments WHERE list_contains(?, judgment_id)", [ids])}
-    p_first: dict[str, float | None] = {jid: r["p_first"] for jid, r in have.items()}
-    todo = [(w, jid) for w, jid in zip(wanted, ids) if jid not in have]
-    with stage_progress("judge", total=len(wanted), done=len(wanted) - len(todo)) as advance, dspy.context(lm=critic_lm):
-        def one(job):
-            (it, f, s), _ = job
-            return critic.judge_order(it["text"], it[f[1]], it[s[1]])
-
-        for ((it, f, s), jid), j in imap(one, todo, threads):
-            store.add("judgments", {
-                "judgment_id": jid, "input_id": it["input_id"], "judge": judge, "first_id": it[f[0]],
-                "second_id": it[s[0]], "choice": j.choice, "p_first": j.p_first, "source": j.source,
-                "reason": j.reason, "purpose": purpose, "lm_call_id": j.lm_call_id, "run_id": run_id,
-                "created_at": datetime.now(),
-            })
-            p_first[jid] = j.p_first
-            advance(1, j.source)
-    store.flush()
-    out = {}
-    for it in items:
-        ab = p_first.get(judgment_id(judge, it["a_id"], it["b_id"]))
-        ba = p_first.get(judgment_id(judge, it["b_id"], it["a_id"]))
-        ps = [p for p in (ab, None if ba is None else 1 - ba) if p is not None]
-        out[it["input_id"]] = sum(ps) / len(ps) if ps else None
-    return out
-
-
 def evaluate(store: Store, *, student: Student, student_lm: dspy.LM, student_name: str, checkpoint_id: str | None,
              critic: Critic, critic_lm: dspy.LM, critic_name: str, inputs: list[dict], teacher_name: str, split: str,
              run_id: str, threads: int = 1) -> dict:
@@ -99,26 +63,36 @@ def evaluate(store: Store, *, student: Student, student_lm: dspy.LM, student_nam
               "a": outputs[i["input_id"]]["text"], "b_id": refs[i["input_id"]]["candidate_id"],
               "b": refs[i["input_id"]]["text"]}
              for i in inputs if i["input_id"] in outputs and i["input_id"] in refs]
-    p = judge_pairs(store, critic, critic_lm, items, judge=critic_name, run_id=run_id, purpose="eval", threads=threads)
+    p, dropped = _both_orders(store, critic, critic_lm, items, judge=critic_name, run_id=run_id, purpose="eval",
+                              threads=threads)
+    items = [it for it in items if it["input_id"] in p]
     prob, decision = win_tie_rate([p[it["input_id"]] for it in items])
     ratios = [len(it["a"].split()) / max(1, len(it["text"].split())) for it in items]
     details = {"items": [{"input_id": it["input_id"], "p_student": p[it["input_id"]],
                           "length_ratio": r} for it, r in zip(items, ratios)],
-               "skipped": len(inputs) - len(items)}
+               "skipped": len(inputs) - len(items), "one_order_only": dropped, "method": critic.method}
     evaluation_id = _store_evaluation(store, student=student_name, reference=teacher_name, judge=critic_name,
                                       split=split, items=items, prob=prob, decision=decision, details=details,
-                                      run_id=run_id, checkpoint_id=checkpoint_id)
+                                      run_id=run_id, checkpoint_id=checkpoint_id, method=critic.method)
     return {"wtr_prob": prob, "wtr_decision": decision, "length_ratios": ratios, "items": items,
             "p_student": [p[it["input_id"]] for it in items], "evaluation_id": evaluation_id}
 
 
+def _both_orders(store: Store, critic: Critic, critic_lm: dspy.LM, items: list[dict], **kw) -> tuple[dict, int]:
+    """input_id -> P(a >= b) for the items judged in both orders, and how many had one order only (left out)."""
+    verdicts = judge_verdicts(store, critic, critic_lm, items, **kw)
+    kept = {v.input_id: v.p_a for v in verdicts if v.p_a is not None and v.orders_agree is not None}
+    return kept, sum(1 for v in verdicts if v.p_a is not None and v.orders_agree is None)
+
+
 def _store_evaluation(store: Store, *, student: str, reference: str, judge: str, split: str, items: list[dict],
                       prob: Estimate, decision: Estimate, details: dict, run_id: str,
-                      checkpoint_id: str | None) -> str:
-    """One `evaluations` row (id = hash of who was compared, by whom, on which inputs); returns its id."""
+                      checkpoint_id: str | None, method: str = PAPER.method) -> str:
+    """One `evaluations` row (id = hash of who was compared, by whom, how, on which inputs); returns its id."""
+    how = () if method == PAPER.method else (method,)  # the paper's critic keeps the ids it had
     row = {
         "evaluation_id": stable_id("evaluation", student, reference, judge, split,
-                                   sorted(it["input_id"] for it in items)),
+                                   sorted(it["input_id"] for it in items), *how),
         "run_id": run_id, "checkpoint_id": checkpoint_id, "student": student, "reference": reference,
         "judge": judge, "split": split, "n": prob.n,
         "wtr_prob": prob.value, "wtr_prob_lo": prob.lo, "wtr_prob_hi": prob.hi,
@@ -141,17 +115,19 @@ def compare_producers(store: Store, *, critic: Critic, critic_lm: dspy.LM, criti
               "a": first[producer][i["input_id"]]["text"], "b_id": first[reference][i["input_id"]]["candidate_id"],
               "b": first[reference][i["input_id"]]["text"]}
              for i in inputs if i["input_id"] in first[producer] and i["input_id"] in first[reference]]
-    p = judge_pairs(store, critic, critic_lm, items, judge=critic_name, run_id=run_id, purpose="teacher-eval",
-                    threads=threads)
+    p, _ = _both_orders(store, critic, critic_lm, items, judge=critic_name, run_id=run_id, purpose="teacher-eval",
+                        threads=threads)
+    items = [it for it in items if it["input_id"] in p]
     prob, decision = win_tie_rate([p[it["input_id"]] for it in items])
     evaluation_id = _store_evaluation(
         store, student=producer, reference=reference, judge=critic_name, split=split, items=items, prob=prob,
-        decision=decision, details={"items": [{"input_id": it["input_id"], "p": p[it["input_id"]]} for it in items]},
-        run_id=run_id, checkpoint_id=None)
+        decision=decision, details={"items": [{"input_id": it["input_id"], "p": p[it["input_id"]]} for it in items],
+                                    "method": critic.method},
+        run_id=run_id, checkpoint_id=None, method=critic.method)
     return {"wtr_prob": prob, "wtr_decision": decision, "n": prob.n, "evaluation_id": evaluation_id}
 
 
-__all__ = ["Estimate", "compare_producers", "evaluate", "judge_pairs", "student_outputs"]
+__all__ = ["Estimate", "compare_producers", "evaluate", "judge_pairs", "judgment_id", "student_outputs"]
 
 
 # -- python -m finetune.evaluate -----------------------------------------------------------------------------------

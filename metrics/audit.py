@@ -32,7 +32,7 @@ import math
 import os
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from metrics.winrate import Estimate, bootstrap  # noqa: E402
 
 EXIT_USAGE = 2
 DEFAULT_CRITIC = "local/qwen2.5-coder-1.5b-instruct"
+from programs.critic import DEFAULT as DEFAULT_SETTINGS  # noqa: E402
 CRITIC_MAX_TOKENS = 96
 FIELDS = ("input", "better", "worse")
 
@@ -94,8 +95,9 @@ def load_pairs(path: str | os.PathLike) -> PairFile:
         seen[pair_id] = line_no
         pair = {"id": pair_id, "line": line_no, "input": " ".join(rec["input"].split()), "better": better,
                 "worse": worse}
-        if rec.get("worse_kind"):
-            pair["worse_kind"] = str(rec["worse_kind"])
+        for key in ("worse_kind", "split"):
+            if rec.get(key):
+                pair[key] = str(rec[key])
         pairs.append(pair)
     if not pairs:
         raise AuditError(f"{p} has no pairs (expected one JSON object per line with {', '.join(FIELDS)})")
@@ -131,67 +133,138 @@ def _num(x: float | None) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
-def summarize(items: list[dict]) -> dict[str, Any]:
-    """The audit's numbers from per-pair rows.
-
-    Each row: p_better (debiased, or None), better_first (the first order judged showed the better text first),
-    p_first_order (P(better) from that first order alone, or None), choices ((choice, choice) of the two orders,
-    each 1 | 2 | None), better_words, worse_words, worse_kind (optional).
-    """
+def _flags(items: list[dict]) -> dict[str, list]:
+    """Per-measure 0/1 flags (or values) from per-pair rows; each list is bootstrapped into a mean with a CI."""
     judged = [it for it in items if it["p_better"] is not None]
-    agree = [1.0 if it["p_better"] > 0.5 else 0.0 for it in judged]
-    single = [1.0 if it["p_first_order"] > 0.5 else 0.0 for it in items if it["p_first_order"] is not None]
     both_parsed = [it for it in items if None not in it["choices"]]
-    flips = [1.0 if it["choices"][0] == it["choices"][1] else 0.0 for it in both_parsed]
-
     # length: only pairs the critic decided (P != 0.5) whose texts differ in length
     decided = [it for it in judged if it["p_better"] != 0.5 and it["better_words"] != it["worse_words"]]
     chose_longer = [(it["p_better"] > 0.5) == (it["better_words"] > it["worse_words"]) for it in decided]
-    disagreed = [longer for it, longer in zip(decided, chose_longer) if it["p_better"] < 0.5]
-    label_longer = [it["better_words"] > it["worse_words"] for it in decided]
-
-    # position lean, from every order judged: how often the better text wins when shown first / second
-    shown_first = [c == 1 for it in items for c, pos in zip(it["choices"], it["positions"]) if c and pos == 1]
-    shown_second = [c == 2 for it in items for c, pos in zip(it["choices"], it["positions"]) if c and pos == 2]
-    position_two = [c == 2 for it in items for c in it["choices"] if c]
-
-    by_kind: dict[str, dict] = {}
-    for kind in sorted({it.get("worse_kind") for it in judged if it.get("worse_kind")}):
-        flags = [a for it, a in zip(judged, agree) if it.get("worse_kind") == kind]
-        by_kind[kind] = {"n": len(flags), "agreement": _share([bool(f) for f in flags])}
-
-    agreement = bootstrap(agree)
     return {
-        "n": len(judged),
-        "n_pairs": len(items),
-        "agreement": agreement,
-        "single_order_agreement": bootstrap(single),
-        "position_flip_rate": bootstrap(flips),
-        "length_bias": _share(disagreed),
-        "length_bias_n": len(disagreed),
-        "longer_chosen": _share(chose_longer),
-        "longer_expected": _share(label_longer),
-        "length_decided_n": len(decided),
-        "better_wins_when_first": _share(shown_first),
-        "better_wins_when_second": _share(shown_second),
-        "position_two_share": _share(position_two),
-        "ties": sum(1 for it in judged if it["p_better"] == 0.5),
-        "failed_pairs": len(items) - len(judged),
-        "by_kind": by_kind,
+        "agreement": [float(it["p_better"] > 0.5) for it in judged],
+        "decided_agreement": [float(it["p_better"] > 0.5) for it in judged if it["p_better"] != 0.5],
+        "coverage": [float(it["p_better"] != 0.5) for it in judged],
+        "single_order_agreement": [float(it["p_first_order"] > 0.5) for it in items if it["p_first_order"] is not None],
+        "position_flip_rate": [float(it["choices"][0] == it["choices"][1]) for it in both_parsed],
+        "length_bias": [float(longer) for it, longer in zip(decided, chose_longer) if it["p_better"] < 0.5],
+        "longer_chosen": [float(x) for x in chose_longer],
+        "longer_expected": [float(it["better_words"] > it["worse_words"]) for it in decided],
+        # position lean, from every order judged: how often the better text wins when shown first / second
+        "better_wins_when_first": [float(c == 1) for it in items for c, pos in zip(it["choices"], it["positions"])
+                                   if c and pos == 1],
+        "better_wins_when_second": [float(c == 2) for it in items for c, pos in zip(it["choices"], it["positions"])
+                                    if c and pos == 2],
+        "position_two_share": [float(c == 2) for it in items for c in it["choices"] if c],
     }
 
 
+def expected_calibration_error(p_better: list[float], bins: int = 10) -> float | None:
+    """ECE of the critic's confidence (max(P, 1 - P)) against whether it chose the better text; ties are half right."""
+    if not p_better:
+        return None
+    conf = [max(p, 1 - p) for p in p_better]
+    correct = [1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in p_better]
+    total = 0.0
+    for k in range(bins):
+        lo, hi = 0.5 + 0.5 * k / bins, 0.5 + 0.5 * (k + 1) / bins
+        idx = [i for i, c in enumerate(conf) if lo <= c < hi or (k == bins - 1 and c == hi)]
+        if idx:
+            total += len(idx) / len(conf) * abs(sum(correct[i] for i in idx) / len(idx) - sum(conf[i] for i in idx) / len(idx))
+    return total
+
+
+def _ece_estimate(p_better: list[float], resamples: int = 1000, seed: int = 0) -> Estimate:
+    import numpy as np
+
+    if not p_better:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+    rng = np.random.default_rng(seed)
+    x = np.asarray(p_better)
+    boots = [expected_calibration_error(list(x[rng.integers(0, x.size, x.size)])) for _ in range(resamples)]
+    return Estimate(expected_calibration_error(p_better), float(np.quantile(boots, 0.025)),
+                    float(np.quantile(boots, 0.975)), len(p_better))
+
+
+def position_lean(items: list[dict]) -> float | None:
+    """The critic's lean to position 1 in log-odds: the mean of (logit P_first(a, b) + logit P_first(b, a)) / 2 over
+    pairs judged in both orders (zero for a critic that ignores position)."""
+    from programs.critic import logit
+
+    leans = [(logit(it["p_ab"]) + logit(it["p_ba"])) / 2 for it in items
+             if it.get("p_ab") is not None and it.get("p_ba") is not None]
+    return sum(leans) / len(leans) if leans else None
+
+
+def summarize(items: list[dict], *, per_kind: bool = True) -> dict[str, Any]:
+    """The audit's numbers from per-pair rows, each a mean with a 95% bootstrap interval.
+
+    Each row: p_better (the critic's P(better), or None), p_first_order (P(better) from the first order judged
+    alone), choices ((choice, choice) of the two orders, each 1 | 2 | None), positions (where the better text stood in
+    each order), p_ab / p_ba (P_first of each order), better_words, worse_words, worse_kind (optional).
+    """
+    judged = [it for it in items if it["p_better"] is not None]
+    out: dict[str, Any] = {name: bootstrap(values) for name, values in _flags(items).items()}
+    out |= {
+        "n": len(judged),
+        "n_pairs": len(items),
+        "ece": _ece_estimate([it["p_better"] for it in judged]),
+        "position_lean": position_lean(items),
+        "ties": sum(1 for it in judged if it["p_better"] == 0.5),
+        "failed_pairs": len(items) - len(judged),
+    }
+    if per_kind:
+        kinds = sorted({it.get("worse_kind") for it in items if it.get("worse_kind")})
+        out["by_kind"] = {k: summarize([it for it in items if it.get("worse_kind") == k], per_kind=False) for k in kinds}
+    return out
+
+
+def reliability_plot(p_better: list[float], path: Path, title: str, bins: int = 5) -> Path:
+    """Confidence against accuracy in bins (the diagonal is a calibrated critic), with the share of pairs per bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conf = [max(p, 1 - p) for p in p_better]
+    xs, ys, ns = [], [], []
+    for k in range(bins):
+        lo, hi = 0.5 + 0.5 * k / bins, 0.5 + 0.5 * (k + 1) / bins
+        idx = [i for i, c in enumerate(conf) if lo <= c < hi or (k == bins - 1 and c == hi)]
+        if idx:
+            xs.append(sum(conf[i] for i in idx) / len(idx))
+            ys.append(sum(1.0 if p_better[i] > 0.5 else 0.5 if p_better[i] == 0.5 else 0.0 for i in idx) / len(idx))
+            ns.append(len(idx))
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0.5, 1], [0.5, 1], ls="--", color="grey", lw=1, label="calibrated")
+    ax.plot(xs, ys, marker="o", label="critic")
+    for x, y, n in zip(xs, ys, ns):
+        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ax.set_xlim(0.5, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("confidence, max(P, 1 - P)")
+    ax.set_ylabel("share where the better text was chosen")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def audit(pairs: list[dict], critic, critic_lm, *, store, judge: str, run_id: str, source: str = "pairs",
-          file_sha: str | None = None, task=None, threads: int = 1) -> dict[str, Any]:
+          file_sha: str | None = None, task=None, threads: int = 1, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Judge each labeled pair in both orders with `critic` on `critic_lm`, store the summary in `audits`, return it.
 
     `pairs`: dicts with input, better, worse (and id, line, worse_kind as `load_pairs` gives them). `file_sha` names
-    the pairs file (producer 'audit-file:<sha>'); without it a hash of the pairs stands in.
+    the pairs file (producer 'audit-file:<sha>'); without it a hash of the pairs stands in. The critic's settings
+    (`critic.settings`) decide how it asks and how the orders combine; `out_dir` gets the reliability plot.
     """
     import dspy
 
-    from finetune.evaluate import judge_pairs, judgment_id
+    from metrics.judge import judge_verdicts
     from programs.adapter import LabeledAdapter
+    from programs.critic import PAPER
     from programs.tasks import HUMOR
     from programs.teach import candidate_id
     from store import stable_id, to_json
@@ -216,51 +289,47 @@ def audit(pairs: list[dict], critic, critic_lm, *, store, judge: str, run_id: st
         for cid, text, r in ((better_id, pr["better"], rank), (worse_id, pr["worse"], rank + 1)):
             candidates.append({"candidate_id": cid, "input_id": input_id, "role": "audit", "producer": producer,
                                "rank": r, "text": text, "lm_call_id": None, "run_id": run_id, "created_at": now})
-        better_first = len(items) % 2 == 0  # alternate, so that the first order alone is not always better-first
+        better_first = pr["line"] % 2 == 1  # alternate by line, so that the first order alone is not always better-first
         a, b = (("better", better_id), ("worse", worse_id)) if better_first else (("worse", worse_id), ("better", better_id))
         items.append({"input_id": input_id, "text": pr["input"], "a_id": a[1], "a": pr[a[0]], "b_id": b[1], "b": pr[b[0]],
-                      "pair": pr, "better_first": better_first, "better_id": better_id, "worse_id": worse_id})
+                      "pair": pr, "better_first": better_first})
 
     store.insert("inputs", list(inputs.values()))
     store.insert("candidates", candidates)
     context = {} if dspy.settings.adapter is not None else {"adapter": LabeledAdapter()}
     with trace_context(run_id=run_id, stage="audit"), dspy.context(**context):
-        judge_pairs(store, critic, critic_lm, [{k: it[k] for k in ("input_id", "text", "a_id", "a", "b_id", "b")}
-                                               for it in items],
-                    judge=judge, run_id=run_id, purpose="audit", threads=threads)
+        verdicts = judge_verdicts(store, critic, critic_lm,
+                                  [{k: it[k] for k in ("input_id", "text", "a_id", "a", "b_id", "b")} for it in items],
+                                  judge=judge, run_id=run_id, purpose="audit", threads=threads)
 
-    ids = [judgment_id(judge, f, s) for it in items for f, s in ((it["a_id"], it["b_id"]), (it["b_id"], it["a_id"]))]
-    stored = {r["judgment_id"]: r for r in store.query(
-        "SELECT judgment_id, choice, p_first, source FROM judgments WHERE list_contains(?, judgment_id)", [ids])}
-    rows = []
-    failed = 0
-    for it in items:
+    rows, failed = [], 0
+    for it, v in zip(items, verdicts):
         pr = it["pair"]
-        orders = [stored.get(judgment_id(judge, it["a_id"], it["b_id"])) or {},
-                  stored.get(judgment_id(judge, it["b_id"], it["a_id"])) or {}]
-        failed += sum(1 for o in orders if o.get("p_first") is None)
-        # P(better) from each order, and where the better text stood in it (1 or 2)
-        positions = (1, 2) if it["better_first"] else (2, 1)
-        p_orders = [None if o.get("p_first") is None else (o["p_first"] if pos == 1 else 1 - o["p_first"])
-                    for o, pos in zip(orders, positions)]
-        ps = [p for p in p_orders if p is not None]
+        (p_ab, p_ba), choices = v.orders[0], v.choices[0]  # the task's own rubric: position measures
+        failed += sum(1 for o in v.orders for p in o if p is None)
+        positions = (1, 2) if it["better_first"] else (2, 1)  # where the better text stood in each order
+        p_orders = [None if p is None else (p if pos == 1 else 1 - p) for p, pos in zip((p_ab, p_ba), positions)]
         rows.append({
-            "pair_id": pr["id"], "line": pr["line"], "worse_kind": pr.get("worse_kind"),
-            "better_first": it["better_first"], "positions": positions,
-            "choices": tuple(o.get("choice") for o in orders),
-            "sources": [o.get("source") for o in orders],
-            "p_orders": p_orders, "p_first_order": p_orders[0],
-            "p_better": sum(ps) / len(ps) if ps else None,
+            "pair_id": pr["id"], "line": pr["line"], "worse_kind": pr.get("worse_kind"), "split": pr.get("split"),
+            "better_first": it["better_first"], "positions": positions, "choices": tuple(choices),
+            "p_ab": p_ab, "p_ba": p_ba, "p_orders": p_orders, "p_first_order": p_orders[0],
+            "p_better": None if v.p_a is None else (v.p_a if it["better_first"] else 1 - v.p_a),
+            "orders_agree": v.orders_agree, "scores": v.scores, "orders": v.orders,
             "better_words": _words(pr["better"]), "worse_words": _words(pr["worse"]),
         })
     summary = summarize(rows)
+    method = critic.settings.method
+    how = () if method == PAPER.method else (method,)  # the paper's critic keeps the ids it had
     pair_ids = [pr["id"] for pr in pairs]
-    audit_id = stable_id("audit", judge, file_sha, pair_ids, *(() if task.name == "humor" else (task.name,)))
+    audit_id = stable_id("audit", judge, file_sha, pair_ids, *(() if task.name == "humor" else (task.name,)), *how)
+    plot = None
+    if out_dir is not None:
+        plot = str(reliability_plot([r["p_better"] for r in rows if r["p_better"] is not None],
+                                    Path(out_dir) / f"reliability-{audit_id[:12]}.png", f"{judge}\n{method}"))
     agreement: Estimate = summary["agreement"]
     details = {
         "file_sha": file_sha, "producer": producer, "pair_ids": pair_ids, "failed_judgments": failed,
-        **{k: v for k, v in summary.items() if not isinstance(v, Estimate)},
-        **{k: _est_dict(v) for k, v in summary.items() if isinstance(v, Estimate)},
+        "method": method, "settings": asdict(critic.settings), "reliability_plot": plot, **as_json(summary),
         "items": [{k: v for k, v in r.items() if k != "positions"} for r in rows],
     }
     store.insert("audits", [{
@@ -268,10 +337,10 @@ def audit(pairs: list[dict], critic, critic_lm, *, store, judge: str, run_id: st
         "agreement": _num(agreement.value), "agreement_lo": _num(agreement.lo), "agreement_hi": _num(agreement.hi),
         "position_flip_rate": _num(summary["position_flip_rate"].value),
         "single_order_agreement": _num(summary["single_order_agreement"].value),
-        "length_bias": summary["length_bias"], "details": to_json(details), "created_at": datetime.now(),
+        "length_bias": _num(summary["length_bias"].value), "details": to_json(details), "created_at": datetime.now(),
     }], replace=True)
     return {"audit_id": audit_id, "run_id": run_id, "judge": judge, "source": source, "failed_judgments": failed,
-            **summary, "items": rows}
+            "method": method, "reliability_plot": plot, **summary, "items": rows}
 
 
 def _est_dict(e: Estimate) -> dict[str, Any]:
@@ -279,8 +348,11 @@ def _est_dict(e: Estimate) -> dict[str, Any]:
 
 
 def as_json(result: dict[str, Any]) -> dict[str, Any]:
-    """The result with intervals as plain dicts (for --format json)."""
-    return {k: (_est_dict(v) if isinstance(v, Estimate) else v) for k, v in result.items()}
+    """The result with intervals as plain dicts (for --format json and the `audits` row), per kind too."""
+    out = {k: (_est_dict(v) if isinstance(v, Estimate) else v) for k, v in result.items() if k != "by_kind"}
+    if "by_kind" in result:
+        out["by_kind"] = {k: as_json(v) for k, v in result["by_kind"].items()}
+    return out
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------------
@@ -296,54 +368,109 @@ def _pct_ci(e: Estimate) -> str:
     return f"{100 * e.value:.1f}% [{100 * e.lo:.1f}, {100 * e.hi:.1f}]"
 
 
+MEASURES = (  # (key, label): what the table prints, each with its 95% CI
+    ("agreement", "agreement (both orders)"),
+    ("decided_agreement", "  among decided pairs (no tie)"),
+    ("coverage", "  decided share (1 - ties/abstentions)"),
+    ("single_order_agreement", "single-order agreement"),
+    ("position_flip_rate", "position-flip rate"),
+    ("better_wins_when_first", "  better wins when shown 1st"),
+    ("better_wins_when_second", "  better wins when shown 2nd"),
+    ("position_two_share", "  share of answers \"2\""),
+    ("length_bias", "length bias (disagreements -> longer)"),
+    ("longer_chosen", "decisions -> longer"),
+    ("longer_expected", "  labels -> longer"),
+    ("ece", "calibration error (ECE)"),
+)
+
+
 def print_table(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"critic audit · {result['judge']}", caption=str(result["source"]), title_justify="left",
-                  caption_justify="left")
+    table = Table(title=f"critic audit · {result['judge']} · {result.get('method', '')}", caption=str(result["source"]),
+                  title_justify="left", caption_justify="left")
     table.add_column("measure")
-    table.add_column("value", justify="right")
+    table.add_column("value [95% CI]", justify="right")
     table.add_column("over", justify="right")
-    table.add_row("agreement (debiased, both orders)", _pct_ci(result["agreement"]), f"{result['n']} pairs")
-    table.add_row("single-order agreement", _pct_ci(result["single_order_agreement"]),
-                  f"{result['single_order_agreement'].n} pairs")
-    flips = result["position_flip_rate"]
-    table.add_row("position-flip rate", _pct_ci(flips), f"{flips.n} pairs")
-    table.add_row("  better wins when shown 1st / 2nd",
-                  f"{_pct(result['better_wins_when_first'])} / {_pct(result['better_wins_when_second'])}", "")
-    table.add_row("length bias (disagreements -> longer)", _pct(result["length_bias"]),
-                  f"{result['length_bias_n']} pairs")
-    table.add_row("decisions -> longer (labels)",
-                  f"{_pct(result['longer_chosen'])} ({_pct(result['longer_expected'])})",
-                  f"{result['length_decided_n']} pairs")
-    for kind, k in result["by_kind"].items():
-        table.add_row(f"  agreement, worse = {kind}", _pct(k["agreement"]), f"{k['n']} pairs")
+    for key, name in MEASURES:
+        table.add_row(name, _pct_ci(result[key]), str(result[key].n))
+    lean = result.get("position_lean")
+    table.add_row("position lean (log-odds to 1st)", "-" if lean is None else f"{lean:+.2f}", "")
     table.add_row("ties (P = 0.5)", str(result["ties"]), "")
-    table.add_row("failed judgments", str(result["failed_judgments"]), f"{2 * result['n_pairs']} judged")
-    Console().print(table)
+    table.add_row("failed judgments", str(result["failed_judgments"]), "")
+    console = Console()
+    console.print(table)
+    if result.get("by_kind"):
+        kinds = Table(title="per kind of worse text", title_justify="left")
+        kinds.add_column("kind")
+        for col in ("n", "agreement", "single-order", "flips", "length bias", "ECE"):
+            kinds.add_column(col, justify="right")
+        for kind, k in result["by_kind"].items():
+            kinds.add_row(kind, str(k["n"]), _pct_ci(k["agreement"]), _pct_ci(k["single_order_agreement"]),
+                          _pct_ci(k["position_flip_rate"]), _pct_ci(k["length_bias"]), _pct_ci(k["ece"]))
+        console.print(kinds)
+    if result.get("reliability_plot"):
+        console.print(f"reliability plot: {result['reliability_plot']}", highlight=False)
 
 
 def parser() -> argparse.ArgumentParser:
+    from programs.critic import AGGREGATES, MODES
+
+    d = DEFAULT_SETTINGS
     p = argparse.ArgumentParser(prog="python -m metrics.audit", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", required=True, metavar="FILE.jsonl",
-                   help="labeled pairs: one {input, better, worse} object per line")
+                   help="labeled pairs: one {input, better, worse} object per line (optional worse_kind, split)")
     p.add_argument("--critic", default=DEFAULT_CRITIC, metavar="SPEC",
                    help=f"model spec of the critic (default {DEFAULT_CRITIC})")
     p.add_argument("--db", default=None, help="DuckDB store (default: $CRITIC_DISTILL_DB or ./traces.duckdb)")
-    p.add_argument("--limit", type=int, metavar="N", help="audit only the first N pairs")
+    p.add_argument("--limit", type=int, metavar="N", help="audit only the first N pairs (after --split)")
+    p.add_argument("--split", metavar="NAME", help="audit only the pairs whose split is NAME (e.g. dev, test)")
     p.add_argument("--task", default="humor", help="whose critic to audit: humor (default) | formal | a task .toml "
                                                    "file | package.module:ATTR | file.py:ATTR (docs/tasks.md)")
+    g = p.add_argument_group("critic settings (programs.critic.CriticSettings; defaults: the pipeline's)")
+    g.add_argument("--mode", choices=MODES, default=d.mode, help=f"how the critic answers (default {d.mode})")
+    g.add_argument("--rubrics", type=int, default=d.rubrics, metavar="N",
+                   help=f"average over N phrasings of the rubric (default {d.rubrics})")
+    g.add_argument("--aggregate", choices=AGGREGATES, default=d.aggregate,
+                   help=f"how the two orders combine (default {d.aggregate})")
+    g.add_argument("--scale", type=float, default=d.scale, help=f"log-odds scale (default {d.scale:g})")
+    g.add_argument("--prior", type=float, default=d.prior, help="lean to position 1 in log-odds, removed with "
+                                                                f"--aggregate calibrated (default {d.prior:g})")
+    g.add_argument("--abstain-margin", type=float, default=d.abstain_margin, metavar="X",
+                   help=f"a tie when the orders disagree and |log-odds| < X (default {d.abstain_margin:g}: never)")
+    g.add_argument("--pointwise-weight", type=float, default=d.pointwise_weight, metavar="W",
+                   help=f"blend in W x the 1-5 pointwise score difference (default {d.pointwise_weight:g})")
+    p.add_argument("--out", metavar="DIR", default="out/audit", help="folder for the reliability plot (default out/audit)")
     p.add_argument("--format", choices=["table", "json"], default="table", help="how to print the result")
     return p
+
+
+def settings_from_args(args: argparse.Namespace):
+    from programs.critic import CriticSettings, CriticSettingsError
+
+    try:
+        return CriticSettings(mode=args.mode, rubrics=args.rubrics, aggregate=args.aggregate, scale=args.scale,
+                              prior=args.prior, abstain_margin=args.abstain_margin,
+                              pointwise_weight=args.pointwise_weight)
+    except CriticSettingsError as e:
+        raise AuditError(str(e)) from e
 
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     pair_file = load_pairs(args.pairs)  # a bad file fails here, before any model is loaded
     if args.limit is not None and args.limit < 1:
         raise AuditError(f"--limit must be at least 1 (got {args.limit})")
-    pairs = pair_file.pairs[: args.limit] if args.limit else pair_file.pairs
+    settings = settings_from_args(args)
+    pairs = pair_file.pairs
+    if args.split:
+        pairs = [pr for pr in pairs if pr.get("split") == args.split]
+        if not pairs:
+            splits = sorted({str(pr.get("split")) for pr in pair_file.pairs if pr.get("split")})
+            raise AuditError(f"no pairs with split {args.split!r} in {pair_file.path}"
+                             + (f" (it has: {', '.join(splits)})" if splits else " (it has no split field)"))
+    pairs = pairs[: args.limit] if args.limit else pairs
     from programs.tasks import TaskError, get_task
 
     try:
@@ -361,6 +488,12 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     from store.callback import install
     from store.db import default_path
 
+    from programs.critic import PAPER, CriticSettingsError
+
+    try:
+        critic = Critic(task, settings, max_tokens=CRITIC_MAX_TOKENS)  # a bad setting fails before the model loads
+    except CriticSettingsError as e:
+        raise AuditError(str(e)) from e
     _quiet_libraries()
     critic_lm = resolve_lm(args.critic, temperature=0.0, max_tokens=CRITIC_MAX_TOKENS, seed=0)
     check_reachable(critic_lm)
@@ -370,17 +503,20 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     dspy.configure(adapter=LabeledAdapter())
     source = str(pair_file.path.resolve())
     run_id = stable_id("run", "audit", args.critic, pair_file.sha, [pr["id"] for pr in pairs],
-                       *(() if task.name == "humor" else (task.name,)))  # humor keeps its earlier ids
+                       *(() if task.name == "humor" else (task.name,)),  # humor keeps its earlier ids
+                       *(() if settings == PAPER else (settings.method,)))  # so does the paper's critic
     run_row = {"run_id": run_id, "started_at": datetime.now(), "status": "running", "command": command,
                "profile": None, "config": to_json({"pairs": source, "critic": args.critic, "limit": args.limit,
-                                                     "file_sha": pair_file.sha, "task": args.task}),
+                                                     "split": args.split, "file_sha": pair_file.sha, "task": args.task,
+                                                     "settings": asdict(settings)}),
                "code_version": _code_version()}
     store.insert("runs", [run_row], replace=True)
-    console.print(f"audit {run_id[:12]} · critic {args.critic} · {len(pairs)} pairs · store {db}", highlight=False)
+    console.print(f"audit {run_id[:12]} · critic {args.critic} · {settings.method} · {len(pairs)} pairs · store {db}",
+                  highlight=False)
     try:
-        result = audit(pairs, Critic(task, max_tokens=CRITIC_MAX_TOKENS), critic_lm, store=store, judge=args.critic,
-                       run_id=run_id, source=source, file_sha=pair_file.sha, task=task,
-                       threads=1 if args.critic.startswith("local/") else 4)
+        result = audit(pairs, critic, critic_lm, store=store, judge=args.critic, run_id=run_id, source=source,
+                       file_sha=pair_file.sha, task=task, threads=1 if args.critic.startswith("local/") else 4,
+                       out_dir=args.out)
     except BaseException:
         store.insert("runs", [{**run_row, "status": "failed", "finished_at": datetime.now()}], replace=True)
         raise

@@ -15,7 +15,9 @@ from typing import Any
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
-from programs.critic import Critic, choice_probability
+from dataclasses import replace
+
+from programs.critic import DEFAULT, Critic, CriticSettings
 from programs.tasks import Task
 
 
@@ -80,16 +82,17 @@ class CriticScore:
     """`metric(example, pred, trace=None) -> float in [0, 1]`: usable by `dspy.Evaluate` and every optimizer."""
 
     def __init__(self, task: Task, lm: dspy.LM | None = None, *, reference_field: str = "reference",
-                 max_tokens: int = 128):
+                 max_tokens: int = 128, settings: CriticSettings | None = None):
         self.task = task
         self.lm = lm
         self.reference_field = reference_field
         self.max_tokens = max_tokens
-        # the score always comes from the short answer (choice or verdict) alone, so that a score asked for with
-        # reasons equals the one asked for without (GEPA checks); the reasons are a second, separate call
-        self._choice = Critic(task, max_tokens=8)
-        self._choice.judge = dspy.Predict(task.critic_signature().delete("reason"))
-        self._explain_pair = Critic(task, max_tokens=max_tokens)
+        # the score comes from the critic as the pipeline asks it (by default the choice alone), so that a score asked
+        # for with reasons equals the one asked for without (GEPA checks); the reasons are a second, separate call
+        settings = settings or DEFAULT
+        self._choice = Critic(task, settings, max_tokens=8)
+        self._explain_pair = Critic(task, replace(settings, mode="reason-first", rubrics=1, pointwise_weight=0.0),
+                                    max_tokens=max_tokens)
         self._verdict = dspy.Predict(_rubric_signature(task))
         self._critique = dspy.Predict(_reason_signature(task))
 

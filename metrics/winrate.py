@@ -22,6 +22,10 @@ class Estimate:
     def __str__(self) -> str:
         return f"{100 * self.value:.1f} [{100 * self.lo:.1f}, {100 * self.hi:.1f}] (n={self.n})"
 
+    def signed(self) -> str:
+        """A difference in points, sign always shown: +7.4 [-0.9, +15.9] (n=69)."""
+        return f"{100 * self.value:+.1f} [{100 * self.lo:+.1f}, {100 * self.hi:+.1f}] (n={self.n})"
+
 
 def bootstrap(values: list[float] | np.ndarray, *, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> Estimate:
     """Mean with a percentile bootstrap interval."""
@@ -38,3 +42,16 @@ def win_tie_rate(p_student: list[float | None], **kw) -> tuple[Estimate, Estimat
     """(probability WTR, decision WTR) from per-item debiased P(student >= reference)."""
     ps = [p for p in p_student if p is not None]
     return bootstrap(ps, **kw), bootstrap([1.0 if p >= 0.5 else 0.0 for p in ps], **kw)
+
+
+def paired_difference(p_x: dict[str, float | None], p_y: dict[str, float | None], *, decisions: bool = False,
+                      **kw) -> Estimate:
+    """Mean per-item difference (x - y) of two students' P(student >= reference) on the items both have, with a
+    bootstrap over items: the same inputs judged for both, so their shared difficulty cancels (unlike comparing two
+    separate intervals)."""
+    shared = [k for k in p_x if k in p_y and p_x[k] is not None and p_y[k] is not None]
+    if decisions:
+        diffs = [float(p_x[k] >= 0.5) - float(p_y[k] >= 0.5) for k in shared]
+    else:
+        diffs = [p_x[k] - p_y[k] for k in shared]
+    return bootstrap(diffs, **kw)

@@ -2,19 +2,93 @@
 
 The paper reads P("1") against P("2") at the answer token (Multiple Choice Prompting) and averages over both
 orders; the embedded critics lean heavily to one position (DESIGN.md §3), so the two-order average is not optional.
-Where a backend gives no log-probabilities the parsed choices of both orders stand in for them.
+`CriticSettings` names the other levers, each measured in docs/results/critic-audit: reading the choice before any
+reason (`choice-first`, several times faster), averaging log-odds instead of probabilities (a constant lean to one
+position cancels exactly), an ensemble of rubric phrasings, a pointwise 1-5 score blended in, and abstaining (a tie)
+when the two orders disagree. Where a backend gives no log-probabilities the parsed choices stand in for them.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import dspy
 from dspy.utils.exceptions import AdapterParseError, LMUnsupportedFeatureError
 
 from programs.tasks import Task
 from store.callback import last_lm_call_id
+
+MODES = ("reason-first", "choice-first")
+AGGREGATES = ("mean", "logodds", "calibrated")
+CLIP = 1e-4  # probabilities are clipped to [CLIP, 1 - CLIP] before log-odds (a top-20 read can give exactly 1.0)
+
+
+class CriticSettingsError(ValueError):
+    """A critic setting out of range: one line for the user."""
+
+
+@dataclass(frozen=True)
+class CriticSettings:
+    """How the critic asks and how its answers in both orders become one P(a >= b); `method` names it in the store."""
+
+    mode: str = "choice-first"  # reason-first (the paper: a reason, then the choice) | choice-first (the choice only)
+    rubrics: int = 1  # how many phrasings of the rubric to average over: the task's own, then `task.critic_rubrics`
+    aggregate: str = "logodds"  # mean (the paper: mean probability) | logodds | calibrated (mean after `prior`)
+    scale: float = 1.0  # multiplies the averaged log-odds (a temperature, fit on labeled dev pairs)
+    prior: float = 0.0  # the critic's lean to position 1 in log-odds, removed from each order ('calibrated')
+    abstain_margin: float = 0.0  # orders that disagree and |log-odds| below this -> a tie (P = 0.5); 0: never
+    pointwise_weight: float = 0.0  # log-odds weight of the pointwise score difference (1-5 scale); 0: pairwise only
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise CriticSettingsError(f"critic mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.aggregate not in AGGREGATES:
+            raise CriticSettingsError(f"critic aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
+        if not isinstance(self.rubrics, int) or self.rubrics < 1:
+            raise CriticSettingsError(f"critic rubrics must be a positive integer, got {self.rubrics!r}")
+        for name in ("scale", "abstain_margin", "pointwise_weight"):
+            if getattr(self, name) < 0 or (name == "scale" and self.scale == 0):
+                raise CriticSettingsError(f"critic {name} must be {'> 0' if name == 'scale' else '>= 0'}, "
+                                          f"got {getattr(self, name)!r}")
+
+    @property
+    def method(self) -> str:
+        """A stable name of these settings: the `method` of their verdicts."""
+        parts = [self.mode, self.aggregate]
+        if self.rubrics > 1:
+            parts.append(f"rubrics{self.rubrics}")
+        if self.scale != 1.0:
+            parts.append(f"scale{self.scale:g}")
+        if self.aggregate == "calibrated":
+            parts.append(f"prior{self.prior:g}")
+        if self.abstain_margin:
+            parts.append(f"abstain{self.abstain_margin:g}")
+        if self.pointwise_weight:
+            parts.append(f"pointwise{self.pointwise_weight:g}")
+        return "/".join(parts)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> CriticSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CriticSettingsError(f"unknown critic setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+# the paper's critic, as every store before critic methods judged: a reason, then the choice; mean probability
+PAPER = CriticSettings(mode="reason-first", aggregate="mean")
+# the pipeline's, the metric's and the audit's default: chosen on the dev half of the labeled pairs
+DEFAULT = CriticSettings()
+
+
+def order_method(mode: str, rubric: int) -> str:
+    """The `method` of one judgment (one LM call): its prompt. The paper's prompt keeps the name it always had."""
+    return mode if rubric == 0 else f"{mode}/rubric{rubric}"
+
+
+POINTWISE = "pointwise"
 
 
 @dataclass
@@ -26,10 +100,19 @@ class OrderJudgment:
     source: str  # logprobs | parsed | failed
     reason: str | None
     lm_call_id: str | None
+    method: str = "reason-first"
 
 
-def choice_probability(logprobs: dict | None, label: str = "choice") -> float | None:
-    """P("1") / (P("1") + P("2")) at the token that answers `Choice:`, from the top log-probabilities there."""
+@dataclass
+class PointJudgment:
+    score: float | None  # expected 1-5 score over the score tokens
+    choice: int | None  # the score answered
+    source: str
+    lm_call_id: str | None
+
+
+def _answer_token(logprobs: dict | None, label: str, options: tuple[str, ...]) -> dict[str, float] | None:
+    """Probabilities of `options` at the token that answers `<label>:` (or the first token of a bare answer)."""
     tokens = (logprobs or {}).get("content") or []
     bare = label + ":" not in "".join(t.get("token") or "" for t in tokens).lower()  # the answer alone, e.g. "1"
     text = ""
@@ -37,49 +120,146 @@ def choice_probability(logprobs: dict | None, label: str = "choice") -> float | 
         token = tok.get("token") or ""
         after_label = text.lower().rfind(label + ":")
         answers = (after_label >= 0 and not text[after_label + len(label) + 1:].strip()) or (bare and not text.strip())
-        if answers and token.strip()[:1] in ("1", "2"):
-            p = {"1": 0.0, "2": 0.0}
+        if answers and token.strip()[:1] in options:
+            p = dict.fromkeys(options, 0.0)
             for alt in tok.get("top_logprobs") or [{"token": token, "logprob": tok.get("logprob", 0.0)}]:
                 key = (alt.get("token") or "").strip()
                 if key in p:
                     p[key] += math.exp(alt["logprob"])
-            total = p["1"] + p["2"]
-            return p["1"] / total if total > 0 else None
+            return p if sum(p.values()) > 0 else None
         text += token
     return None
 
 
+def choice_probability(logprobs: dict | None, label: str = "choice") -> float | None:
+    """P("1") / (P("1") + P("2")) at the token that answers `Choice:`, from the top log-probabilities there."""
+    p = _answer_token(logprobs, label, ("1", "2"))
+    return None if p is None else p["1"] / (p["1"] + p["2"])
+
+
+def expected_score(logprobs: dict | None, label: str = "score") -> float | None:
+    """The expected 1-5 score over the score tokens' probabilities (renormalised)."""
+    p = _answer_token(logprobs, label, ("1", "2", "3", "4", "5"))
+    return None if p is None else sum(int(k) * v for k, v in p.items()) / sum(p.values())
+
+
+def logit(p: float) -> float:
+    p = min(max(p, CLIP), 1 - CLIP)
+    return math.log(p / (1 - p))
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+def combine(orders: list[tuple[float | None, float | None]], settings: CriticSettings,
+            scores: tuple[float | None, float | None] | None = None) -> tuple[float | None, bool | None]:
+    """(P(a >= b), whether the two orders agreed) from each rubric's (P_first with a first, P_first with b first).
+
+    The one rule every stage uses (pipeline evaluation, feedback, BRIO rankings, the metric, the audit); the store's
+    views read its results from `verdicts` instead of restating it.
+    """
+    a_first = [p for p, _ in orders if p is not None]  # P(a better) when a was shown first
+    b_first = [1 - p for _, p in orders if p is not None]  # P(a better) when a was shown second
+    if not a_first and not b_first:
+        return None, None
+    if settings.aggregate == "mean":
+        p = sum(a_first + b_first) / len(a_first + b_first)
+        x = logit(p)
+    else:
+        prior = settings.prior if settings.aggregate == "calibrated" else 0.0
+        xs = [logit(p) - prior for p in a_first] + [-(logit(1 - p) - prior) for p in b_first]
+        if settings.aggregate == "calibrated":
+            x = logit(sum(sigmoid(v) for v in xs) / len(xs))
+        else:
+            x = sum(xs) / len(xs)
+    x *= settings.scale
+    if settings.pointwise_weight and scores and None not in scores:
+        x += settings.pointwise_weight * (scores[0] - scores[1])
+    agree = None
+    if a_first and b_first:
+        agree = (sum(a_first) / len(a_first) > 0.5) == (sum(b_first) / len(b_first) > 0.5)
+    if settings.abstain_margin and agree is False and abs(x) < settings.abstain_margin:
+        return 0.5, agree
+    if settings.aggregate == "mean" and settings.scale == 1.0 and not settings.pointwise_weight:
+        return p, agree  # exactly the paper's number
+    return sigmoid(x), agree
+
+
 class Critic(dspy.Module):
-    def __init__(self, task: Task, *, top_logprobs: int = 20, max_tokens: int = 96):
+    """The pairwise critic of a task, asked as `settings` say; `judge` is the task's own rubric's predictor."""
+
+    def __init__(self, task: Task, settings: CriticSettings | None = None, *, top_logprobs: int = 20,
+                 max_tokens: int = 96):
         super().__init__()
-        self.judge = dspy.Predict(task.critic_signature())
+        self.settings = settings or PAPER
+        if self.settings.rubrics > len(task.rubrics):
+            raise CriticSettingsError(f"critic rubrics = {self.settings.rubrics}, but task {task.name!r} has "
+                                      f"{len(task.rubrics)} phrasing(s) of its rubric (critic_instruction, "
+                                      "critic_rubrics)")
+        self.task = task
+        mode = self.settings.mode
+        self.judge = dspy.Predict(task.critic_signature(mode))
+        self.rubric_judges = [dspy.Predict(task.critic_signature(mode, r)) for r in range(1, self.settings.rubrics)]
+        self.scorer = dspy.Predict(task.pointwise_signature()) if self.settings.pointwise_weight else None
         self.top_logprobs = top_logprobs
-        self.max_tokens = max_tokens
+        # choice-first needs the answer's first token only; a reason takes a sentence
+        self.max_tokens = max_tokens if mode == "reason-first" else min(max_tokens, 4)
         self._logprobs_ok = True
 
-    def judge_order(self, text: str, first: str, second: str) -> OrderJudgment:
+    @property
+    def method(self) -> str:
+        return self.settings.method
+
+    def _predictor(self, rubric: int) -> dspy.Predict:
+        return self.judge if rubric == 0 else self.rubric_judges[rubric - 1]
+
+    def _call(self, predictor: dspy.Predict, **inputs):
         config = dict(temperature=0.0, max_tokens=self.max_tokens)
         if self._logprobs_ok:
             config |= dict(logprobs=True, top_logprobs=self.top_logprobs)
         try:
-            pred = self.judge(text=text, paraphrase_1=first, paraphrase_2=second, config=config)
+            return predictor(**inputs, config=config)
         except LMUnsupportedFeatureError:
             if not self._logprobs_ok:
                 raise
             self._logprobs_ok = False  # this backend has no log-probabilities: parsed choices from here on
-            return self.judge_order(text, first, second)
+            return self._call(predictor, **inputs)
+
+    def judge_order(self, text: str, first: str, second: str, rubric: int = 0) -> OrderJudgment:
+        method = order_method(self.settings.mode, rubric)
+        try:
+            pred = self._call(self._predictor(rubric), text=text, paraphrase_1=first, paraphrase_2=second)
         except (AdapterParseError, ValueError) as e:
-            return OrderJudgment(first, second, None, None, "failed", f"unparsable answer: {str(e)[:200]}", last_lm_call_id())
+            return OrderJudgment(first, second, None, None, "failed", f"unparsable answer: {str(e)[:200]}",
+                                 last_lm_call_id(), method)
         choice = int(pred.choice)
         p = choice_probability(getattr(pred, "logprobs", None))
         source = "logprobs"
         if p is None:
             p, source = (1.0 if choice == 1 else 0.0), "parsed"
-        return OrderJudgment(first, second, choice, p, source, getattr(pred, "reason", None), last_lm_call_id())
+        return OrderJudgment(first, second, choice, p, source, getattr(pred, "reason", None), last_lm_call_id(), method)
+
+    def score_one(self, text: str, output: str) -> PointJudgment:
+        """The pointwise rubric score of one output (used when `pointwise_weight` > 0)."""
+        scorer = self.scorer or dspy.Predict(self.task.pointwise_signature())
+        try:
+            pred = self._call(scorer, text=text, output=output)
+        except (AdapterParseError, ValueError):
+            return PointJudgment(None, None, "failed", last_lm_call_id())
+        score = expected_score(getattr(pred, "logprobs", None))
+        source = "logprobs"
+        if score is None:
+            score, source = float(pred.score), "parsed"
+        return PointJudgment(score, int(pred.score), source, last_lm_call_id())
 
     def forward(self, text: str, a: str, b: str) -> dspy.Prediction:
-        """P(a is better than b), averaged over showing a first and showing b first."""
-        ab = self.judge_order(text, a, b)
-        ba = self.judge_order(text, b, a)
-        ps = [p for p in (ab.p_first, None if ba.p_first is None else 1 - ba.p_first) if p is not None]
-        return dspy.Prediction(p_a=sum(ps) / len(ps) if ps else None, orders=[asdict(ab), asdict(ba)])
+        """P(a is better than b): every rubric in both orders (and the pointwise scores), combined by `combine`."""
+        orders, pairs = [], []
+        for r in range(self.settings.rubrics):
+            ab, ba = self.judge_order(text, a, b, r), self.judge_order(text, b, a, r)
+            orders += [asdict(ab), asdict(ba)]
+            pairs.append((ab.p_first, ba.p_first))
+        scores = (self.score_one(text, a).score, self.score_one(text, b).score) if self.scorer else None
+        p, agree = combine(pairs, self.settings, scores)
+        return dspy.Prediction(p_a=p, orders_agree=agree, orders=orders)

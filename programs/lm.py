@@ -97,9 +97,13 @@ def load_llama(path: str, *, n_ctx: int = 2048, logits_all: bool = False, n_thre
 class LlamaCppEngine:
     """DSPy engine over llama-cpp-python. Log-probabilities need `logits_all`, so a separate instance serves them."""
 
-    def __init__(self, model_path: str, *, n_ctx: int = 2048, n_threads: int | None = None, name: str | None = None):
+    def __init__(self, model_path: str, *, n_ctx: int = 2048, n_threads: int | None = None, name: str | None = None,
+                 reuse_prefix: bool = True):
         self.model_path = str(model_path)
         self.n_ctx = n_ctx
+        # llama.cpp keeps the last prompt's evaluated state and skips the prefix a new greedy prompt shares with it
+        # (the instruction and the input, across a pair's two orders); False evaluates every prompt from scratch
+        self.reuse_prefix = reuse_prefix
         # llama-cpp-python's default is half the cores for generation; this process is the machine's main job.
         # CRITIC_DISTILL_LLAMA_THREADS lowers it where processes share the cores: llama.cpp's threads spin while
         # they wait for each other, so two processes that each take every core run many times slower, not 2x.
@@ -125,7 +129,7 @@ class LlamaCppEngine:
             repeat_penalty=1.0,
         )
         with lock:
-            if kwargs["temperature"] > 0:
+            if kwargs["temperature"] > 0 or not self.reuse_prefix:
                 # A prompt found in the KV cache is re-evaluated in a different batch split, which moves the logits
                 # slightly and so the sample: evaluate it from scratch so that a seed always gives the same text.
                 llama.reset()
@@ -140,7 +144,8 @@ class LlamaCppEngine:
                          usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), logprobs)
 
     def dump_state(self) -> dict:
-        return {"model_path": self.model_path, "n_ctx": self.n_ctx, "n_threads": self.n_threads, "name": self.name}
+        return {"model_path": self.model_path, "n_ctx": self.n_ctx, "n_threads": self.n_threads, "name": self.name,
+                "reuse_prefix": self.reuse_prefix}
 
     @classmethod
     def load_state(cls, state: dict) -> LlamaCppEngine:

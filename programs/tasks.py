@@ -41,6 +41,8 @@ class Task:
     teacher_demos: tuple[dict, ...] = ()
     # inputs for `--ood N` (out-of-distribution evaluation); None: the rows of the inputs whose split is 'ood'
     ood_inputs: Path | None = None
+    # other phrasings of critic_instruction, for a critic that averages over rubrics (`critic_rubrics = N`)
+    critic_rubrics: tuple[str, ...] = ()
 
     def __post_init__(self):
         if isinstance(self.bundled_inputs, str):
@@ -49,6 +51,8 @@ class Task:
             object.__setattr__(self, "ood_inputs", Path(self.ood_inputs))
         if isinstance(self.teacher_demos, list):
             object.__setattr__(self, "teacher_demos", tuple(self.teacher_demos))
+        if isinstance(self.critic_rubrics, list):
+            object.__setattr__(self, "critic_rubrics", tuple(self.critic_rubrics))
         self.validate()
 
     def validate(self) -> Task:
@@ -72,6 +76,8 @@ class Task:
         except ValueError as e:
             raise TaskError(f"{where}: teacher_instruction is not a valid format string ({e}); write a literal brace "
                             "as {{ or }}") from e
+        if not all(isinstance(r, str) and r.strip() for r in self.critic_rubrics):
+            raise TaskError(f"{where}: critic_rubrics must be a list of non-empty strings")
         for f in ("bundled_inputs", "ood_inputs"):
             if getattr(self, f) is not None and not isinstance(getattr(self, f), Path):
                 raise TaskError(f"{where}: {f} must be a path or None, got {getattr(self, f)!r}")
@@ -94,14 +100,32 @@ class Task:
             name="TeacherSignature",
         )
 
-    def critic_signature(self) -> type[dspy.Signature]:
-        """input, candidate 1, candidate 2 -> a short reason, then the choice (the paper's pairwise critic)."""
+    @property
+    def rubrics(self) -> tuple[str, ...]:
+        """The critic's instruction, then its other phrasings."""
+        return (self.critic_instruction, *self.critic_rubrics)
+
+    def critic_signature(self, mode: str = "reason-first", rubric: int = 0) -> type[dspy.Signature]:
+        """input, candidate 1, candidate 2 -> a short reason, then the choice (the paper's pairwise critic);
+        `choice-first` asks for the choice alone, read from its first token."""
+        outputs = {"reason": (str, "one short sentence"), "choice": (Literal["1", "2"], "1 or 2")}
+        if mode == "choice-first":
+            outputs.pop("reason")
         return _make(
-            self.critic_instruction,
+            self.rubrics[rubric],
             inputs={"text": (str, self.input_desc), "paraphrase_1": (str, self.output_desc),
                     "paraphrase_2": (str, self.output_desc)},
-            outputs={"reason": (str, "one short sentence"), "choice": (Literal["1", "2"], "1 or 2")},
+            outputs=outputs,
             name="CriticSignature",
+        )
+
+    def pointwise_signature(self) -> type[dspy.Signature]:
+        """input, one candidate -> a 1-5 score: no second candidate, so no position to lean to."""
+        return _make(
+            f"Rate the output from 1 (poor) to 5 (excellent). The standard: {self.critic_instruction}",
+            inputs={"text": (str, self.input_desc), "output": (str, self.output_desc)},
+            outputs={"score": (Literal["1", "2", "3", "4", "5"], "1, 2, 3, 4 or 5")},
+            name="PointwiseSignature",
         )
 
 
@@ -122,6 +146,10 @@ HUMOR = Task(
     critic_instruction=(
         "Choose the better paraphrase, based on how humorous and human-like it sounds, "
         "while staying true to the input text."
+    ),
+    critic_rubrics=(
+        "Which paraphrase is funnier and more natural, while saying the same thing as the input text?",
+        "Pick the paraphrase a person would enjoy more: witty and fluent, with the meaning of the input text kept.",
     ),
     student_instruction="Rewrite the sentence as a humorous paraphrase with the same meaning.",
     input_desc="a literal sentence",
@@ -146,6 +174,10 @@ FORMAL = Task(
         "Choose the better rewrite, based on how formal and polished it sounds, "
         "while keeping the meaning of the input text."
     ),
+    critic_rubrics=(
+        "Which rewrite is more formal and polished, while saying the same thing as the input text?",
+        "Pick the rewrite that would suit a formal letter best, with the meaning of the input text kept.",
+    ),
     student_instruction="Rewrite the sentence in a formal, polished style with the same meaning.",
     input_desc="a casual, informal sentence",
     output_desc="a formal rewrite of the text",
@@ -162,7 +194,7 @@ FORMAL = Task(
 TASKS: dict[str, Task] = {HUMOR.name: HUMOR, FORMAL.name: FORMAL}
 
 REQUIRED_KEYS = ("teacher_instruction", "critic_instruction", "student_instruction", "input_desc", "output_desc")
-OPTIONAL_KEYS = ("name", "inputs", "ood_inputs", "demos")
+OPTIONAL_KEYS = ("name", "inputs", "ood_inputs", "demos", "critic_rubrics")
 
 
 def get_task(spec: str | Task) -> Task:
@@ -229,6 +261,10 @@ def load_toml_task(path: str | Path) -> Task:
         if lacking:
             raise TaskError(f"{p}: [[demos]] {i} lacks {' and '.join(lacking)}")
     values["teacher_demos"] = tuple(dict(d) for d in demos)
+    rubrics = data.get("critic_rubrics", [])
+    if not isinstance(rubrics, list) or not all(isinstance(r, str) and r.strip() for r in rubrics):
+        raise TaskError(f"{p}: critic_rubrics must be a list of non-empty strings")
+    values["critic_rubrics"] = tuple(rubrics)
     try:
         return Task(**values)
     except TaskError as e:

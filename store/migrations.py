@@ -284,10 +284,76 @@ def m006_optimization(con: duckdb.DuckDBPyConnection) -> None:
         """
     )
 
+def m007_critic_methods(con: duckdb.DuckDBPyConnection) -> None:
+    """Judgments name their prompt (`method`); each pair's combined P(a >= b) is a `verdicts` row, computed by the one
+    rule in `programs.critic.combine`, and the feedback views read it instead of restating that rule. A store from
+    before keeps its judgments (method 'reason-first': the paper's prompt) and gets their verdicts by the rule those
+    judgments were made under: the mean probability over both orders (method 'reason-first/mean')."""
+    con.execute(
+        """
+        ALTER TABLE judgments ADD COLUMN method VARCHAR;   -- reason-first | choice-first | .../rubricN | pointwise
+        ALTER TABLE judgments ADD COLUMN score DOUBLE;     -- pointwise: expected 1-5 score (second_id NULL)
+        UPDATE judgments SET method = 'reason-first' WHERE method IS NULL;
+        CREATE TABLE verdicts (
+            verdict_id VARCHAR PRIMARY KEY,    -- hash of judge, method, a_id, b_id
+            input_id VARCHAR,
+            judge VARCHAR,                     -- model spec
+            method VARCHAR,                    -- the critic settings (CriticSettings.method), e.g. choice-first/logodds
+            a_id VARCHAR,
+            b_id VARCHAR,
+            p_a DOUBLE,                        -- P(a >= b) over both orders (and rubrics); 0.5 = a tie or abstention
+            orders_agree BOOLEAN,              -- both orders favoured the same candidate (NULL: an order is missing)
+            n_orders INTEGER,                  -- judgments that gave a probability
+            purpose VARCHAR,                   -- eval | feedback | brio | audit | teacher-eval
+            run_id VARCHAR,
+            created_at TIMESTAMP
+        );
+        INSERT INTO verdicts
+            SELECT left(sha256('["verdict", "' || a.judge || '", "reason-first/mean", "' || a.first_id || '", "'
+                               || a.second_id || '"]'), 24), a.input_id, a.judge,   -- = metrics.judge.verdict_id
+                   'reason-first/mean', a.first_id, a.second_id,
+                   (a.p_first + (1 - b.p_first)) / 2,           -- the rule those judgments were made under
+                   (a.p_first > 0.5) = (1 - b.p_first > 0.5), 2, a.purpose, a.run_id, a.created_at
+            FROM judgments a JOIN judgments b
+              ON a.input_id = b.input_id AND a.judge = b.judge
+             AND a.first_id = b.second_id AND a.second_id = b.first_id
+            WHERE a.first_id < a.second_id AND a.p_first IS NOT NULL AND b.p_first IS NOT NULL;
+        CREATE OR REPLACE VIEW judgment_orders AS   -- one prompt's two orders side by side (position flips)
+            SELECT a.input_id, a.judge, a.method, a.first_id AS a_id, a.second_id AS b_id,
+                   a.p_first AS p_a_first, 1 - b.p_first AS p_a_second,
+                   (a.p_first + (1 - b.p_first)) / 2 AS p_a,    -- the paper's mean; verdicts hold the critic's rule
+                   (a.choice = 1) <> (b.choice = 2) AS position_flip
+            FROM judgments a JOIN judgments b
+              ON a.input_id = b.input_id AND a.judge = b.judge AND a.method = b.method
+             AND a.first_id = b.second_id AND a.second_id = b.first_id
+            WHERE a.first_id < a.second_id;
+        CREATE OR REPLACE VIEW feedback_pairs AS   -- a judged student pair: the critic's positive and negative
+            SELECT v.input_id, i.text AS input, i.split, v.judge, v.method, ca.producer,
+                   CASE WHEN v.p_a >= 0.5 THEN ca.text ELSE cb.text END AS chosen,
+                   CASE WHEN v.p_a >= 0.5 THEN cb.text ELSE ca.text END AS rejected,
+                   abs(v.p_a - 0.5) * 2 AS confidence, v.orders_agree
+            FROM verdicts v
+            JOIN candidates ca ON ca.candidate_id = v.a_id
+            JOIN candidates cb ON cb.candidate_id = v.b_id
+            JOIN inputs i ON i.input_id = v.input_id
+            WHERE ca.role = 'sample' AND cb.role = 'sample' AND v.p_a IS NOT NULL;
+        CREATE OR REPLACE VIEW sd_examples AS      -- self-distillation: the critic's positives as SFT targets
+            SELECT input_id, input, split, judge, method, producer, chosen AS output FROM feedback_pairs;
+        CREATE OR REPLACE VIEW teacher_scores AS   -- each teacher candidate's mean win probability over its verdicts
+            SELECT c.input_id, i.text AS input, i.split, c.candidate_id, c.producer AS teacher, c.rank, c.text,
+                   v.judge, v.method, avg(CASE WHEN v.a_id = c.candidate_id THEN v.p_a ELSE 1 - v.p_a END) AS score
+            FROM candidates c
+            JOIN verdicts v ON v.a_id = c.candidate_id OR v.b_id = c.candidate_id
+            JOIN inputs i ON i.input_id = c.input_id
+            WHERE c.role = 'teacher' AND v.p_a IS NOT NULL
+            GROUP BY ALL;
+        """
+    )
+
 
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_views, m003_audits,
                                                                    m004_feedback_views, m005_usage_views,
-                                                                   m006_optimization]
+                                                                   m006_optimization, m007_critic_methods]
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:

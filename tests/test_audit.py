@@ -128,11 +128,16 @@ def test_position_biased_judge_numbers_by_hand(tmp_path, dspy_clean):
     assert r["agreement"].lo <= 0.4 <= r["agreement"].hi
     assert r["single_order_agreement"].value == pytest.approx(0.6)
     assert r["position_flip_rate"].value == pytest.approx(1.0)
-    assert r["length_bias"] == pytest.approx(1.0) and r["length_bias_n"] == 1
-    assert r["longer_chosen"] == pytest.approx(2 / 3) and r["longer_expected"] == pytest.approx(1 / 3)
-    assert r["better_wins_when_first"] == 1.0 and r["better_wins_when_second"] == 0.0
-    assert r["position_two_share"] == 0.0
-    assert r["by_kind"] == {"flat": {"n": 4, "agreement": 0.5}, "unrelated": {"n": 1, "agreement": 0.0}}
+    assert r["length_bias"].value == pytest.approx(1.0) and r["length_bias"].n == 1
+    assert r["longer_chosen"].value == pytest.approx(2 / 3) and r["longer_expected"].value == pytest.approx(1 / 3)
+    assert r["better_wins_when_first"].value == 1.0 and r["better_wins_when_second"].value == 0.0
+    assert r["position_two_share"].value == 0.0
+    assert {k: (v["n"], v["agreement"].value) for k, v in r["by_kind"].items()} == {"flat": (4, 0.5),
+                                                                                    "unrelated": (1, 0.0)}
+    assert r["by_kind"]["flat"]["position_flip_rate"].value == 1.0  # every measure per kind, with its interval
+    # calibration: confidences .65 (A, C, D: right, right, wrong) and two ties (half right) -> |2/3 - .65| x 3/5
+    assert r["ece"].value == pytest.approx(abs(2 / 3 - 0.65) * 3 / 5 + 0.0)
+    assert r["position_lean"] > 0  # it leans to position 1
     assert [round(it["p_better"], 6) for it in r["items"]] == [0.65, 0.5, 0.65, 0.35, 0.5]
 
     row, = store.query("SELECT * FROM audits")
@@ -184,9 +189,9 @@ def test_length_loving_judge_has_no_position_flips_and_full_length_bias(tmp_path
     assert r["agreement"].value == pytest.approx(0.4)
     assert r["single_order_agreement"].value == pytest.approx(0.4)
     assert r["position_flip_rate"].value == 0.0
-    assert r["length_bias"] == 1.0 and r["length_bias_n"] == 3
-    assert r["longer_chosen"] == 1.0 and r["longer_expected"] == pytest.approx(0.4)
-    assert r["ties"] == 0 and r["position_two_share"] == pytest.approx(0.5)
+    assert r["length_bias"].value == 1.0 and r["length_bias"].n == 3
+    assert r["longer_chosen"].value == 1.0 and r["longer_expected"].value == pytest.approx(0.4)
+    assert r["ties"] == 0 and r["position_two_share"].value == pytest.approx(0.5)
 
 
 def test_failed_judgments_are_counted_and_left_out(tmp_path, dspy_clean):
