@@ -32,16 +32,17 @@ OBJECTIVES = ("ft", "sd", "brio", "dpo", "brio-dpo")
 
 SFT_SQL = ("SELECT input, output FROM teacher_pairs WHERE teacher = $teacher AND split = 'train' "
            "AND list_contains($inputs, input_id) ORDER BY input_id, rank")
-# This round's judged student pairs ($pairs: "a_id|b_id", smaller id first), each decided by its debiased probability
-# over both orders; kept when its confidence |2 P - 1| reaches $min_confidence and, with $both_orders, when each
-# order alone decides it the same way.
-_JUDGED = ("FROM judgment_orders o JOIN candidates ca ON ca.candidate_id = o.a_id "
-           "JOIN candidates cb ON cb.candidate_id = o.b_id JOIN inputs i ON i.input_id = o.input_id "
-           "WHERE o.judge = $judge AND ca.producer = $producer AND list_contains($pairs, o.a_id || '|' || o.b_id) "
-           "AND o.p_a IS NOT NULL AND abs(o.p_a - 0.5) * 2 >= $min_confidence "
-           "AND (NOT $both_orders OR (o.p_a_first - 0.5) * (o.p_a_second - 0.5) > 0) ORDER BY o.input_id")
-_CHOSEN, _REJECTED = ("CASE WHEN o.p_a >= 0.5 THEN ca.text ELSE cb.text END",
-                      "CASE WHEN o.p_a >= 0.5 THEN cb.text ELSE ca.text END")
+# This round's judged student pairs ($pairs: "id|id", the smaller id first) as the critic ($judge, its settings
+# $method) decided them: its combined P(a >= b) over both orders (the `verdicts` table); kept when the confidence
+# |2 P - 1| reaches $min_confidence and, with $both_orders, when both orders favoured the same candidate.
+_JUDGED = ("FROM verdicts v JOIN candidates ca ON ca.candidate_id = v.a_id "
+           "JOIN candidates cb ON cb.candidate_id = v.b_id JOIN inputs i ON i.input_id = v.input_id "
+           "WHERE v.judge = $judge AND v.method = $method AND ca.producer = $producer "
+           "AND list_contains($pairs, least(v.a_id, v.b_id) || '|' || greatest(v.a_id, v.b_id)) "
+           "AND v.p_a IS NOT NULL AND abs(v.p_a - 0.5) * 2 >= $min_confidence "
+           "AND (NOT $both_orders OR coalesce(v.orders_agree, false)) ORDER BY v.input_id")
+_CHOSEN, _REJECTED = ("CASE WHEN v.p_a >= 0.5 THEN ca.text ELSE cb.text END",
+                      "CASE WHEN v.p_a >= 0.5 THEN cb.text ELSE ca.text END")
 SD_SQL = f"SELECT i.text AS input, {_CHOSEN} AS output {_JUDGED}"
 PAIRS_SQL = f"SELECT i.text AS input, {_CHOSEN} AS chosen, {_REJECTED} AS rejected {_JUDGED}"
 BRIO_SQL = ("SELECT input_id, input, text, score FROM teacher_scores WHERE teacher = $teacher AND judge = $judge "
@@ -111,8 +112,8 @@ class ObjectiveContext:
     threads: int = 1
 
     def params(self, producer: str | None = None, pairs: list[str] | None = None) -> dict[str, Any]:
-        return {"teacher": self.teacher, "judge": self.critic_name, "producer": producer,
-                "inputs": [i["input_id"] for i in self.train_inputs], "pairs": pairs or [],
+        return {"teacher": self.teacher, "judge": self.critic_name, "method": self.critic.method,
+                "producer": producer, "inputs": [i["input_id"] for i in self.train_inputs], "pairs": pairs or [],
                 "min_confidence": float(self.feedback.min_confidence),
                 "both_orders": bool(self.feedback.both_orders_agree)}
 

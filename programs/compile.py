@@ -222,7 +222,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     run_id = stable_id("run", cfg.identity())
     run_row = {"run_id": run_id, "started_at": datetime.now(), "status": "running", "command": command,
                "profile": cfg.profile, "config": to_json(asdict(cfg)), "code_version": _code_version()}
-    params = {"teacher": cfg.teacher, "judge": cfg.critic, "producer": "", "inputs": [], "pairs": [],
+    params = {"teacher": cfg.teacher, "judge": cfg.critic, "producer": "", "method": "", "inputs": [], "pairs": [],
               "min_confidence": float(cfg.min_confidence), "both_orders": bool(cfg.both_orders_agree)}
     if cfg.sft_sql:
         check_query(store, "sft", cfg.sft_sql, params, name="--sft-sql")

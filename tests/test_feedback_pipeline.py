@@ -86,3 +86,42 @@ def test_user_sql_with_wrong_columns_is_named(tmp_path):
                       timeout=600)
     assert out.returncode == 2, out.stderr[-3000:]
     assert "missing ['input', 'output']" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_feedback_data_keeps_this_rounds_confident_pairs(tmp_path):
+    """The default DPO / SD queries over a real store: only the pairs this round judged, only as sure as
+    min_confidence asks, and with both_orders_agree only those each order alone decides the same way."""
+    from datetime import datetime
+
+    from finetune.feedback import pair_key
+    from finetune.objectives import PAIRS_SQL, SD_SQL, sql_dataset
+
+    s = Store(tmp_path / "t.duckdb")
+    now = datetime.now()
+    # (p of a shown first, p of b shown first): the verdict's P(a) = (p_ab + 1 - p_ba) / 2, the paper's rule
+    cases = {"sure": (0.9, 0.2), "flips": (0.9, 0.7), "coin": (0.55, 0.5), "old": (0.9, 0.1)}
+    s.insert("inputs", [{"input_id": f"i-{n}", "text": f"input {n}", "split": "train", "task": "humor",
+                         "source": "bundled", "created_at": now} for n in cases])
+    s.insert("candidates", [{"candidate_id": f"{n}-{x}", "input_id": f"i-{n}", "role": "sample", "producer": "p",
+                             "rank": r, "text": f"{x} for {n}", "lm_call_id": None, "run_id": "r", "created_at": now}
+                            for n in cases for r, x in enumerate("ab")])
+    s.insert("verdicts", [{"verdict_id": f"{n}-{method}", "input_id": f"i-{n}", "judge": "critic", "method": method,
+                           "a_id": f"{n}-a", "b_id": f"{n}-b", "p_a": (p_ab + 1 - p_ba) / 2,
+                           "orders_agree": (p_ab > 0.5) == (1 - p_ba > 0.5), "n_orders": 2, "purpose": "feedback",
+                           "run_id": "r", "created_at": now}
+                          for n, (p_ab, p_ba) in cases.items() for method in ("choice-first", "other")])
+    this_round = [pair_key(f"{n}-a", f"{n}-b") for n in ("sure", "flips", "coin")]
+
+    def inputs(sql, min_confidence=0.0, both_orders=False):
+        params = {"judge": "critic", "method": "choice-first", "producer": "p", "pairs": this_round,
+                  "min_confidence": min_confidence,
+                  "both_orders": both_orders, "inputs": [f"i-{n}" for n in cases]}
+        rows, _ = sql_dataset(s, "pairs" if sql is PAIRS_SQL else "sft", sql, params, name="t", run_id="r")
+        return rows
+
+    rows = inputs(PAIRS_SQL)
+    assert [r["input"] for r in rows] == ["input coin", "input flips", "input sure"]  # not the other round's
+    assert {r["input"]: (r["chosen"], r["rejected"]) for r in rows}["input sure"] == ("a for sure", "b for sure")
+    assert [r["input"] for r in inputs(PAIRS_SQL, 0.1)] == ["input flips", "input sure"]
+    assert [r["input"] for r in inputs(PAIRS_SQL, both_orders=True)] == ["input sure"]
+    assert [r["output"] for r in inputs(SD_SQL, 0.5)] == ["a for sure"]

@@ -164,8 +164,48 @@ def test_merged_lora_matches_adapter(tiny_causal_dir, pairs, tmp_path):
     ids = tok(["It rained all day."], return_tensors="pt")["input_ids"]
     with torch.inference_mode():
         assert torch.allclose(merged(ids).logits, via_adapter(ids).logits, atol=1e-5)
-    assert store.query("SELECT merged FROM checkpoints")[0]["merged"] is True
+    rows = store.query("SELECT path, merged FROM checkpoints ORDER BY merged")
+    assert [(r["path"], r["merged"]) for r in rows] == [(str(tmp_path / "m" / "final"), False), (result.path, True)]
     _assert_generates(result.path)
+
+
+def test_merging_a_finished_run_reuses_its_adapter(tiny_causal_dir, pairs, tmp_path):
+    """Asking a finished LoRA run for a merged model merges its adapter; it does not train again (before: merge_lora
+    was part of the run's identity, and the warm start was trained twice)."""
+    store = Store(tmp_path / "t.duckdb")
+    config = _config(tiny_causal_dir, tmp_path / "w", max_steps=4)
+    plain = train_imitation(pairs, config, store=store, progress=False)
+    assert plain.path == str(tmp_path / "w" / "final") and not (tmp_path / "w" / "merged").exists()
+    adapter_mtime = (Path(plain.path) / "adapter_model.safetensors").stat().st_mtime
+
+    merged = train_imitation(pairs, replace(config, merge_lora=True), store=store, progress=False)
+    assert merged.path == str(tmp_path / "w" / "merged") and merged.training_id == plain.training_id
+    assert merged.steps == plain.steps and merged.log_history == plain.log_history
+    assert (Path(plain.path) / "adapter_model.safetensors").stat().st_mtime == adapter_mtime  # not trained again
+    assert store.scalar("SELECT count(*) FROM training_runs") == 1
+    assert store.scalar("SELECT count(*) FROM checkpoints WHERE merged") == 1
+    a, tok = load_student(merged.path)
+    b, _ = load_student(plain.path)
+    ids = tok(["It rained all day."], return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        assert torch.allclose(a(ids).logits, b(ids).logits, atol=1e-5)
+    assert train_imitation(pairs, replace(config, merge_lora=True), progress=False) == merged  # once
+
+
+def test_training_ids_of_earlier_runs_stay_the_same():
+    """Ids computed by the code before the newer fields (schedule, DPO loss) existed: at their defaults, a rerun on
+    an old output folder finds its run."""
+    from finetune.brio import BRIOTrainConfig
+    from finetune.brio import training_id_for as brio_id
+    from finetune.dpo import DPOTrainConfig
+    from finetune.dpo import training_id_for as dpo_id
+
+    plain = ImitationConfig(base_model="smollm2-135m-instruct", instruction="x")
+    assert training_id_for(plain, "d1") == "b77d19c725cb0869c0fda5c5"
+    assert training_id_for(replace(plain, merge_lora=True), "d1") == "e07fc45036bdb511ed34dbc1"
+    assert dpo_id(DPOTrainConfig(base_model="b", merge_lora=True), "d1", "dpo") == "bbc34a536c87887e24d187de"
+    assert brio_id(BRIOTrainConfig(base_model="b", merge_lora=True), "d1") == "99bb75a6a94078e4e5948d08"
+    assert training_id_for(replace(plain, lr_scheduler_type="cosine"), "d1") != "b77d19c725cb0869c0fda5c5"
 
 
 def test_crash_resumes_from_checkpoint(tiny_causal_dir, pairs, tmp_path, monkeypatch):
@@ -195,7 +235,7 @@ def test_crash_resumes_from_checkpoint(tiny_causal_dir, pairs, tmp_path, monkeyp
 
 
 def test_guards(tiny_causal_dir, pairs, tmp_path):
-    from finetune.imitate import ImitationError
+    from finetune.imitate import ImitationError, StaleRunError
 
     with pytest.raises(ImitationError, match="no training pairs"):
         train_imitation([], _config(tiny_causal_dir, tmp_path / "none"), progress=False)
@@ -208,9 +248,11 @@ def test_guards(tiny_causal_dir, pairs, tmp_path):
 
     config = _config(tiny_causal_dir, tmp_path / "once", max_steps=1)
     first = train_imitation(pairs, config, progress=False)
-    with pytest.warns(UserWarning, match="another config or dataset"):
-        again = train_imitation(pairs[:4], config, progress=False)
-    assert again == first
+    with pytest.raises(StaleRunError, match="another dataset or settings: use another output folder"):
+        train_imitation(pairs[:4], config, progress=False)  # other data: never the old model as if it were this one
+    with pytest.raises(StaleRunError, match=r"other settings \(learning_rate\)"):
+        train_imitation(pairs, replace(config, learning_rate=1e-3), progress=False)
+    assert train_imitation(pairs, config, progress=False) == first
 
 
 # -- seq2seq ---------------------------------------------------------------------------------------------------------

@@ -398,3 +398,83 @@ def test_accelerate_launch_ddp_on_cpu(objective, tiny_causal_dir, texts, pairs, 
     assert store.scalar("SELECT status FROM training_runs") == "finished"
     assert store.scalar("SELECT count(*) FROM checkpoints") == 1
     _assert_generates(str(out / "final"))
+
+
+# -- settings reach the trainer, runs are keyed by them --------------------------------------------------------------
+
+
+def test_dpo_settings_reach_trl_and_the_summary_is_recorded(tiny_causal_dir, pairs, tmp_path):
+    from finetune.dpo import _dpo_trainer
+
+    config = _dpo_config(tiny_causal_dir, tmp_path / "mix", max_steps=4, loss_type=["sigmoid", "sft"],
+                         loss_weights=[1.0, 0.5], lr_scheduler_type="constant_with_warmup", warmup_ratio=0.25)
+    model, tokenizer = load_student(str(tiny_causal_dir), for_training=True)
+    trainer = _dpo_trainer(model, tokenizer, pairs, config, tmp_path / "mix", [])
+    assert trainer.args.loss_type == ["sigmoid", "sft"] and trainer.args.loss_weights == [1.0, 0.5]
+    assert trainer.args.lr_scheduler_type == "constant_with_warmup" and trainer.args.warmup_steps == 0.25
+    robust = _dpo_trainer(model, tokenizer, pairs, _dpo_config(tiny_causal_dir, tmp_path / "r", loss_type="robust",
+                                                                label_smoothing=0.1, beta=0.3), tmp_path / "r", [])
+    assert (robust.label_smoothing, robust.beta, robust.args.loss_type) == (0.1, 0.3, ["robust"])
+
+    store = Store(tmp_path / "t.duckdb")
+    result = train_dpo(pairs, config, store=store, progress=False)
+    rates = [row["learning_rate"] for row in result.log_history if "learning_rate" in row]
+    assert rates[-1] == rates[-2] == 5e-3  # warmed up, then constant
+    summary = json.loads(store.scalar("SELECT metrics FROM training_runs"))[-1]["summary"]
+    assert summary["steps"] == 4 and 0 <= summary["reward_accuracy"] <= 1
+    assert {"reward_margin", "reward_chosen", "reward_rejected", "logps_chosen", "logps_rejected"} <= set(summary)
+    assert json.loads(store.scalar("SELECT config FROM training_runs"))["loss_type"] == ["sigmoid", "sft"]
+
+
+def _context(tmp_path, base_dir, **learning_rates):
+    from finetune.imitate import TrainResult
+    from finetune.objectives import ObjectiveContext
+    from programs.critic import Critic
+    from programs.tasks import get_task
+
+    task = get_task("humor")
+    warm = TrainResult(training_id="warm", checkpoint_id="warm-ckpt", path=str(base_dir), log_history=[], steps=0,
+                       seconds=0.0)
+    return ObjectiveContext(store=Store(tmp_path / "t.duckdb"), task=task, run_id="r", out_dir=tmp_path / "out",
+                            warm=warm, train_inputs=[], teacher="t", critic=Critic(task), critic_lm=None,
+                            critic_name="c", train_settings=dict(lora=True, max_steps=4, batch_size=8, max_length=160),
+                            learning_rates=learning_rates)
+
+
+def test_a_changed_learning_rate_trains_a_new_student(tiny_causal_dir, pairs, tmp_path):
+    """Before, a student's folder was named by its start, data and epochs only: a rerun with another learning rate
+    got the old model back (with a warning). Every weight setting off its default is now in the name."""
+    from finetune.objectives import _dpo
+
+    ctx = _context(tmp_path, tiny_causal_dir, dpo=5e-3)
+    first = _dpo(ctx, ctx.warm, pairs, "d1", "dpo", 1.0)
+    ctx.learning_rates = {"dpo": 1e-3}
+    second = _dpo(ctx, ctx.warm, pairs, "d1", "dpo", 1.0)
+    assert Path(second.path).parent != Path(first.path).parent and second.training_id != first.training_id
+    assert second.steps == 4 and Path(second.path).name == "merged"
+    (a, tok), (b, _) = load_student(first.path), load_student(second.path)
+    ids = tok(["It rained all day."], return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        assert not torch.allclose(a(ids).logits, b(ids).logits, atol=1e-4)  # really trained, with the new rate
+    assert json.loads(ctx.store.scalar("SELECT config FROM training_runs WHERE training_id = ?",
+                                       [second.training_id]))["learning_rate"] == 1e-3
+    assert ctx.store.scalar("SELECT count(*) FROM training_runs") == 2
+    ctx.learning_rates = {"dpo": 5e-3}
+    t0 = time.monotonic()
+    assert _dpo(ctx, ctx.warm, pairs, "d1", "dpo", 1.0) == first and time.monotonic() - t0 < 5  # the same: reused
+
+
+def test_student_folders_at_the_defaults_keep_their_earlier_names(tmp_path):
+    from finetune.imitate import ImitationConfig
+    from finetune.objectives import _out
+    from store import stable_id
+
+    ctx = _context(tmp_path, tmp_path)
+    for config in (DPOTrainConfig(base_model="b", merge_lora=True, instruction="x"),
+                   ImitationConfig(base_model="b", merge_lora=True, instruction="x")):
+        assert _out(ctx, "dpo", config, "ckpt", "d1", 1.0, skip=("epochs",)) == str(
+            tmp_path / "out" / f"student-dpo-{stable_id('ckpt', 'd1', 1.0)[:10]}")
+    assert _out(ctx, "brio", BRIOTrainConfig(base_model="b", merge_lora=True), "ckpt", "d1") == str(
+        tmp_path / "out" / f"student-brio-{stable_id('ckpt', 'd1')[:10]}")
+    assert _out(ctx, "dpo", DPOTrainConfig(beta=0.2), "ckpt", "d1", 1.0) != _out(ctx, "dpo", DPOTrainConfig(),
+                                                                                 "ckpt", "d1", 1.0)
