@@ -115,6 +115,39 @@ def _teacher_lines(t: dict, config: dict) -> list[str]:
     ]
 
 
+def _fmt(v: Any, fmt: str = "{:.2f}") -> str:
+    return "–" if v is None or v != v else fmt.format(v)
+
+
+def _moved_lines(evaluations: list[dict]) -> list[str]:
+    """Per student: what training did to it (the run's summary) and the critic-independent checks of its outputs."""
+    from finetune.imitate import training_summary
+
+    rows, seen = [], set()
+    for e in evaluations:
+        if (e["label"], e["split"]) in seen or "checks" not in e:
+            continue
+        seen.add((e["label"], e["split"]))
+        t, c = training_summary(e.get("log_history") or []), e["checks"]
+        rows.append(f"| {e['label']} | {e['split']} | {t['steps']} | {_fmt(t['first_loss'], '{:.3f}')} → "
+                    f"{_fmt(t['final_loss'], '{:.3f}')} | {_fmt(t.get('reward_accuracy'))} | "
+                    f"{_fmt(t.get('reward_margin'), '{:.3f}')} | {_fmt(c.get('changed'))} | {_fmt(c['copy_rate'])} | "
+                    f"{_fmt(c['length_ratio'])} | {_fmt(c.get('meaning'))} | {_fmt(c['distinct_1'])} / "
+                    f"{_fmt(c['distinct_2'])} |")
+    if not rows:
+        return []
+    return ["## Did training move the student?", "",
+            "| student | split | steps | loss first → last | DPO reward accuracy | DPO reward margin | changed vs warm "
+            "start | copy rate | length ratio | meaning | distinct-1 / -2 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+            "A feedback run counts only if it moved the student. Changed: share of greedy outputs that differ from "
+            "the warm start's on the same inputs. DPO reward accuracy and margin: the last logged values on the "
+            "training pairs (share of pairs whose chosen answer gained on the rejected one against the reference, "
+            "and by how much; `training_runs.metrics` keeps every step and a summary). None of these asks the critic: "
+            "copy rate is the share of outputs that nearly repeat the input (word edit similarity ≥ 0.9), meaning the "
+            "input–output embedding similarity, distinct-n the share of distinct word n-grams over all outputs.", ""]
+
+
 def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dict], log_history: list[dict],
                  examples: list[dict], command: str, db: str, usage: list[dict] | None = None,
                  teacher_quality: dict | None = None) -> Path:
@@ -152,6 +185,7 @@ def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dic
               "share of items where that probability is at least 0.5. Small critics sit near 0.5, which squeezes the "
               "first toward 50; the second separates better. Meaning: cosine similarity of input and output "
               "embeddings (all-MiniLM-L6-v2). Length ratio: output words / input words.", ""]
+    lines += _moved_lines(evaluations)
     if teacher_quality:
         lines += _teacher_lines(teacher_quality, config)
     if has_loss:
