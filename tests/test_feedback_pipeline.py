@@ -34,7 +34,7 @@ def test_all_objectives_from_one_warm_start(tmp_path):
     assert all(r["status"] == "finished" for r in runs.values())
     # one warm start: ft, sd, dpo and brio start from the imitation model; brio-dpo's DPO starts from BRIO's model
     warm = s.scalar("SELECT path FROM checkpoints k JOIN training_runs t USING (training_id) "
-                    "WHERE t.objective = 'ft' ORDER BY k.created_at LIMIT 1")
+                    "WHERE t.objective = 'ft' AND k.merged ORDER BY k.created_at LIMIT 1")  # merged after training
     starts = {name: json.loads(r["config"])["base_model"] for name, r in runs.items()}
     rates = {name: json.loads(r["config"])["learning_rate"] for name, r in runs.items()}
     assert rates == {"ft": None, "sd": None, "brio": 7e-5, "dpo": 3e-5, "brio-dpo": 3e-5}  # each trainer's own
