@@ -14,7 +14,7 @@ import dspy
 
 from metrics.judge import judge_pairs, judge_verdicts, judgment_id  # noqa: F401 - judge_pairs, judgment_id: re-exported
 from metrics.winrate import Estimate, win_tie_rate
-from programs.critic import PAPER, Critic
+from programs.critic import DEFAULT, PAPER, Critic
 from programs.parallel import imap
 from programs.progress import stage_progress
 from programs.student import Student
@@ -104,27 +104,31 @@ def _store_evaluation(store: Store, *, student: str, reference: str, judge: str,
 
 
 def compare_producers(store: Store, *, critic: Critic, critic_lm: dspy.LM, critic_name: str, inputs: list[dict],
-                      producer: str, reference: str, split: str, run_id: str, threads: int = 1) -> dict:
-    """WTR of one teacher's first candidates against another's (e.g. the optimized teacher vs the one as written)."""
+                      producer: str, reference: str, split: str, run_id: str, threads: int = 1,
+                      role: str = "teacher", purpose: str = "teacher-eval") -> dict:
+    """WTR of one producer's first candidates against another's, both orders, on the inputs both answered: the
+    optimized teacher vs the one as written (role 'teacher'), or one student vs another (role 'student', the direct
+    comparison of a feedback student with its warm start)."""
     first = {}
     for name in (producer, reference):
         first[name] = {r["input_id"]: r for r in store.query(
-            "SELECT input_id, candidate_id, text FROM candidates WHERE role = 'teacher' AND producer = ? AND rank = 0",
-            [name])}
+            "SELECT input_id, candidate_id, text FROM candidates WHERE role = ? AND producer = ? AND rank = 0",
+            [role, name])}
     items = [{"input_id": i["input_id"], "text": i["text"], "a_id": first[producer][i["input_id"]]["candidate_id"],
               "a": first[producer][i["input_id"]]["text"], "b_id": first[reference][i["input_id"]]["candidate_id"],
               "b": first[reference][i["input_id"]]["text"]}
              for i in inputs if i["input_id"] in first[producer] and i["input_id"] in first[reference]]
-    p, _ = _both_orders(store, critic, critic_lm, items, judge=critic_name, run_id=run_id, purpose="teacher-eval",
+    p, _ = _both_orders(store, critic, critic_lm, items, judge=critic_name, run_id=run_id, purpose=purpose,
                         threads=threads)
     items = [it for it in items if it["input_id"] in p]
     prob, decision = win_tie_rate([p[it["input_id"]] for it in items])
     evaluation_id = _store_evaluation(
         store, student=producer, reference=reference, judge=critic_name, split=split, items=items, prob=prob,
         decision=decision, details={"items": [{"input_id": it["input_id"], "p": p[it["input_id"]]} for it in items],
-                                    "method": critic.method},
+                                    "method": critic.method, "role": role},
         run_id=run_id, checkpoint_id=None, method=critic.method)
-    return {"wtr_prob": prob, "wtr_decision": decision, "n": prob.n, "evaluation_id": evaluation_id}
+    return {"wtr_prob": prob, "wtr_decision": decision, "n": prob.n, "evaluation_id": evaluation_id,
+            "p": {it["input_id"]: p[it["input_id"]] for it in items}}
 
 
 __all__ = ["Estimate", "compare_producers", "evaluate", "judge_pairs", "judgment_id", "student_outputs"]
@@ -245,7 +249,7 @@ def _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, criti
                 continue
             summary[name] = evaluate(store, student=Student(task), student_lm=student_lm, student_name=producer,
                                      checkpoint_id=checkpoint[0]["checkpoint_id"] if checkpoint else None,
-                                     critic=Critic(task), critic_lm=lm, critic_name=name, inputs=items,
+                                     critic=Critic(task, DEFAULT), critic_lm=lm, critic_name=name, inputs=items,
                                      teacher_name=reference, split=split, run_id=run_id)
     store.insert("runs", [{**run_row, "status": "finished", "finished_at": datetime.now()}], replace=True)
     store.close()  # flush, then checkpoint: one self-contained file

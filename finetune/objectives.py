@@ -46,7 +46,7 @@ _CHOSEN, _REJECTED = ("CASE WHEN v.p_a >= 0.5 THEN ca.text ELSE cb.text END",
 SD_SQL = f"SELECT i.text AS input, {_CHOSEN} AS output {_JUDGED}"
 PAIRS_SQL = f"SELECT i.text AS input, {_CHOSEN} AS chosen, {_REJECTED} AS rejected {_JUDGED}"
 BRIO_SQL = ("SELECT input_id, input, text, score FROM teacher_scores WHERE teacher = $teacher AND judge = $judge "
-            "AND list_contains($inputs, input_id) ORDER BY input_id, score DESC, rank")
+            "AND method = $method AND list_contains($inputs, input_id) ORDER BY input_id, score DESC, rank")
 
 REQUIRED = {"sft": {"input", "output"}, "pairs": {"input", "chosen", "rejected"}, "brio": {"input_id", "input", "text"}}
 

@@ -148,9 +148,28 @@ def _moved_lines(evaluations: list[dict]) -> list[str]:
             "input–output embedding similarity, distinct-n the share of distinct word n-grams over all outputs.", ""]
 
 
+def _lift_lines(lift: list[dict]) -> list[str]:
+    """The report's lead: what feedback bought over imitation, as paired differences and a direct comparison."""
+    def pts(e) -> str:
+        return "–" if not e.n else f"{100 * e.value:+.1f} [{100 * e.lo:+.1f}, {100 * e.hi:+.1f}]"
+
+    def pct(e) -> str:
+        return "–" if not e.n else f"{100 * e.value:.1f} [{100 * e.lo:.1f}, {100 * e.hi:.1f}]"
+
+    rows = [f"| {d['label']} | {d['baseline']} | {d['paired_prob'].n} | {pts(d['paired_prob'])} | "
+            f"{pts(d['paired_decision'])} | {pct(d['direct_prob'])} | {pct(d['direct_decision'])} |" for d in lift]
+    return ["## What feedback bought (test split, by the critic)", "",
+            "| student | vs | n | Δ WTR mean P, points [95% CI] | Δ WTR decisions | direct WTR mean P ×100 | "
+            "direct WTR decisions ×100 |", "|---|---|---|---|---|---|---|", *rows, "",
+            "Δ: the student's P(output ≥ teacher's) minus the warm start's on the same inputs, averaged, with a "
+            "bootstrap over inputs (paired: the inputs' difficulty cancels). A lift is real when its interval lies "
+            "above zero. Direct: the critic judging the two students' outputs against each other (both orders); "
+            "50 is a tie.", ""]
+
+
 def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dict], log_history: list[dict],
                  examples: list[dict], command: str, db: str, usage: list[dict] | None = None,
-                 teacher_quality: dict | None = None) -> Path:
+                 teacher_quality: dict | None = None, lift: list[dict] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     main_judge = evaluations[0]["judge"] if evaluations else None
     headline = [e for e in evaluations if e["split"] == "test" and e["judge"] == main_judge]
@@ -165,10 +184,12 @@ def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dic
         "## Setup", "",
         f"- task: {config['task']}; profile: {config['profile']}; inputs: {config['inputs']}",
         f"- teacher: `{config['teacher']}` (N = {config['n_candidates']}, temperature {config['teacher_temperature']})",
-        f"- critic: `{config['critic']}` (pairwise, both orders, probability of the choice)",
+        f"- critic: `{config['critic']}` (pairwise, both orders, probability of the choice; "
+        f"{config.get('critic_mode', 'reason-first')}, {config.get('critic_aggregate', 'mean')})",
         f"- student: `{config['student']}` ({'LoRA' if config['lora'] else 'full fine-tuning'}, {config['epochs']} epoch(s))",
         f"- train inputs: {counts.get('train_inputs')}, teacher pairs: {counts.get('pairs')}, "
         f"test inputs: {counts.get('test_inputs')}", "",
+        *(_lift_lines(lift) if lift else []),
         "## Win-tie rate vs the teacher", "",
         "| student | judge | split | n | WTR (mean P) ×100 [95% CI] | WTR (decisions) ×100 [95% CI] | meaning | length ratio |",
         "|---|---|---|---|---|---|---|---|",

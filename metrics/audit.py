@@ -43,7 +43,7 @@ from metrics.winrate import Estimate, bootstrap  # noqa: E402
 
 EXIT_USAGE = 2
 DEFAULT_CRITIC = "local/qwen2.5-coder-1.5b-instruct"
-from programs.critic import DEFAULT as DEFAULT_SETTINGS  # noqa: E402
+from programs.critic_rule import DEFAULT as DEFAULT_SETTINGS  # noqa: E402
 CRITIC_MAX_TOKENS = 96
 FIELDS = ("input", "better", "worse")
 
@@ -415,7 +415,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from programs.critic import AGGREGATES, MODES
+    from programs.critic_rule import AGGREGATES, MODES
 
     d = DEFAULT_SETTINGS
     p = argparse.ArgumentParser(prog="python -m metrics.audit", description=__doc__.split("\n\n")[0],

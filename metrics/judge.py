@@ -21,11 +21,13 @@ from programs.progress import stage_progress
 from store import Store, stable_id
 
 
-def judgment_id(judge: str, first_id: str, second_id: str | None, method: str = "reason-first") -> str:
-    """Stable id of one judgment; the paper's prompt keeps the ids it had before methods existed."""
+def judgment_id(judge: str, first_id: str, second_id: str | None, method: str = "reason-first",
+                prompt: str | None = None) -> str:
+    """Stable id of one judgment: who judged what, how, under which instruction (`prompt`, so that a rubric edited
+    is asked again). The paper's prompt keeps the ids it had before methods existed."""
     if method == "reason-first":
         return stable_id("judgment", judge, first_id, second_id)
-    return stable_id("judgment", judge, first_id, second_id, method)
+    return stable_id("judgment", judge, first_id, second_id, method, prompt)
 
 
 def verdict_id(judge: str, method: str, a_id: str, b_id: str) -> str:
@@ -44,20 +46,28 @@ class Verdict:
     scores: tuple[float | None, float | None] | None  # pointwise expected scores of a and b
 
 
+def _order_id(critic: Critic, judge: str, first_id: str, second_id: str, rubric: int) -> str:
+    return judgment_id(judge, first_id, second_id, order_method(critic.settings.mode, rubric),
+                       critic.task.rubrics[rubric])
+
+
+def _point_id(critic: Critic, judge: str, candidate_id: str) -> str:
+    return judgment_id(judge, candidate_id, None, POINTWISE, critic.task.pointwise_signature().instructions)
+
+
 def _jobs(critic: Critic, items: list[dict], judge: str) -> list[tuple]:
     """(judgment id, kind, item, first key, second key, rubric) in the order that shares prompt prefixes."""
     jobs, seen = [], set()
     for it in items:
         for r in range(critic.settings.rubrics):
-            method = order_method(critic.settings.mode, r)
             for f, s in (("a", "b"), ("b", "a")):
-                jid = judgment_id(judge, it[f + "_id"], it[s + "_id"], method)
+                jid = _order_id(critic, judge, it[f + "_id"], it[s + "_id"], r)
                 if jid not in seen:
                     seen.add(jid)
                     jobs.append((jid, "order", it, f, s, r))
         if critic.settings.pointwise_weight:
             for c in ("a", "b"):
-                jid = judgment_id(judge, it[c + "_id"], None, POINTWISE)
+                jid = _point_id(critic, judge, it[c + "_id"])
                 if jid not in seen:
                     seen.add(jid)
                     jobs.append((jid, "point", it, c, None, 0))
@@ -97,15 +107,13 @@ def judge_verdicts(store: Store, critic: Critic, critic_lm: dspy.LM, items: list
     for it in items:
         orders, choices = [], []
         for r in range(critic.settings.rubrics):
-            m = order_method(critic.settings.mode, r)
-            ab = stored.get(judgment_id(judge, it["a_id"], it["b_id"], m)) or {}
-            ba = stored.get(judgment_id(judge, it["b_id"], it["a_id"], m)) or {}
+            ab = stored.get(_order_id(critic, judge, it["a_id"], it["b_id"], r)) or {}
+            ba = stored.get(_order_id(critic, judge, it["b_id"], it["a_id"], r)) or {}
             orders.append((ab.get("p_first"), ba.get("p_first")))
             choices.append((ab.get("choice"), ba.get("choice")))
         scores = None
         if critic.settings.pointwise_weight:
-            scores = tuple((stored.get(judgment_id(judge, it[c + "_id"], None, POINTWISE)) or {}).get("score")
-                           for c in ("a", "b"))
+            scores = tuple((stored.get(_point_id(critic, judge, it[c + "_id"])) or {}).get("score") for c in ("a", "b"))
         p, agree = combine(orders, critic.settings, scores)
         verdicts.append(Verdict(it["input_id"], it["a_id"], it["b_id"], p, agree, orders, choices, scores))
         rows.append({"verdict_id": verdict_id(judge, method, it["a_id"], it["b_id"]), "input_id": it["input_id"],

@@ -1,4 +1,4 @@
-"""The whole pipeline in one command: inputs -> teach -> imitate -> evaluate, every step recorded in the store.
+"""The whole pipeline in one command: inputs -> teach -> imitate -> feedback -> evaluate, every step recorded.
 
     python -m programs.compile                     # default profile: 1.5B teacher and critic, SmolLM2 student
     python -m programs.compile --profile tiny      # the 0.5B teacher and critic, a few inputs (tests, first look)
@@ -144,6 +144,29 @@ def _checks(evaluations: list[dict]) -> None:
         e["checks"] = done[key]
 
 
+def _lift(store, models: list, evaluations: list[dict], *, critic, critic_lm, critic_name: str, inputs: list[dict],
+          run_id: str, threads: int) -> list[dict]:
+    """What feedback bought, per trained student against the warm start, on the test split by the critic: the paired
+    difference of their P(student >= teacher) on the same inputs (bootstrap over inputs), and the direct comparison
+    (the critic judging one student's output against the other's, both orders)."""
+    from finetune.evaluate import compare_producers
+    from metrics.winrate import paired_difference
+
+    per_item = {e["label"]: {it["input_id"]: p for it, p in zip(e["items"], e["p_student"])}
+                for e in evaluations if e["split"] == "test" and e["judge"] == critic_name}
+    (base_label, base), rows = models[0], []
+    for label, model in models[1:]:
+        direct = compare_producers(store, critic=critic, critic_lm=critic_lm, critic_name=critic_name, inputs=inputs,
+                                   producer=model.checkpoint_id, reference=base.checkpoint_id, split="test",
+                                   run_id=run_id, threads=threads, role="student", purpose="student-eval")
+        rows.append({"label": label, "baseline": base_label,
+                     "paired_prob": paired_difference(per_item.get(label, {}), per_item.get(base_label, {})),
+                     "paired_decision": paired_difference(per_item.get(label, {}), per_item.get(base_label, {}),
+                                                          decisions=True),
+                     "direct_prob": direct["wtr_prob"], "direct_decision": direct["wtr_decision"]})
+    return rows
+
+
 def _mean(values: list[float]) -> float:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else float("nan")
@@ -198,6 +221,9 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
         task = get_task(cfg.task)
     except TaskError as e:
         raise ConfigError(str(e)) from e
+    if cfg.critic_rubrics > len(task.rubrics):
+        raise ConfigError(f"critic_rubrics = {cfg.critic_rubrics}, but task {task.name!r} has {len(task.rubrics)} "
+                          "phrasing(s) of its rubric (critic_instruction, critic_rubrics)")
     chosen = select_inputs(cfg, task)  # bad inputs fail here, before any model is loaded
     teacher_lm = resolve_lm(cfg.teacher, temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p,
                             max_tokens=cfg.teacher_max_tokens, seed=cfg.seed)
@@ -269,7 +295,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
                 icfg.merge_lora = True
             trained = train_imitation(pairs, icfg, store=store, run_id=run_id, dataset_id=dataset_id)
 
-        critic = Critic(task, max_tokens=cfg.critic_max_tokens)
+        critic = Critic(task, cfg.critic_settings(), max_tokens=cfg.critic_max_tokens)
         models = [("FT (imitation)" if not wanted else "warm start (imitation)", trained)]
         if wanted:
             ctx = ObjectiveContext(
@@ -310,6 +336,11 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
                                             "meaning": _meaning(r["items"]), "log_history": model.log_history})
 
         _checks(evaluations)
+        lift = []
+        if len(models) > 1:
+            with trace_context(run_id=run_id, stage="evaluate"):
+                lift = _lift(store, models, evaluations, critic=critic, critic_lm=critic_lm, critic_name=cfg.critic,
+                             inputs=chosen["test"], run_id=run_id, threads=_threads(cfg, cfg.critic))
         best = _link_student(out_dir, models, evaluations, cfg.critic)
         teacher_quality = None
         if optimized is not None:
@@ -328,7 +359,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
             out_dir, config=asdict(cfg), command=command, db=db, log_history=trained.log_history, examples=examples,
             counts={"train_inputs": len(chosen["train"]), "test_inputs": len(chosen["test"]), "pairs": len(pairs)},
             evaluations=[dict(e, length_ratio=_mean(e["length_ratios"])) for e in evaluations], usage=usage,
-            teacher_quality=teacher_quality,
+            teacher_quality=teacher_quality, lift=lift,
         )
         result = first
         store.insert("runs", [{**run_row, "status": "finished", "finished_at": datetime.now()}], replace=True)
@@ -346,6 +377,10 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     summary = {"run_id": run_id, "teach": taught, "checkpoint": trained.path, "report": str(report),
                "wtr_prob": result["wtr_prob"], "wtr_decision": result["wtr_decision"],
                "models": {label: model.path for label, model in models}}
+    for d in lift:
+        console.print(f"[bold]{d['label']} vs {d['baseline']}[/], test, judge {cfg.critic}: paired difference "
+                      f"{d['paired_prob'].signed()} points of WTR (mean P) · {d['paired_decision'].signed()} (decisions) "
+                      f"· direct comparison WTR {d['direct_prob']}", highlight=False, soft_wrap=True)
     for e in evaluations:
         console.print(f"[bold]{e['label']}[/] vs teacher, {e['split']}, judge {e['judge']}: "
                       f"WTR mean P {e['wtr_prob']} · decisions {e['wtr_decision']}", highlight=False, soft_wrap=True)
@@ -381,8 +416,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--merge-lora", action="store_true", help="also save the LoRA student merged into its base")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="parallel calls to hosted models (default 4; local models: 1)")
+    c = p.add_argument_group("the critic (docs/critic.md; config keys critic_*)")
+    c.add_argument("--critic-mode", dest="critic_mode", choices=["choice-first", "reason-first"],
+                   help="choice-first: read the choice alone (default); reason-first: the paper's reason, then choice")
+    c.add_argument("--critic-rubrics", dest="critic_rubrics", type=int, metavar="N",
+                   help="average the critic over N phrasings of the task's rubric")
     g = p.add_argument_group("feedback distillation (after the imitation warm start)")
-    g.add_argument("--objective", help="none (default) | ft | sd | brio | dpo | brio-dpo | all | a comma list")
+    g.add_argument("--objective", help="dpo (default) | none (imitation only) | ft | sd | brio | brio-dpo | all | "
+                                       "a comma list")
     g.add_argument("--feedback-every", type=float, dest="feedback_every", metavar="K",
                    help="sample fresh pairs from the current student every K epochs (default: feedback once)")
     g.add_argument("--k", type=int, dest="k_samples", help="candidates sampled per input (default 6)")
@@ -444,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
                  "sft_sql": args.sft_sql, "pairs_sql": args.pairs_sql, "judge": args.judge,
                  "ood_inputs": args.ood_inputs, "task": args.task, "max_calls": args.max_calls,
                  "max_cost": args.max_cost, "optimize": args.optimize, "reflection_lm": args.reflection_lm,
-                 "optimize_inputs": args.optimize_inputs, "optimize_trials": args.optimize_trials}
+                 "optimize_inputs": args.optimize_inputs, "optimize_trials": args.optimize_trials,
+                 "critic_mode": args.critic_mode, "critic_rubrics": args.critic_rubrics}
     if args.full_finetune:
         overrides["lora"] = False
     if args.merge_lora:

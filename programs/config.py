@@ -7,6 +7,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from programs.critic_rule import DEFAULT as CRITIC
+from programs.critic_rule import CriticSettings, CriticSettingsError
+
+CRITIC_FIELDS = tuple(f.name for f in fields(CriticSettings))  # each is a `critic_<name>` key
+
 
 class ConfigError(Exception):
     """A bad config file or value: one line for the user."""
@@ -28,6 +33,15 @@ class PipelineConfig:
     teacher_top_p: float = 1.0
     teacher_max_tokens: int = 160
     critic_max_tokens: int = 96
+    # how the critic asks and combines both orders (programs.critic.CriticSettings; docs/critic.md); the defaults are
+    # the settings measured best on the dev half of the labeled pairs (docs/results/critic-audit)
+    critic_mode: str = CRITIC.mode  # choice-first (the choice alone, read from its first token) | reason-first
+    critic_rubrics: int = CRITIC.rubrics  # phrasings of the rubric to average over (the task's own first)
+    critic_aggregate: str = CRITIC.aggregate  # logodds | mean (the paper's) | calibrated (needs critic_prior)
+    critic_scale: float = CRITIC.scale  # multiplies the combined log-odds
+    critic_prior: float = CRITIC.prior  # the critic's lean to position 1 in log-odds ('calibrated' removes it)
+    critic_abstain_margin: float = CRITIC.abstain_margin  # orders disagree and |log-odds| below this: a tie
+    critic_pointwise_weight: float = CRITIC.pointwise_weight  # weight of the 1-5 pointwise score difference
     student_max_tokens: int = 64
     seed: int = 0
     lora: bool = True
@@ -51,7 +65,9 @@ class PipelineConfig:
     max_length: int = 128
     threads: int = 4  # parallel LM calls for hosted teachers/critics (local models run one at a time)
     # feedback distillation (after the imitation warm start); "none" stops at imitation
-    objective: str = "none"  # none | ft | sd | brio | dpo | brio-dpo | all | a comma-separated list
+    # after the imitation warm start: dpo (the paper's best single method) | none | ft | sd | brio | brio-dpo | all |
+    # a comma-separated list
+    objective: str = "dpo"
     feedback_every: float | None = None  # epochs between on-policy feedback rounds; None: feedback once
     k_samples: int = 6  # the paper's k
     sampling: str = "nucleus"  # nucleus | diverse_beam
@@ -84,6 +100,10 @@ class PipelineConfig:
             return self.limit if base is None else min(base, self.limit)
         return base
 
+    def critic_settings(self) -> CriticSettings:
+        """The critic's settings from the `critic_*` keys."""
+        return CriticSettings(**{f: getattr(self, f"critic_{f}") for f in CRITIC_FIELDS})
+
     def identity(self) -> dict[str, Any]:
         """What decides the run's results (and so its id): everything but how fast it gets there."""
         values = asdict(self)
@@ -99,6 +119,7 @@ class PipelineConfig:
 
 # keys added after runs were recorded, with the value that leaves a run's id as it was
 NEWER_KEYS: dict[str, Any] = {
+    **{f"critic_{f}": getattr(CRITIC, f) for f in CRITIC_FIELDS},
     "dpo_learning_rate": None, "brio_learning_rate": None, "warmstart_epochs": None, "warmstart_max_steps": None,
     "feedback_epochs": None, "feedback_max_steps": None, "feedback_lr_scheduler_type": "linear",
     "feedback_warmup_ratio": 0.0, "dpo_beta": 0.1, "dpo_loss_type": "sigmoid", "dpo_loss_weights": None,
@@ -109,9 +130,12 @@ NEWER_KEYS: dict[str, Any] = {
 PROFILES: dict[str, dict[str, Any]] = {
     # fast: the 0.5B teacher/critic, a few inputs; for tests and a first look (<= 10 min on 2 CPU cores)
     "tiny": dict(teacher="local/qwen2.5-coder-0.5b-instruct", critic="local/qwen2.5-coder-0.5b-instruct",
-                 train_inputs=24, test_inputs=8, teacher_max_tokens=120, critic_max_tokens=64, max_steps=-1),
-    # the README's first command: the 1.5B teacher/critic, a couple of hundred inputs (<= 45 min on 2 cores)
-    "default": dict(),
+                 train_inputs=24, test_inputs=8, teacher_max_tokens=120, critic_max_tokens=64, max_steps=-1,
+                 # a student trained for a step or two rambles: keep its pairs, so that feedback has data
+                 length_band=(0.2, 5.0), k_samples=3),
+    # the README's first command: the 1.5B teacher/critic, 140 train inputs, every test input (69) so that students
+    # can be told apart
+    "default": dict(test_inputs=None),
     # sized like the paper for a GPU or API models: all inputs (EmpatheticDialogues with --inputs), 10 epochs
     "full": dict(train_inputs=None, test_inputs=None, epochs=10.0, batch_size=16, threads=8, ood_inputs=120,
                  judge="local/qwen2.5-coder-0.5b-instruct"),
@@ -160,6 +184,10 @@ def build_config(profile: str = "default", toml_path: str | None = None, overrid
         if v is not None and not (_number(v) and v > 0):
             raise ConfigError(f"{name} must be a positive number, got {v!r}")
     _check_training(cfg)
+    try:
+        cfg.critic_settings()
+    except CriticSettingsError as e:
+        raise ConfigError(str(e)) from e
     if cfg.feedback_every is not None and cfg.feedback_every <= 0:
         raise ConfigError("feedback_every must be a positive number of epochs")
     if cfg.max_calls is not None and (isinstance(cfg.max_calls, bool) or not isinstance(cfg.max_calls, int)

@@ -20,7 +20,7 @@ import pytest
 from metrics import audit as audit_mod
 from metrics.audit import AuditError, audit, load_pairs, main
 from programs.adapter import LabeledAdapter
-from programs.critic import Critic
+from programs.critic import PAPER, Critic
 from programs.tasks import HUMOR
 from store import Store
 from test_critic import PositionBiasedJudge  # tests/ is on sys.path (rootdir conftest, no package)
@@ -109,7 +109,7 @@ def run_audit(tmp_path, engine, pairs=PAIRS, name="local/test-judge"):
     install(store)
     lm = dspy.LM(name, engine=engine, cache=False)
     with dspy.context(adapter=LabeledAdapter()):
-        result = audit(pairs, Critic(HUMOR), lm, store=store, judge=name, run_id="audit-test", source="test pairs",
+        result = audit(pairs, Critic(HUMOR, PAPER), lm, store=store, judge=name, run_id="audit-test", source="test pairs",
                        file_sha="f" * 64)
     return store, result
 
@@ -222,7 +222,8 @@ def test_cli_table_and_json(tmp_path, dspy_clean, monkeypatch, capsys):
     monkeypatch.setattr(audit_mod, "resolve_lm", lambda spec, **kw: dspy.LM(spec, engine=engine, cache=False))
     pairs = write_pairs(tmp_path / "pairs.jsonl")
     db = tmp_path / "cli.duckdb"
-    args = ["--pairs", str(pairs), "--critic", "local/test-judge", "--db", str(db)]
+    args = ["--pairs", str(pairs), "--critic", "local/test-judge", "--db", str(db), "--mode", "reason-first",
+            "--aggregate", "mean", "--pointwise-weight", "0", "--out", str(tmp_path / "plots")]  # the paper's critic
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "agreement" in out and "40.0%" in out and "100.0%" in out and "failed judgments" in out
@@ -232,6 +233,7 @@ def test_cli_table_and_json(tmp_path, dspy_clean, monkeypatch, capsys):
     assert engine.calls == 10  # the first four pairs were judged by the first command
     assert result["n"] == 4 and result["agreement"]["value"] == pytest.approx(0.5)
     assert result["position_flip_rate"]["value"] == 1.0 and len(result["items"]) == 4
+    assert Path(result["reliability_plot"]).is_file() and result["by_kind"]["flat"]["agreement"]["n"] >= 1
 
     store = Store(db, create=False)
     audits = store.query("SELECT judge, source, n FROM audits ORDER BY n")
@@ -254,6 +256,9 @@ def test_cli_table_and_json(tmp_path, dspy_clean, monkeypatch, capsys):
     ("bad-limit", json.dumps(PAIRS[0]) + "\n", ["--limit", "0"], "--limit must be at least 1"),
     ("unknown-local", json.dumps(PAIRS[0]) + "\n", ["--critic", "local/no-such-model"], "unknown local model"),
     ("no-provider", json.dumps(PAIRS[0]) + "\n", ["--critic", "gpt-4o"], "needs a provider prefix"),
+    ("no-split", json.dumps(PAIRS[0]) + "\n", ["--split", "dev"], "no pairs with split 'dev'"),
+    ("rubrics", json.dumps(PAIRS[0]) + "\n", ["--rubrics", "9"], "critic rubrics = 9, but task 'humor' has 3"),
+    ("scale", json.dumps(PAIRS[0]) + "\n", ["--scale", "0"], "critic scale must be > 0"),
 ])
 def test_bad_files_and_specs_are_one_line_errors(tmp_path, dspy_clean, capsys, case, content, extra, message):
     path = tmp_path / f"{case}.jsonl"
@@ -294,3 +299,20 @@ def test_real_cli_on_bundled_pairs_with_the_small_critic(tmp_path):
     assert store.scalar("SELECT count(*) FROM judgments WHERE purpose = 'audit'") == 8
     if row["n"]:
         assert 0.0 <= row["agreement"] <= 1.0 and 0.0 <= row["position_flip_rate"] <= 1.0
+
+
+def test_split_audits_only_that_half_and_keeps_each_pairs_orientation(tmp_path, dspy_clean, monkeypatch, capsys):
+    engine = PositionBiasedJudge()
+    monkeypatch.setattr(audit_mod, "resolve_lm", lambda spec, **kw: dspy.LM(spec, engine=engine, cache=False))
+    path = tmp_path / "split.jsonl"
+    path.write_text("".join(json.dumps({**pr, "split": "dev" if i % 2 == 0 else "test"}) + "\n"
+                            for i, pr in enumerate(PAIRS)))
+    paper = ["--mode", "reason-first", "--aggregate", "mean", "--pointwise-weight", "0", "--out", str(tmp_path)]
+    args = ["--pairs", str(path), "--critic", "local/test-judge", "--db", str(tmp_path / "s.duckdb"), *paper]
+    assert main([*args, "--split", "test", "--format", "json"]) == 0
+    test_half = json.loads(capsys.readouterr().out)
+    assert [it["pair_id"] for it in test_half["items"]] == ["B", "D"] and engine.calls == 4
+    assert main([*args, "--format", "json"]) == 0  # the whole file: B and D are not asked again
+    whole = json.loads(capsys.readouterr().out)
+    assert whole["n_pairs"] == 5 and engine.calls == 10
+    assert {it["pair_id"]: it["p_better"] for it in whole["items"]}["D"] == test_half["items"][1]["p_better"]

@@ -31,8 +31,13 @@ def test_new_keys_at_their_defaults_leave_run_ids_as_they_were():
     """Ids computed by the code before these keys existed: a rerun on an old store finds its run."""
     from store import stable_id
 
-    assert stable_id("run", build_config("default").identity()) == "fe64c4b5a7b77d1d6921d8f2"
-    assert stable_id("run", build_config("tiny").identity()) == "94b08c03ba644ea11c7ee99f"
+    # the imitation-only main job of before (the default since became imitation then DPO, on every test input)
+    before = {"objective": "none"}
+    assert stable_id("run", build_config("default", overrides={**before, "test_inputs": 40}).identity()) == \
+        "fe64c4b5a7b77d1d6921d8f2"
+    tiny = build_config("tiny", overrides=before)
+    tiny.length_band, tiny.k_samples = (0.8, 1.2), 6  # the tiny profile's feedback settings of before
+    assert stable_id("run", tiny.identity()) == "94b08c03ba644ea11c7ee99f"
     cfg = build_config("tiny", overrides={"dpo_beta": 0.3, "min_confidence": 0.2})
     assert cfg.identity()["dpo_beta"] == 0.3 and cfg.identity()["min_confidence"] == 0.2
 

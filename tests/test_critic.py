@@ -10,7 +10,7 @@ import dspy
 import pytest
 
 from programs.adapter import LabeledAdapter
-from programs.critic import Critic, choice_probability
+from programs.critic import DEFAULT, PAPER, Critic, choice_probability, logit, sigmoid
 from programs.tasks import HUMOR
 from programs.teacher import parse_numbered
 
@@ -63,7 +63,7 @@ class PositionBiasedJudge:
 def test_critic_debiases_over_both_orders(with_logprobs):
     engine = PositionBiasedJudge(with_logprobs)
     lm = dspy.LM("local/judge", engine=engine, cache=False)
-    critic = Critic(HUMOR)
+    critic = Critic(HUMOR, PAPER)
     with dspy.context(lm=lm, adapter=LabeledAdapter()):
         pred = critic(text="I lost my keys.", a="my keys eloped, a joke", b="I cannot find my keys.")
     assert engine.calls == 2
@@ -77,13 +77,28 @@ def test_critic_debiases_over_both_orders(with_logprobs):
         assert pred.p_a == 0.5  # parsed choices: both orders said "1", so the position bias cancels to a tie
 
 
+def test_default_critic_reads_the_choice_alone_and_cancels_the_lean_in_log_odds():
+    from test_judge import RubricJudge  # answers the choice alone when asked for it alone; scores 1-5 pointwise
+
+    engine = RubricJudge()
+    critic = Critic(HUMOR)
+    assert critic.settings == DEFAULT and critic.settings.mode == "choice-first"
+    with dspy.context(lm=dspy.LM("local/judge", engine=engine, cache=False), adapter=LabeledAdapter()):
+        pred = critic(text="I lost my keys.", a="my keys eloped, a joke", b="I cannot find my keys.")
+    pairwise = (logit(0.9) - logit(0.6)) / 2  # the position lean (+ in both orders) cancels exactly
+    joke, plain = 0.9 * 5 + 0.025 * (1 + 2 + 3 + 4), 0.9 * 2 + 0.025 * (1 + 3 + 4 + 5)  # expected 1-5 scores
+    expected = sigmoid(pairwise + DEFAULT.pointwise_weight * (joke - plain))  # + the pointwise scores' difference
+    assert pred.p_a == pytest.approx(expected, abs=1e-3) and pred.orders_agree is False
+    assert all("Reason" not in p.split("\n")[0] for p in engine.prompts[:2])  # no reason asked before the choice
+
+
 def test_unparsable_answer_is_a_failed_judgment_not_a_crash():
     class Rambler:
         def complete(self, request):
             return dspy.lm15.Response(id=None, model=request.model, message=dspy.lm15.Message.assistant("I like both!"),
                                       finish_reason="stop", usage=dspy.lm15.Usage(input_tokens=5, output_tokens=3))
 
-    critic = Critic(HUMOR)
+    critic = Critic(HUMOR, PAPER)
     with dspy.context(lm=dspy.LM("local/rambler", engine=Rambler(), cache=False), adapter=LabeledAdapter()):
         j = critic.judge_order("t", "a", "b")
         pred = critic(text="t", a="a", b="b")

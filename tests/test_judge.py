@@ -71,7 +71,8 @@ def test_settings_are_validated_and_named():
 
 def test_the_papers_prompt_keeps_its_judgment_ids():
     assert judgment_id("j", "a", "b") == stable_id("judgment", "j", "a", "b")  # ids of stores made before methods
-    assert judgment_id("j", "a", "b", "choice-first") != judgment_id("j", "a", "b")
+    assert judgment_id("j", "a", "b", "choice-first", "rubric") != judgment_id("j", "a", "b")
+    assert judgment_id("j", "a", "b", "choice-first", "rubric") != judgment_id("j", "a", "b", "choice-first", "other")
 
 
 class RubricJudge:

@@ -34,32 +34,44 @@ def real_calls(db: Path) -> int:
     return Store(db, create=False).scalar("SELECT count(*) FROM lm_calls WHERE NOT cache_hit")
 
 
-def check_store(db: Path, out: Path) -> None:
+def check_store(db: Path, out: Path, *, feedback: bool = True) -> None:
+    """The store after the README's main job on the tiny profile: imitation, then DPO on the critic's feedback
+    (`feedback`, the default), then evaluation with the default critic (choice-first + pointwise)."""
     s = Store(db, create=False)
     c = counts(db)
+    students = 2 if feedback else 1
     assert c["inputs"] == 4 and c["runs"] == 1
     assert s.scalar("SELECT status FROM runs") == "finished"
     n_teacher = s.scalar("SELECT count(*) FROM candidates WHERE role = 'teacher'")
     assert 4 <= n_teacher <= 12  # 1..3 per input
-    assert s.scalar("SELECT count(*) FROM candidates WHERE role = 'student'") == 2
+    assert s.scalar("SELECT count(*) FROM candidates WHERE role = 'student'") == 2 * students
     # every candidate is linked to the LM call that wrote it
     assert s.scalar("SELECT count(*) FROM candidates c LEFT JOIN lm_calls l ON c.lm_call_id = l.call_id "
-                    "WHERE l.call_id IS NULL") == 0
-    assert s.scalar("SELECT count(*) FROM judgments") == 4  # 2 test inputs x 2 orders
+                    "WHERE c.role <> 'sample' AND l.call_id IS NULL") == 0
     assert s.scalar("SELECT count(*) FROM judgments j LEFT JOIN lm_calls l ON j.lm_call_id = l.call_id "
                     "WHERE l.call_id IS NULL") == 0
-    ev = s.query("SELECT * FROM evaluations")
-    assert len(ev) == 1 and ev[0]["n"] >= 1
-    for key in ("wtr_prob", "wtr_prob_lo", "wtr_prob_hi", "wtr_decision"):
-        assert 0.0 <= ev[0][key] <= 1.0
-    assert ev[0]["wtr_prob_lo"] <= ev[0]["wtr_prob"] <= ev[0]["wtr_prob_hi"]
-    tr = s.query("SELECT status, metrics FROM training_runs")
-    assert [t["status"] for t in tr] == ["finished"] and "loss" in tr[0]["metrics"]
-    ckpt = s.scalar("SELECT path FROM checkpoints")
+    methods = {r["method"] for r in s.query("SELECT DISTINCT method FROM judgments")}
+    assert methods == {"choice-first", "pointwise"}  # the default critic: the choice alone, and 1-5 scores
+    # 2 test inputs x students, both orders
+    assert s.scalar("SELECT count(*) FROM judgments WHERE purpose = 'eval' AND method = 'choice-first'") == 4 * students
+    purposes = {r["purpose"] for r in s.query("SELECT DISTINCT purpose FROM verdicts")}
+    assert purposes == ({"eval", "feedback", "student-eval"} if feedback else {"eval"})
+    ev = s.query("SELECT * FROM evaluations ORDER BY student")
+    assert len(ev) == students + (1 if feedback else 0) and all(e["n"] >= 1 for e in ev)
+    for e in ev:
+        for key in ("wtr_prob", "wtr_prob_lo", "wtr_prob_hi", "wtr_decision"):
+            assert 0.0 <= e[key] <= 1.0
+        assert e["wtr_prob_lo"] <= e["wtr_prob"] <= e["wtr_prob_hi"]
+    tr = s.query("SELECT objective, status, metrics FROM training_runs ORDER BY started_at")
+    assert [t["status"] for t in tr] == ["finished"] * students and "loss" in tr[0]["metrics"]
+    assert [t["objective"] for t in tr][1:] == (["dpo"] if feedback else [])
+    ckpt = s.scalar("SELECT path FROM checkpoints ORDER BY created_at LIMIT 1")
     assert (Path(ckpt) / "adapter_config.json").exists()
-    assert s.scalar("SELECT count(*) FROM datasets") == 1
+    assert s.scalar("SELECT count(*) FROM datasets") == students
     assert s.scalar("SELECT count(*) FROM lm_calls WHERE prompt_tokens > 0 AND NOT cache_hit") >= 6
-    assert (out / "report.md").read_text().count("WTR") >= 2 and (out / "wtr.png").stat().st_size > 1000
+    report = (out / "report.md").read_text()
+    assert report.count("WTR") >= 2 and (out / "wtr.png").stat().st_size > 1000
+    assert ("## What feedback bought" in report) == feedback
 
 
 @pytest.mark.slow
@@ -67,6 +79,9 @@ def test_tiny_pipeline_end_to_end_then_rerun_makes_no_new_calls(tmp_path):
     first = run(compile_cmd(tmp_path))
     assert first.returncode == 0, first.stderr[-3000:]
     assert re.search(r"vs teacher, test, judge \S+: WTR mean P [\d.]+ \[[\d., ]+\] \(n=2\) · decisions", first.stderr)
+    # the lead: what feedback bought over imitation, paired and direct, each with its interval
+    assert re.search(r"DPO vs warm start \(imitation\), test, judge \S+: paired difference [+-][\d.]+ \[[+-][\d.]+, "
+                     r"[+-][\d.]+\] \(n=\d\) points of WTR \(mean P\) · .* direct comparison WTR [\d.]+", first.stderr)
     check_store(tmp_path / "t.duckdb", tmp_path / "out")
     before, calls = counts(tmp_path / "t.duckdb"), real_calls(tmp_path / "t.duckdb")
 
@@ -83,7 +98,9 @@ def test_tiny_pipeline_end_to_end_then_rerun_makes_no_new_calls(tmp_path):
 @pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_finishes_with_nothing_lost_or_duplicated(tmp_path):
     db = tmp_path / "t.duckdb"
-    proc = subprocess.Popen(compile_cmd(tmp_path), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    imitation = ("--objective", "none")  # killed while teaching: the feedback stages are the main test's
+    proc = subprocess.Popen(compile_cmd(tmp_path, *imitation), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     killed_at = None
     while time.time() < deadline and proc.poll() is None:
@@ -100,14 +117,14 @@ def test_kill_9_mid_run_then_rerun_finishes_with_nothing_lost_or_duplicated(tmp_
     assert killed_at == "teach"
     assert Store(db, create=False).scalar("SELECT status FROM runs") == "running"
 
-    resumed = run(compile_cmd(tmp_path))
+    resumed = run(compile_cmd(tmp_path, *imitation))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    check_store(db, tmp_path / "out")
+    check_store(db, tmp_path / "out", feedback=False)
     s = Store(db, create=False)
     assert s.scalar("SELECT count(*) FROM candidates") == s.scalar(
         "SELECT count(DISTINCT (input_id, role, producer, rank)) FROM candidates")
     assert s.scalar("SELECT count(*) FROM judgments") == s.scalar(
-        "SELECT count(DISTINCT (judge, first_id, second_id)) FROM judgments")
+        "SELECT count(DISTINCT (judge, first_id, second_id, method)) FROM judgments")
 
 
 def test_bad_flags_and_inputs_give_one_line_errors(tmp_path):

@@ -19,7 +19,7 @@ SPEC = "local/qwen2.5-coder-0.5b-instruct"
 
 def compile_cmd(tmp: Path) -> list[str]:
     return [sys.executable, "-m", "programs.compile", "--profile", "tiny", "--limit", "2", "--max-steps", "2",
-            "--optimize", "bootstrap", "--db", str(tmp / "t.duckdb"), "--out", str(tmp / "out")]
+            "--optimize", "bootstrap", "--objective", "none", "--db", str(tmp / "t.duckdb"), "--out", str(tmp / "out")]
 
 
 @pytest.fixture(scope="module")

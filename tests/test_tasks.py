@@ -318,7 +318,7 @@ def test_tiny_pipeline_end_to_end_on_the_formal_task(tmp_path):
 
     db, out = tmp_path / "t.duckdb", tmp_path / "out"
     cmd = [sys.executable, "-m", "programs.compile", "--task", "formal", "--profile", "tiny", "--limit", "2",
-           "--max-steps", "2", "--db", str(db), "--out", str(out)]
+           "--max-steps", "2", "--objective", "none", "--db", str(db), "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=1800, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     s = Store(db, create=False)

@@ -366,7 +366,7 @@ def test_budget_settings_are_checked_and_kept_out_of_the_run_id():
 
 # -- the pipeline CLI (slow) -------------------------------------------------------------------------------------
 
-TINY = ["--profile", "tiny", "--limit", "2", "--max-steps", "2"]
+TINY = ["--profile", "tiny", "--limit", "2", "--max-steps", "2", "--objective", "none"]
 
 
 def _compile(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
