@@ -5,7 +5,8 @@ rankings and the critic audit. Each LM call is a `judgments` row whose `method` 
 choice-first, .../rubricN, pointwise), so a rerun asks only what the store lacks for that method; each pair's
 combined P(a >= b) is a `verdicts` row whose `method` names the critic settings (`CriticSettings.method`), which
 the store's feedback views read instead of restating the rule. Jobs run input by input, both orders back to back,
-so llama.cpp reuses the evaluated prompt prefix (instruction and input) from one call to the next.
+so llama.cpp reuses the evaluated prompt prefix (instruction and input) from one call to the next; prompts of one kind
+run together, so even a new input shares the instruction with the call before it.
 """
 
 from __future__ import annotations
@@ -56,21 +57,24 @@ def _point_id(critic: Critic, judge: str, candidate_id: str) -> str:
 
 
 def _jobs(critic: Critic, items: list[dict], judge: str) -> list[tuple]:
-    """(judgment id, kind, item, first key, second key, rubric) in the order that shares prompt prefixes."""
+    """(judgment id, kind, item, first key, second key, rubric) in the order that shares prompt prefixes: each
+    rubric's pairwise prompts input by input (the two orders back to back), then the pointwise scores, so that a call
+    differs from the one before it as late in the prompt as possible."""
     jobs, seen = [], set()
-    for it in items:
-        for r in range(critic.settings.rubrics):
+
+    def add(jid: str, *job) -> None:
+        if jid not in seen:
+            seen.add(jid)
+            jobs.append((jid, *job))
+
+    for r in range(critic.settings.rubrics):
+        for it in items:
             for f, s in (("a", "b"), ("b", "a")):
-                jid = _order_id(critic, judge, it[f + "_id"], it[s + "_id"], r)
-                if jid not in seen:
-                    seen.add(jid)
-                    jobs.append((jid, "order", it, f, s, r))
-        if critic.settings.pointwise_weight:
+                add(_order_id(critic, judge, it[f + "_id"], it[s + "_id"], r), "order", it, f, s, r)
+    if critic.settings.pointwise_weight:
+        for it in items:
             for c in ("a", "b"):
-                jid = _point_id(critic, judge, it[c + "_id"])
-                if jid not in seen:
-                    seen.add(jid)
-                    jobs.append((jid, "point", it, c, None, 0))
+                add(_point_id(critic, judge, it[c + "_id"]), "point", it, c, None, 0)
     return jobs
 
 
