@@ -104,3 +104,19 @@ def test_loss_types_and_schedulers_are_the_installed_libraries():
     help_text = next(f for f in fields(DPOConfig) if f.name == "loss_type").metadata["help"]
     assert set(DPO_LOSS_TYPES) == set(regex.findall(r"`'(\w+)'`", help_text))
     assert set(SCHEDULERS) <= {s.value for s in SchedulerType}
+
+
+def test_critic_keys_from_toml_and_flags_one_line_errors(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('critic_mode = "reason-first"\ncritic_rubrics = 2\ncritic_abstain_margin = 0.5\n')
+    cfg = build_config("tiny", str(toml), {"critic_pointwise_weight": 0.0})
+    s = cfg.critic_settings()
+    assert (s.mode, s.rubrics, s.abstain_margin, s.pointwise_weight) == ("reason-first", 2, 0.5, 0.0)
+    assert cfg.identity()["critic_mode"] == "reason-first"  # off its default: part of the run's id
+    assert "critic_mode" not in build_config("tiny").identity()  # at the default: ids of earlier runs stay
+    for key, value, message in (("critic_mode", "fast", "critic mode must be one of"),
+                                ("critic_rubrics", 0, "critic rubrics must be a positive integer"),
+                                ("critic_aggregate", "max", "critic aggregate must be one of"),
+                                ("critic_scale", -1.0, "critic scale must be > 0")):
+        with pytest.raises(ConfigError, match=message):
+            build_config("tiny", overrides={key: value})

@@ -142,6 +142,8 @@ def test_bad_flags_and_inputs_give_one_line_errors(tmp_path):
         (["--config", str(bad_toml)], "not valid TOML"),
         (["--config", str(unknown_key)], "unknown config key(s): tacher"),
         (["--limit", "0"], "limit must be a positive integer"),
+        (["--critic-rubrics", "9"], "critic_rubrics = 9, but task 'humor' has 3"),
+        (["--critic-rubrics", "0"], "critic rubrics must be a positive integer"),
     ]
     for extra, message in cases:
         out = run([sys.executable, "-m", "programs.compile", "--profile", "tiny", "--db", str(tmp_path / "e.duckdb"),

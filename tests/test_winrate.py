@@ -22,3 +22,20 @@ def test_win_tie_rate_counts_ties_as_wins_and_skips_missing():
 def test_empty_is_nan_not_an_error():
     prob, _ = win_tie_rate([])
     assert prob.n == 0 and np.isnan(prob.value)
+
+
+def test_paired_difference_cancels_shared_difficulty_that_separate_intervals_do_not():
+    from metrics.winrate import paired_difference
+
+    rng = np.random.default_rng(0)
+    difficulty = rng.uniform(0.1, 0.9, 60)  # each input's difficulty, shared by both students
+    x = {f"i{k}": float(d + 0.05) for k, d in enumerate(difficulty)}  # x is 5 points better on every input
+    y = {f"i{k}": float(d) for k, d in enumerate(difficulty)}
+    y["only-y"] = 0.9  # inputs only one student answered are left out
+    diff = paired_difference(x, y)
+    assert diff.n == 60 and abs(diff.value - 0.05) < 1e-9 and diff.lo > 0  # paired: certain
+    px, _ = win_tie_rate(list(x.values()))
+    py, _ = win_tie_rate([v for k, v in y.items() if k != "only-y"])
+    assert px.lo < py.hi  # unpaired: the two intervals overlap, the same lift looks like a tie
+    decided = paired_difference({"a": 0.6, "b": 0.4}, {"a": 0.4, "b": 0.4}, decisions=True)
+    assert decided.value == 0.5 and "+50.0" in decided.signed()
