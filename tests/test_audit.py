@@ -288,7 +288,8 @@ def test_audit_api_refuses_no_pairs(tmp_path):
 def test_real_cli_on_bundled_pairs_with_the_small_critic(tmp_path):
     db = tmp_path / "audit.duckdb"
     cmd = [sys.executable, "-m", "metrics.audit", "--pairs", str(BUNDLED_PAIRS), "--critic",
-           "local/qwen2.5-coder-0.5b-instruct", "--limit", "4", "--db", str(db), "--format", "json"]
+           "local/qwen2.5-coder-0.5b-instruct", "--limit", "4", "--db", str(db), "--format", "json",
+           "--out", str(tmp_path / "plots")]
     out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)
@@ -296,7 +297,9 @@ def test_real_cli_on_bundled_pairs_with_the_small_critic(tmp_path):
     store = Store(db, create=False)
     row, = store.query("SELECT * FROM audits")
     assert row["judge"] == "local/qwen2.5-coder-0.5b-instruct" and row["n"] == result["n"]
-    assert store.scalar("SELECT count(*) FROM judgments WHERE purpose = 'audit'") == 8
+    # 4 pairs x 2 orders with the choice alone, and a 1-5 score of each of the 8 texts (the default critic)
+    assert store.scalar("SELECT count(*) FROM judgments WHERE purpose = 'audit' AND method = 'choice-first'") == 8
+    assert store.scalar("SELECT count(*) FROM judgments WHERE purpose = 'audit' AND method = 'pointwise'") == 8
     if row["n"]:
         assert 0.0 <= row["agreement"] <= 1.0 and 0.0 <= row["position_flip_rate"] <= 1.0
 

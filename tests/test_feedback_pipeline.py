@@ -40,8 +40,9 @@ def test_all_objectives_from_one_warm_start(tmp_path):
     assert rates == {"ft": None, "sd": None, "brio": 7e-5, "dpo": 3e-5, "brio-dpo": 3e-5}  # each trainer's own
     assert starts["sd"] == starts["dpo"] == starts["brio"] == warm
     assert starts["brio-dpo"] != warm
-    for path in s.query("SELECT path FROM checkpoints"):
-        assert (Path(path["path"]) / "config.json").exists(), path
+    for path in s.query("SELECT path, merged FROM checkpoints"):  # a LoRA adapter, or a full (merged) model
+        assert (Path(path["path"]) / ("config.json" if path["merged"] else "adapter_config.json")).exists() or \
+            (Path(path["path"]) / "config.json").exists(), path
 
     purposes = {r["purpose"] for r in s.query("SELECT DISTINCT purpose FROM judgments")}
     assert {"eval", "feedback", "brio"} <= purposes

@@ -332,7 +332,9 @@ def test_tiny_pipeline_end_to_end_on_the_formal_task(tmp_path):
     # the teacher was asked the formal task's prompt, with its demo
     prompts = [r["messages"] for r in s.query("SELECT messages FROM lm_calls WHERE stage = 'teach'")]
     assert prompts and all("formal and polished" in str(m) and "hey, can't make it tonight" in str(m) for m in prompts)
-    assert s.scalar("SELECT count(*) FROM judgments") == 4  # 2 test inputs x 2 orders
+    # 2 test inputs x 2 orders, and a pointwise score of each of the 4 outputs (the default critic)
+    assert s.scalar("SELECT count(*) FROM judgments WHERE method = 'choice-first'") == 4
+    assert s.scalar("SELECT count(*) FROM judgments WHERE method = 'pointwise'") == 4
     judged = [r["messages"] for r in s.query("SELECT messages FROM lm_calls WHERE stage = 'evaluate' "
                                              "AND CAST(messages AS VARCHAR) LIKE '%Choose the better rewrite%'")]
     assert len(judged) >= 2
