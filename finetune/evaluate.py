@@ -12,7 +12,7 @@ from datetime import datetime
 
 import dspy
 
-from metrics.judge import judge_pairs, judge_verdicts, judgment_id  # noqa: F401 - judge_pairs, judgment_id: re-exported
+from metrics.judge import judge_verdicts
 from metrics.winrate import Estimate, win_tie_rate
 from programs.critic import DEFAULT, PAPER, Critic
 from programs.parallel import imap
@@ -131,7 +131,7 @@ def compare_producers(store: Store, *, critic: Critic, critic_lm: dspy.LM, criti
             "p": {it["input_id"]: p[it["input_id"]] for it in items}}
 
 
-__all__ = ["Estimate", "compare_producers", "evaluate", "judge_pairs", "judgment_id", "student_outputs"]
+__all__ = ["Estimate", "compare_producers", "evaluate", "student_outputs"]
 
 
 # -- python -m finetune.evaluate -----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from datetime import datetime
 
 import dspy
 
-from finetune.evaluate import judge_pairs
+from metrics.judge import judge_pairs
 from finetune.pairs import select_pair, within_length
 from finetune.sample import sample_candidates
 from finetune.student import load_student

@@ -20,7 +20,7 @@ from typing import Any
 
 import dspy
 
-from finetune.evaluate import judge_pairs
+from metrics.judge import judge_pairs
 from finetune.feedback import FeedbackConfig, judge_round, sample_producer, sample_round
 from finetune.imitate import TrainResult, changed_settings
 from programs.critic import Critic

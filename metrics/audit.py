@@ -5,22 +5,24 @@
     python -m metrics.audit --pairs my_pairs.jsonl --critic openai/gpt-4o-mini --format json
 
 A pairs file has one JSON object per line: `input` (the literal sentence), `better` (the text a person prefers),
-`worse` (a flat restatement or an unfaithful sentence), and optionally `id` and `worse_kind`. Each pair is judged
-in both orders through `finetune.evaluate.judge_pairs` (purpose 'audit'), so the judgments are stored and a rerun
-asks the critic nothing it has already answered.
+`worse`, and optionally `id`, `worse_kind` (every measure is also reported per kind) and `split` (`--split`). Each
+pair is judged in both orders through `metrics.judge.judge_verdicts` (purpose 'audit') with the critic's settings
+(docs/critic.md), so the judgments are stored and a rerun asks the critic nothing it has already answered.
 
 In the store: the inputs (split 'audit'), the texts as candidates (role 'audit', producer 'audit-file:<sha>',
 rank 2i for line i's better text and 2i + 1 for its worse one), the judgments, and one `audits` row per
 (judge, file, pairs) with the summary and the per-pair details.
 
-What is measured (the first order judged shows the better text first on even lines and second on odd ones, so the
-single-order numbers are those of a critic asked once, with its position lean in them):
+What is measured, each with a 95% bootstrap interval (the first order judged shows the better text first on lines 1,
+3, 5, ... and second on the others, so the single-order numbers are those of a critic asked once, with its position
+lean in them):
 - agreement: share of pairs where the P(better) averaged over both orders is > 0.5 (a tie is not agreement)
 - single-order agreement: the same from the first order alone
 - position-flip rate: share of pairs whose parsed choice names the same position in both orders (the answer
   follows the position, not the text)
 - length bias: among decided pairs where the critic disagrees with the label, the share where it chose the longer
   text; and over all decided pairs the share that went to the longer text against the share the labels give
+- calibration: expected calibration error of the critic's confidence, and a reliability plot in `--out`
 """
 
 from __future__ import annotations
@@ -158,19 +160,25 @@ def _flags(items: list[dict]) -> dict[str, list]:
     }
 
 
-def expected_calibration_error(p_better: list[float], bins: int = 10) -> float | None:
-    """ECE of the critic's confidence (max(P, 1 - P)) against whether it chose the better text; ties are half right."""
-    if not p_better:
-        return None
+def confidence_bins(p_better: list[float], bins: int) -> list[tuple[float, float, int]]:
+    """(mean confidence max(P, 1 - P), share chosen right, pairs) per non-empty bin of confidence over [0.5, 1];
+    a tie counts as half right."""
     conf = [max(p, 1 - p) for p in p_better]
     correct = [1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in p_better]
-    total = 0.0
+    out = []
     for k in range(bins):
         lo, hi = 0.5 + 0.5 * k / bins, 0.5 + 0.5 * (k + 1) / bins
         idx = [i for i, c in enumerate(conf) if lo <= c < hi or (k == bins - 1 and c == hi)]
         if idx:
-            total += len(idx) / len(conf) * abs(sum(correct[i] for i in idx) / len(idx) - sum(conf[i] for i in idx) / len(idx))
-    return total
+            out.append((sum(conf[i] for i in idx) / len(idx), sum(correct[i] for i in idx) / len(idx), len(idx)))
+    return out
+
+
+def expected_calibration_error(p_better: list[float], bins: int = 10) -> float | None:
+    """ECE of the critic's confidence against whether it chose the better text."""
+    if not p_better:
+        return None
+    return sum(n / len(p_better) * abs(right - conf) for conf, right, n in confidence_bins(p_better, bins))
 
 
 def _ece_estimate(p_better: list[float], resamples: int = 1000, seed: int = 0) -> Estimate:
@@ -225,15 +233,7 @@ def reliability_plot(p_better: list[float], path: Path, title: str, bins: int = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    conf = [max(p, 1 - p) for p in p_better]
-    xs, ys, ns = [], [], []
-    for k in range(bins):
-        lo, hi = 0.5 + 0.5 * k / bins, 0.5 + 0.5 * (k + 1) / bins
-        idx = [i for i, c in enumerate(conf) if lo <= c < hi or (k == bins - 1 and c == hi)]
-        if idx:
-            xs.append(sum(conf[i] for i in idx) / len(idx))
-            ys.append(sum(1.0 if p_better[i] > 0.5 else 0.5 if p_better[i] == 0.5 else 0.0 for i in idx) / len(idx))
-            ns.append(len(idx))
+    xs, ys, ns = zip(*confidence_bins(p_better, bins)) if p_better else ((), (), ())
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0.5, 1], [0.5, 1], ls="--", color="grey", lw=1, label="calibrated")
     ax.plot(xs, ys, marker="o", label="critic")
@@ -447,13 +447,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def settings_from_args(args: argparse.Namespace):
-    from programs.critic import CriticSettings, CriticSettingsError
+def critic_from_args(args: argparse.Namespace, task):
+    """The critic the flags describe; a bad setting is an AuditError (before any model loads)."""
+    from programs.critic import Critic, CriticSettings, CriticSettingsError
 
     try:
-        return CriticSettings(mode=args.mode, rubrics=args.rubrics, aggregate=args.aggregate, scale=args.scale,
-                              prior=args.prior, abstain_margin=args.abstain_margin,
-                              pointwise_weight=args.pointwise_weight)
+        settings = CriticSettings(mode=args.mode, rubrics=args.rubrics, aggregate=args.aggregate, scale=args.scale,
+                                  prior=args.prior, abstain_margin=args.abstain_margin,
+                                  pointwise_weight=args.pointwise_weight)
+        return Critic(task, settings, max_tokens=CRITIC_MAX_TOKENS)
     except CriticSettingsError as e:
         raise AuditError(str(e)) from e
 
@@ -462,7 +464,6 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     pair_file = load_pairs(args.pairs)  # a bad file fails here, before any model is loaded
     if args.limit is not None and args.limit < 1:
         raise AuditError(f"--limit must be at least 1 (got {args.limit})")
-    settings = settings_from_args(args)
     pairs = pair_file.pairs
     if args.split:
         pairs = [pr for pr in pairs if pr.get("split") == args.split]
@@ -481,19 +482,15 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     import dspy
 
     from programs.adapter import LabeledAdapter
-    from programs.critic import Critic
+    from programs.critic import PAPER
     from programs.lm import check_reachable
     from programs.progress import console
     from store import Store, stable_id, to_json
     from store.callback import install
     from store.db import default_path
 
-    from programs.critic import PAPER, CriticSettingsError
-
-    try:
-        critic = Critic(task, settings, max_tokens=CRITIC_MAX_TOKENS)  # a bad setting fails before the model loads
-    except CriticSettingsError as e:
-        raise AuditError(str(e)) from e
+    critic = critic_from_args(args, task)
+    settings = critic.settings
     _quiet_libraries()
     critic_lm = resolve_lm(args.critic, temperature=0.0, max_tokens=CRITIC_MAX_TOKENS, seed=0)
     check_reachable(critic_lm)

@@ -53,7 +53,7 @@ def _order_id(critic: Critic, judge: str, first_id: str, second_id: str, rubric:
 
 
 def _point_id(critic: Critic, judge: str, candidate_id: str) -> str:
-    return judgment_id(judge, candidate_id, None, POINTWISE, critic.task.pointwise_signature().instructions)
+    return judgment_id(judge, candidate_id, None, POINTWISE, critic.scorer.signature.instructions)
 
 
 def _jobs(critic: Critic, items: list[dict], judge: str) -> list[tuple]:

@@ -89,7 +89,7 @@ class Critic(dspy.Module):
         mode = self.settings.mode
         self.judge = dspy.Predict(task.critic_signature(mode))
         self.rubric_judges = [dspy.Predict(task.critic_signature(mode, r)) for r in range(1, self.settings.rubrics)]
-        self.scorer = dspy.Predict(task.pointwise_signature()) if self.settings.pointwise_weight else None
+        self.scorer = dspy.Predict(task.pointwise_signature())  # asked only with pointwise_weight > 0
         self.top_logprobs = top_logprobs
         # choice-first needs the answer's first token only; a reason takes a sentence
         self.max_tokens = max_tokens if mode == "reason-first" else min(max_tokens, 4)
@@ -130,9 +130,8 @@ class Critic(dspy.Module):
 
     def score_one(self, text: str, output: str) -> PointJudgment:
         """The pointwise rubric score of one output (used when `pointwise_weight` > 0)."""
-        scorer = self.scorer or dspy.Predict(self.task.pointwise_signature())
         try:
-            pred = self._call(scorer, text=text, output=output)
+            pred = self._call(self.scorer, text=text, output=output)
         except (AdapterParseError, ValueError):
             return PointJudgment(None, None, "failed", last_lm_call_id())
         score = expected_score(getattr(pred, "logprobs", None))
@@ -148,6 +147,7 @@ class Critic(dspy.Module):
             ab, ba = self.judge_order(text, a, b, r), self.judge_order(text, b, a, r)
             orders += [asdict(ab), asdict(ba)]
             pairs.append((ab.p_first, ba.p_first))
-        scores = (self.score_one(text, a).score, self.score_one(text, b).score) if self.scorer else None
+        scores = ((self.score_one(text, a).score, self.score_one(text, b).score) if self.settings.pointwise_weight
+                  else None)
         p, agree = combine(pairs, self.settings, scores)
         return dspy.Prediction(p_a=p, orders_agree=agree, orders=orders)

@@ -99,15 +99,14 @@ def main() -> None:
     for name, settings in SETTINGS.items():
         if args.only and name not in args.only:
             continue
-        t = task
         if name == "pointwise alone":
             settings = C(pointwise_weight=1.0, scale=1e-9)  # the pairwise part scaled away
         if settings == "calibrated":
             settings = C(aggregate="calibrated", prior=round(lean or 0.0, 2))
         start = time.perf_counter()
         run_id = stable_id("sweep", args.critic, args.split, name)
-        result = audit(pairs, Critic(t, settings), lm, store=store, judge=args.critic, run_id=run_id,
-                       source=f"sweep:{args.split}", file_sha=pair_file.sha, task=t, out_dir=args.out)
+        result = audit(pairs, Critic(task, settings), lm, store=store, judge=args.critic, run_id=run_id,
+                       source=f"sweep:{args.split}", file_sha=pair_file.sha, task=task, out_dir=args.out)
         if name == "choice-first, log-odds":
             lean = result["position_lean"]
         report(results, name, settings, as_json(result), start)
@@ -124,15 +123,14 @@ def main() -> None:
 def report(results: dict, name: str, settings, r: dict, start: float) -> None:
     results[name] = {"method": settings.method, "settings": asdict(settings), "seconds": time.perf_counter() - start,
                      **{k: v for k, v in r.items() if k != "items"}}
-    if True:
-        print(f"{name:<34} agree {fmt(r['agreement']):<18} decided {fmt(r['decided_agreement']):<18} "
-              f"cover {fmt(r['coverage']):<18} flips {fmt(r['position_flip_rate']):<18} "
-              f"single {fmt(r['single_order_agreement']):<18} len {fmt(r['length_bias']):<18} "
-              f"ECE {fmt(r['ece']):<18} lean {r['position_lean'] if r['position_lean'] is None else round(r['position_lean'], 2)} "
-              f"{time.perf_counter() - start:.0f}s", flush=True)
-        for kind, k in r["by_kind"].items():
-            print(f"    {kind:<12} n={k['n']:<3} agree {fmt(k['agreement']):<18} flips {fmt(k['position_flip_rate'])}",
-                  flush=True)
+    print(f"{name:<34} agree {fmt(r['agreement']):<18} decided {fmt(r['decided_agreement']):<18} "
+          f"cover {fmt(r['coverage']):<18} flips {fmt(r['position_flip_rate']):<18} "
+          f"single {fmt(r['single_order_agreement']):<18} len {fmt(r['length_bias']):<18} "
+          f"ECE {fmt(r['ece']):<18} lean {r['position_lean'] if r['position_lean'] is None else round(r['position_lean'], 2)} "
+          f"{time.perf_counter() - start:.0f}s", flush=True)
+    for kind, k in r["by_kind"].items():
+        print(f"    {kind:<12} n={k['n']:<3} agree {fmt(k['agreement']):<18} flips {fmt(k['position_flip_rate'])}",
+              flush=True)
 
 
 if __name__ == "__main__":
