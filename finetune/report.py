@@ -148,7 +148,7 @@ def _moved_lines(evaluations: list[dict]) -> list[str]:
             "input–output embedding similarity, distinct-n the share of distinct word n-grams over all outputs.", ""]
 
 
-def _lift_lines(lift: list[dict]) -> list[str]:
+def _lift_lines(lift: list[dict], split: str) -> list[str]:
     """The report's lead: what feedback bought over imitation, as paired differences and a direct comparison."""
     def pts(e) -> str:
         return "–" if not e.n else f"{100 * e.value:+.1f} [{100 * e.lo:+.1f}, {100 * e.hi:+.1f}]"
@@ -158,7 +158,7 @@ def _lift_lines(lift: list[dict]) -> list[str]:
 
     rows = [f"| {d['label']} | {d['baseline']} | {d['paired_prob'].n} | {pts(d['paired_prob'])} | "
             f"{pts(d['paired_decision'])} | {pct(d['direct_prob'])} | {pct(d['direct_decision'])} |" for d in lift]
-    return ["## What feedback bought (test split, by the critic)", "",
+    return [f"## What feedback bought ({split} split, by the critic)", "",
             "| student | vs | n | Δ WTR mean P, points [95% CI] | Δ WTR decisions | direct WTR mean P ×100 | "
             "direct WTR decisions ×100 |", "|---|---|---|---|---|---|---|", *rows, "",
             "Δ: the student's P(output ≥ teacher's) minus the warm start's on the same inputs, averaged, with a "
@@ -172,7 +172,8 @@ def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dic
                  teacher_quality: dict | None = None, lift: list[dict] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     main_judge = evaluations[0]["judge"] if evaluations else None
-    headline = [e for e in evaluations if e["split"] == "test" and e["judge"] == main_judge]
+    split = config.get("eval_split", "test")
+    headline = [e for e in evaluations if e["split"] == split and e["judge"] == main_judge]
     _bar_chart(out / "wtr.png", headline)
     curves = {e["label"]: e.get("log_history") or [] for e in headline} or {"imitation": log_history}
     has_loss = _loss_chart(out / "loss.png", curves)
@@ -188,8 +189,8 @@ def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dic
         f"{config.get('critic_mode', 'reason-first')}, {config.get('critic_aggregate', 'mean')})",
         f"- student: `{config['student']}` ({'LoRA' if config['lora'] else 'full fine-tuning'}, {config['epochs']} epoch(s))",
         f"- train inputs: {counts.get('train_inputs')}, teacher pairs: {counts.get('pairs')}, "
-        f"test inputs: {counts.get('test_inputs')}", "",
-        *(_lift_lines(lift) if lift else []),
+        f"{split} inputs: {counts.get(f'{split}_inputs')}", "",
+        *(_lift_lines(lift, split) if lift else []),
         "## Win-tie rate vs the teacher", "",
         "| student | judge | split | n | WTR (mean P) ×100 [95% CI] | WTR (decisions) ×100 [95% CI] | meaning | length ratio |",
         "|---|---|---|---|---|---|---|---|",
@@ -216,7 +217,7 @@ def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dic
     if usage:
         lines += _usage_lines(usage)
     if examples:
-        lines += ["## Examples (test split)", "", "| input | teacher | student | P(student ≥ teacher) |", "|---|---|---|---|"]
+        lines += [f"## Examples ({split} split)", "", "| input | teacher | student | P(student ≥ teacher) |", "|---|---|---|---|"]
         for ex in examples:
             cells = [str(ex[k]).replace("|", "\\|").replace("\n", " ") for k in ("input", "teacher", "student")]
             p = ex.get("p")

@@ -61,7 +61,7 @@ def select_inputs(cfg: PipelineConfig, task) -> dict[str, list[dict]]:
 
     rows = load_inputs(cfg.inputs, task)
     chosen: dict[str, list[dict]] = {}
-    for split in ("train", "test"):
+    for split in ("train", cfg.eval_split):
         items = [r for r in rows if r["split"] == split]
         limit = cfg.split_limit(split)
         items = items[:limit] if limit else items
@@ -145,19 +145,19 @@ def _checks(evaluations: list[dict]) -> None:
 
 
 def _lift(store, models: list, evaluations: list[dict], *, critic, critic_lm, critic_name: str, inputs: list[dict],
-          run_id: str, threads: int) -> list[dict]:
-    """What feedback bought, per trained student against the warm start, on the test split by the critic: the paired
+          split: str, run_id: str, threads: int) -> list[dict]:
+    """What feedback bought, per trained student against the warm start, on the evaluation split by the critic: the paired
     difference of their P(student >= teacher) on the same inputs (bootstrap over inputs), and the direct comparison
     (the critic judging one student's output against the other's, both orders)."""
     from finetune.evaluate import compare_producers
     from metrics.winrate import paired_difference
 
     per_item = {e["label"]: {it["input_id"]: p for it, p in zip(e["items"], e["p_student"])}
-                for e in evaluations if e["split"] == "test" and e["judge"] == critic_name}
+                for e in evaluations if e["split"] == split and e["judge"] == critic_name}
     (base_label, base), rows = models[0], []
     for label, model in models[1:]:
         direct = compare_producers(store, critic=critic, critic_lm=critic_lm, critic_name=critic_name, inputs=inputs,
-                                   producer=model.checkpoint_id, reference=base.checkpoint_id, split="test",
+                                   producer=model.checkpoint_id, reference=base.checkpoint_id, split=split,
                                    run_id=run_id, threads=threads, role="student", purpose="student-eval")
         rows.append({"label": label, "baseline": base_label,
                      "paired_prob": paired_difference(per_item.get(label, {}), per_item.get(base_label, {})),
@@ -181,11 +181,11 @@ def _meaning(items: list[dict]) -> float:
     return _mean(meaning_preservation([it["text"] for it in items], [it["a"] for it in items]))
 
 
-def _link_student(out_dir: Path, models: list, evaluations: list[dict], critic: str) -> str:
-    """`<out>/student` points at the distilled student (the best by the critic on test), so `local/<out>/student`
+def _link_student(out_dir: Path, models: list, evaluations: list[dict], critic: str, split: str) -> str:
+    """`<out>/student` points at the distilled student (the best by the critic on the evaluation split), so `local/<out>/student`
     is a model spec for any DSPy program."""
     scored = {e["label"]: e["wtr_prob"].value for e in evaluations
-              if e["split"] == "test" and e["judge"] == critic and e["wtr_prob"].value == e["wtr_prob"].value}
+              if e["split"] == split and e["judge"] == critic and e["wtr_prob"].value == e["wtr_prob"].value}
     label, model = max(models, key=lambda m: scored.get(m[0], float("-inf")))
     link = out_dir / "student"
     target = os.path.relpath(Path(model.path).resolve(), out_dir.resolve())
@@ -276,7 +276,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
             taught = teach(store, teacher, teacher_lm, [r for rows in chosen.values() for r in rows], producer=teacher_name,
                            run_id=run_id, threads=_threads(cfg, cfg.teacher))
             if optimized is not None:  # the teacher as written, on the test inputs: the before of before/after
-                teach(store, Teacher(task, n=cfg.n_candidates), teacher_lm, chosen["test"], producer=cfg.teacher,
+                teach(store, Teacher(task, n=cfg.n_candidates), teacher_lm, chosen[cfg.eval_split], producer=cfg.teacher,
                       run_id=run_id, threads=_threads(cfg, cfg.teacher))
 
         with trace_context(run_id=run_id, stage="imitate"):
@@ -318,7 +318,8 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
                     models.append((LABELS[name], run_objective(name, ctx)))
 
         with trace_context(run_id=run_id, stage="evaluate"):
-            splits = {"test": chosen["test"]}
+            evaluated = chosen[cfg.eval_split]
+            splits = {cfg.eval_split: evaluated}
             if chosen.get("ood"):
                 splits["ood"] = chosen["ood"]
             judges = [(cfg.critic, critic_lm)] + ([(cfg.judge, judge_lm)] if judge_lm is not None else [])
@@ -340,13 +341,13 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
         if len(models) > 1:
             with trace_context(run_id=run_id, stage="evaluate"):
                 lift = _lift(store, models, evaluations, critic=critic, critic_lm=critic_lm, critic_name=cfg.critic,
-                             inputs=chosen["test"], run_id=run_id, threads=_threads(cfg, cfg.critic))
-        best = _link_student(out_dir, models, evaluations, cfg.critic)
+                             inputs=evaluated, split=cfg.eval_split, run_id=run_id, threads=_threads(cfg, cfg.critic))
+        best = _link_student(out_dir, models, evaluations, cfg.critic, cfg.eval_split)
         teacher_quality = None
         if optimized is not None:
             with trace_context(run_id=run_id, stage="evaluate"):
                 r = compare_producers(store, critic=critic, critic_lm=critic_lm, critic_name=cfg.critic,
-                                      inputs=chosen["test"], producer=teacher_name, reference=cfg.teacher, split="test",
+                                      inputs=evaluated, producer=teacher_name, reference=cfg.teacher, split=cfg.eval_split,
                                       run_id=run_id, threads=_threads(cfg, cfg.critic))
             teacher_quality = {"optimizer": cfg.optimize, "program": str(optimized.path), "producer": teacher_name,
                                "val_before": optimized.baseline_score, "val_after": optimized.score, **r}
@@ -357,7 +358,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
                             [run_id])
         report = write_report(
             out_dir, config=asdict(cfg), command=command, db=db, log_history=trained.log_history, examples=examples,
-            counts={"train_inputs": len(chosen["train"]), "test_inputs": len(chosen["test"]), "pairs": len(pairs)},
+            counts={"train_inputs": len(chosen["train"]), f"{cfg.eval_split}_inputs": len(evaluated), "pairs": len(pairs)},
             evaluations=[dict(e, length_ratio=_mean(e["length_ratios"])) for e in evaluations], usage=usage,
             teacher_quality=teacher_quality, lift=lift,
         )
@@ -378,7 +379,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
                "wtr_prob": result["wtr_prob"], "wtr_decision": result["wtr_decision"],
                "models": {label: model.path for label, model in models}}
     for d in lift:
-        console.print(f"[bold]{d['label']} vs {d['baseline']}[/], test, judge {cfg.critic}: paired difference "
+        console.print(f"[bold]{d['label']} vs {d['baseline']}[/], {cfg.eval_split}, judge {cfg.critic}: paired difference "
                       f"{d['paired_prob'].signed()} points of WTR (mean P) · {d['paired_decision'].signed()} (decisions) "
                       f"· direct comparison WTR {d['direct_prob']}", highlight=False, soft_wrap=True)
     for e in evaluations:
@@ -443,6 +444,9 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--optimize-trials", type=int, dest="optimize_trials", metavar="N",
                    help="MIPROv2 trials; GEPA gets 6 critic calls per trial (default 4)")
     e = p.add_argument_group("evaluation")
+    e.add_argument("--eval-split", dest="eval_split", choices=["test", "dev"],
+                   help="the split students are evaluated on: test (default) | dev, to choose settings without "
+                        "looking at test")
     e.add_argument("--judge", metavar="SPEC", help="a second, independent judge")
     e.add_argument("--ood", type=int, dest="ood_inputs", metavar="N", help="also evaluate on N bundled OOD inputs")
     b = p.add_argument_group("budget (this command's new LM calls; answers already in the store are free)")
@@ -452,6 +456,25 @@ def parser() -> argparse.ArgumentParser:
                    help="stop before the spend could pass USD, as the provider prices the calls (local models: "
                         "free); rerun with more to continue (exit 3)")
     return p
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The config keys the command line sets (None: not given)."""
+    overrides = {"limit": args.limit, "inputs": args.inputs, "teacher": args.teacher, "critic": args.critic,
+                 "student": args.student, "epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed,
+                 "threads": args.threads, "objective": args.objective, "feedback_every": args.feedback_every,
+                 "k_samples": args.k_samples, "sampling": args.sampling, "pair_selection": args.pair_selection,
+                 "sft_sql": args.sft_sql, "pairs_sql": args.pairs_sql, "judge": args.judge,
+                 "ood_inputs": args.ood_inputs, "task": args.task, "max_calls": args.max_calls,
+                 "max_cost": args.max_cost, "optimize": args.optimize, "reflection_lm": args.reflection_lm,
+                 "optimize_inputs": args.optimize_inputs, "optimize_trials": args.optimize_trials,
+                 "critic_mode": args.critic_mode, "critic_rubrics": args.critic_rubrics,
+                 "eval_split": args.eval_split}
+    if args.full_finetune:
+        overrides["lora"] = False
+    if args.merge_lora:
+        overrides["merge_lora"] = True
+    return overrides
 
 
 def _quiet_libraries() -> None:
@@ -478,19 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     from store import Store, StoreError  # noqa: F401
     from store.budget import BudgetExceeded
 
-    overrides = {"limit": args.limit, "inputs": args.inputs, "teacher": args.teacher, "critic": args.critic,
-                 "student": args.student, "epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed,
-                 "threads": args.threads, "objective": args.objective, "feedback_every": args.feedback_every,
-                 "k_samples": args.k_samples, "sampling": args.sampling, "pair_selection": args.pair_selection,
-                 "sft_sql": args.sft_sql, "pairs_sql": args.pairs_sql, "judge": args.judge,
-                 "ood_inputs": args.ood_inputs, "task": args.task, "max_calls": args.max_calls,
-                 "max_cost": args.max_cost, "optimize": args.optimize, "reflection_lm": args.reflection_lm,
-                 "optimize_inputs": args.optimize_inputs, "optimize_trials": args.optimize_trials,
-                 "critic_mode": args.critic_mode, "critic_rubrics": args.critic_rubrics}
-    if args.full_finetune:
-        overrides["lora"] = False
-    if args.merge_lora:
-        overrides["merge_lora"] = True
+    overrides = config_overrides(args)
     command = "python -m programs.compile " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     from store.db import default_path
 

@@ -25,6 +25,8 @@ class PipelineConfig:
     train_inputs: int | None = 140  # per split; None = all
     test_inputs: int | None = 40
     limit: int | None = None  # --limit N caps both splits
+    # the split students are evaluated on: test (reporting) | dev (choosing settings, so test stays unseen)
+    eval_split: str = "test"
     teacher: str = "local/qwen2.5-coder-1.5b-instruct"
     critic: str = "local/qwen2.5-coder-1.5b-instruct"
     student: str = "smollm2-135m-instruct"
@@ -124,7 +126,7 @@ NEWER_KEYS: dict[str, Any] = {
     "feedback_epochs": None, "feedback_max_steps": None, "feedback_lr_scheduler_type": "linear",
     "feedback_warmup_ratio": 0.0, "dpo_beta": 0.1, "dpo_loss_type": "sigmoid", "dpo_loss_weights": None,
     "dpo_label_smoothing": 0.0, "sampling_temperature": 1.0, "sampling_top_p": 0.9, "pair_anchor": "greedy",
-    "min_confidence": 0.0, "both_orders_agree": False,
+    "min_confidence": 0.0, "both_orders_agree": False, "eval_split": "test",
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -176,7 +178,8 @@ def build_config(profile: str = "default", toml_path: str | None = None, overrid
     if len(cfg.length_band) != 2 or not 0 < cfg.length_band[0] <= 1 <= cfg.length_band[1]:
         raise ConfigError(f"length_band must be [lo, hi] with 0 < lo <= 1 <= hi, got {list(cfg.length_band)}")
     objectives(cfg)
-    for name, allowed in (("sampling", ("nucleus", "diverse_beam")), ("pair_selection", ("edit", "embedding"))):
+    for name, allowed in (("sampling", ("nucleus", "diverse_beam")), ("pair_selection", ("edit", "embedding")),
+                          ("eval_split", ("test", "dev"))):
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
     for name in ("learning_rate", "dpo_learning_rate", "brio_learning_rate", "warmstart_epochs", "feedback_epochs"):

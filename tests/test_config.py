@@ -5,6 +5,7 @@ import re
 import pytest
 
 from programs.config import ConfigError, build_config
+from store import stable_id
 
 
 def test_objective_learning_rates_from_toml_and_their_identity(tmp_path):
@@ -120,3 +121,19 @@ def test_critic_keys_from_toml_and_flags_one_line_errors(tmp_path):
                                 ("critic_scale", -1.0, "critic scale must be > 0")):
         with pytest.raises(ConfigError, match=message):
             build_config("tiny", overrides={key: value})
+
+
+def test_eval_split_dev_evaluates_dev_inputs_and_never_reads_test(tmp_path):
+    """Settings are chosen on dev: a dev run teaches and evaluates the dev inputs only, with its own run id."""
+    from programs.compile import config_overrides, parser, select_inputs
+    from programs.tasks import get_task
+
+    cfg = build_config(overrides=config_overrides(parser().parse_args(["--eval-split", "dev"])))
+    assert cfg.eval_split == "dev" and stable_id("run", cfg.identity()) != stable_id("run", build_config().identity())
+    chosen = select_inputs(cfg, get_task("humor"))
+    assert set(chosen) == {"train", "dev"} and len(chosen["dev"]) == 69
+    assert {r["split"] for r in chosen["dev"]} == {"dev"}
+    test = {r["input_id"] for r in select_inputs(build_config(), get_task("humor"))["test"]}
+    assert not test & {r["input_id"] for r in chosen["dev"]}
+    with pytest.raises(ConfigError, match="eval_split must be one of test, dev"):
+        build_config(overrides={"eval_split": "train"})
