@@ -170,14 +170,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from finetune.student import StudentError
     from finetune.student import _resolve as resolve_student
-    from programs.compile import _quiet_libraries
     from programs.inputs import InputError, load_file
     from programs.lm import ModelSpecError, check_reachable, resolve_lm
     from programs.models import ModelError
     from programs.progress import console
     from programs.tasks import TaskError, get_task
+    from store.cli import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     try:
         if args.limit is not None and args.limit < 1:
             raise InputError("--limit must be a positive integer")

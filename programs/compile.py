@@ -34,6 +34,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from programs.config import PROFILES, ConfigError, PipelineConfig, build_config  # noqa: E402
 from programs.inputs import InputError, load_inputs  # noqa: E402
 from programs.progress import console  # noqa: E402
+from store.cli import quiet_libraries  # noqa: E402
 
 EXIT_USAGE = 2
 EXIT_BUDGET = 3  # --max-calls / --max-cost reached: stopped cleanly, a rerun with a higher budget continues
@@ -477,25 +478,9 @@ def config_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def _quiet_libraries() -> None:
-    """Our own progress bars tell the story; the libraries' bars and deprecation chatter would drown them."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="transformers|trl|peft|torch")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    for name in ("LiteLLM", "litellm", "httpx", "dspy"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     from programs.lm import ModelSpecError
     from programs.models import ModelError
     from store import Store, StoreError  # noqa: F401
