@@ -39,7 +39,7 @@ from finetune.imitate import (
     recorded_result,
     run_training,
 )
-from finetune.student import DEFAULT_STUDENT
+from programs.student_lm import DEFAULT_STUDENT
 
 if TYPE_CHECKING:
     from store.db import Store

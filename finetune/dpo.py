@@ -33,7 +33,7 @@ from finetune.imitate import (
     recorded_result,
     run_training,
 )
-from finetune.student import DEFAULT_STUDENT, is_seq2seq, user_message
+from programs.student_lm import DEFAULT_STUDENT, is_seq2seq, user_message
 
 if TYPE_CHECKING:
     from store.db import Store

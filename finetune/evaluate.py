@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", help="DuckDB store (default: $CRITIC_DISTILL_DB or ./traces.duckdb)")
     args = ap.parse_args(argv)
 
-    from finetune.student import StudentError
-    from finetune.student import _resolve as resolve_student
+    from programs.student_lm import StudentError
+    from programs.student_lm import _resolve as resolve_student
     from programs.inputs import InputError, load_file
     from programs.lm import ModelSpecError, check_reachable, resolve_lm
     from programs.models import ModelError

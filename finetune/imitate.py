@@ -42,7 +42,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from store.ids import stable_id as _stable_id  # not store.db: a run without a store never loads DuckDB
 from store.ids import to_json as _to_json
-from finetune.student import DEFAULT_STUDENT, is_seq2seq, load_student, user_message
+from programs.student_lm import DEFAULT_STUDENT, is_seq2seq, load_student, user_message
 
 if TYPE_CHECKING:
     from store.db import Store

@@ -79,7 +79,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from finetune.student import DEFAULT_STUDENT
+    from programs.student_lm import DEFAULT_STUDENT
 
     parser = _Parser(
         prog="python -m finetune.train", description=__doc__.split("\n\n")[0].replace("\n", " "),
@@ -175,7 +175,7 @@ def _single_cpu_launch() -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # bad flags: argparse's one-line error, exit 2
     from finetune.imitate import TrainingError
-    from finetune.student import StudentError
+    from programs.student_lm import StudentError
     from store.db import StoreError
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))

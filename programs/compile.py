@@ -232,7 +232,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     judge_lm = resolve_lm(cfg.judge, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed) if cfg.judge else None
     reflection_lm = (resolve_lm(cfg.reflection_lm or cfg.teacher, temperature=0.7, max_tokens=512, seed=cfg.seed)
                      if cfg.optimize in ("mipro", "gepa") else None)
-    from finetune.student import _resolve as resolve_student  # validates the student spec before any work
+    from programs.student_lm import _resolve as resolve_student  # validates the student spec before any work
 
     resolve_student(cfg.student)
     check_reachable(teacher_lm)
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from finetune.imitate import TrainingError
         from finetune.objectives import DatasetError
-        from finetune.student import StudentError
+        from programs.student_lm import StudentError
 
         cfg = build_config(args.profile or "default", args.config, overrides)
         run(cfg, db=args.db or default_path(), out=args.out, command=command)

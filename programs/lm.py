@@ -197,7 +197,7 @@ class TransformersEngine:
 
     def _load(self):
         if self._loaded is None:
-            from finetune.student import load_student
+            from programs.student_lm import load_student
 
             self._loaded = load_student(self.model_path)
         return self._loaded

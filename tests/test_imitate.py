@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from finetune.imitate import ImitationConfig, RichProgress, train_imitation, training_id_for
-from finetune.student import format_prompt, generate, is_seq2seq, load_student
+from programs.student_lm import format_prompt, generate, is_seq2seq, load_student
 from store.db import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +82,7 @@ def test_student_prompt_and_generate(tiny_causal_dir, tiny_seq2seq_dir):
 
 
 def test_load_student_errors(tmp_path):
-    from finetune.student import StudentError
+    from programs.student_lm import StudentError
 
     with pytest.raises(StudentError, match="no model at"):
         load_student(str(tmp_path / "missing"))

@@ -25,7 +25,7 @@ from finetune.brio import (
 )
 from finetune.dpo import DPOError, DPOTrainConfig, train_dpo
 from finetune.imitate import RichProgress
-from finetune.student import generate, load_student
+from programs.student_lm import generate, load_student
 from finetune.train import main as train_main
 from store.db import Store
 

@@ -223,7 +223,7 @@ class _ChatServer:
     server is to a hosted provider): DSPy reaches it under a priced model name, so calls get a price."""
 
     def __init__(self, model_dir: Path):
-        from finetune.student import load_student
+        from programs.student_lm import load_student
 
         self.model, self.tok = load_student(str(model_dir))
         self.requests = 0
