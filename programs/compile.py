@@ -203,13 +203,13 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     from finetune.evaluate import compare_producers, evaluate
     from finetune.feedback import FeedbackConfig
     from finetune.objectives import SFT_SQL, ObjectiveContext, check_query, run_objective, sql_dataset
+    from finetune.optimize import OptimizeSettings, optimize_teacher
     from programs.config import objectives
     from finetune.imitate import ImitationConfig, train_imitation
     from finetune.report import write_report
     from programs.adapter import LabeledAdapter
     from programs.critic import Critic
     from programs.lm import check_reachable, resolve_lm
-    from programs.optimize import OptimizeSettings, optimize_teacher
     from programs.student import Student, training_prompt
     from programs.tasks import TaskError, get_task
     from programs.teach import teach
