@@ -28,6 +28,7 @@ class Edge:
     target: str  # imported module, dotted (a module of the tree, or the package it names)
     where: str  # file:line
     statement: str  # the import as written
+    missing: str = ""  # the module the import names, when the tree has no such module
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -57,8 +58,9 @@ def edges(root: Path) -> list[Edge]:
         tree = ast.parse(text, filename=str(path))
         for node in ast.walk(tree):  # walks function bodies and `if TYPE_CHECKING:` blocks too
             targets: list[str] = []
+            named: list[str] = []  # the modules the statement names, each of which must exist when it is ours
             if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
+                targets = named = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:  # relative: resolve against the importing module's package
@@ -67,13 +69,16 @@ def edges(root: Path) -> list[Edge]:
                     base = ".".join(package + ([base] if base else []))
                 # `from pkg import mod` imports the module pkg.mod; `from mod import name` imports mod
                 targets = [_join(base, a.name) if _join(base, a.name) in known else base for a in node.names]
+                named = [base]
             for target in dict.fromkeys(targets):
+                name = target
                 # `import store.db` and `import store.db.x` both resolve to the longest known module
                 while target and target not in known and "." in target:
                     target = target.rsplit(".", 1)[0]
                 if target in known and target != source:
+                    missing = name if name in named and name not in known else ""
                     found.append(Edge(source, target, f"{path.relative_to(root)}:{node.lineno}",
-                                      ast.get_source_segment(text, node) or ast.unparse(node)))
+                                      ast.get_source_segment(text, node) or ast.unparse(node), missing))
     return found
 
 
@@ -99,6 +104,11 @@ def layer_violations(found: list[Edge]) -> list[str]:
 def compile_importers(found: list[Edge]) -> list[str]:
     return [f"{e.where}: `{e.statement}` — only a __main__ shim may import {TOP}"
             for e in found if layer(e.target) == TOP and layer(e.source) != TOP and not shim(e.source)]
+
+
+def missing_modules(found: list[Edge]) -> list[str]:
+    """An import of a module that is not there (one left behind by a move, say), even inside a function."""
+    return [f"{e.where}: `{e.statement}` — there is no module {e.missing}" for e in found if e.missing]
 
 
 def cycles(found: list[Edge]) -> list[str]:
@@ -171,7 +181,7 @@ def cycles(found: list[Edge]) -> list[str]:
 
 def check(root: Path) -> list[str]:
     found = edges(root)
-    return layer_violations(found) + compile_importers(found) + cycles(found)
+    return layer_violations(found) + compile_importers(found) + missing_modules(found) + cycles(found)
 
 
 def test_the_house_is_one_way():
@@ -195,7 +205,7 @@ def write(root: Path, files: dict[str, str]) -> None:
 def test_the_checker_reports_what_today_s_code_had(tmp_path):
     """The three kinds of import this test forbids, as they stood in the tree before the move: a lazy import inside
     a function, a top-level import, a private helper taken from the pipeline; plus an import under TYPE_CHECKING,
-    relative imports and cycles."""
+    relative imports, cycles and an import of a module that is not there."""
     write(tmp_path, {
         "store/__init__.py": "",
         "store/db.py": "import json\n",
@@ -223,7 +233,7 @@ def test_the_checker_reports_what_today_s_code_had(tmp_path):
         "metrics/winrate.py": "import metrics.judge\n",
         "metrics/judge.py": "from .audit import winrate\n",
         "finetune/__init__.py": "",
-        "finetune/student.py": "from programs import lm\n",
+        "finetune/student.py": "from programs import lm\n\ndef f():\n    from programs.gone import x\n",
         "finetune/evaluate.py": """\
             def main():
                 from programs.compile import _quiet_libraries
@@ -240,7 +250,8 @@ def test_the_checker_reports_what_today_s_code_had(tmp_path):
     assert "import cycle: finetune.student (finetune/student.py:1) -> programs.lm (programs/lm.py:5) -> finetune.student" in text
     assert ("import cycle: metrics.audit (metrics/audit.py:1) -> metrics.winrate (metrics/winrate.py:1) -> "
             "metrics.judge (metrics/judge.py:1) -> metrics.audit") in text
+    assert "finetune/student.py:4: `from programs.gone import x` — there is no module programs.gone" in text
     # allowed: the pipeline importing any layer, a __main__ shim importing the pipeline, downward imports
     assert "programs/compile.py" not in text and "programs/__main__.py" not in text
     assert "programs/models.py" not in text and "metrics/critic_metric.py" not in text
-    assert len(problems) == 7, text
+    assert len(problems) == 8, text
