@@ -6,7 +6,8 @@
 turns the critic into metrics, judgments, win rates and audits; `finetune` trains and evaluates students;
 `programs/compile.py` is the pipeline, the only module that knows every stage, so it is the top layer although it
 sits in programs/. Every import counts, wherever it is written: at the top of a module, inside a function, under
-`if TYPE_CHECKING:`. The checker reads the sources with `ast` and imports nothing.
+`if TYPE_CHECKING:`. Import cycles between modules, and imports of modules that are not there, fail too. The
+checker reads the sources with `ast` and imports nothing.
 """
 
 from __future__ import annotations
