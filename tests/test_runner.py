@@ -4,6 +4,7 @@ configs or the driver that changes one fails here, not in a user's next run."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +15,7 @@ from finetune.dpo import training_id_for as dpo_id
 from finetune.imitate import ImitationConfig
 from finetune.imitate import training_id_for as imitation_id
 from finetune.objectives import _out
-from finetune.imitate import config_identity
+from finetune.runner import TrainConfig, config_identity
 from store import stable_id
 
 
@@ -49,3 +50,14 @@ def test_student_folders_are_pinned(tmp_path):
     assert _out(ctx, "brio", BRIOTrainConfig(base_model="b", margin=0.01, rank_weight=2.0, length_penalty=0.5,
                                              batch_size=1), "ckpt", "d1") == "out/student-brio-fcb590f406"
     assert _warm_start_dir(tmp_path, ImitationConfig(), "d1") == tmp_path / "student-ft-6645f75d09"
+
+
+def test_stage_configs_declare_only_their_own_fields():
+    """Every shared setting is declared once, in TrainConfig; a stage adds its own and overrides defaults."""
+    shared = {f.name for f in fields(TrainConfig)}
+    own = {c: {f.name for f in fields(c)} - shared for c in (ImitationConfig, DPOTrainConfig, BRIOTrainConfig)}
+    assert own == {ImitationConfig: set(), DPOTrainConfig: {"beta", "loss_type", "loss_weights", "label_smoothing"},
+                   BRIOTrainConfig: {"margin", "rank_weight", "length_penalty"}}
+    rates = [(c().lr(), c(lora=False).lr()) for c in (ImitationConfig, DPOTrainConfig, BRIOTrainConfig)]
+    assert rates == [(2e-4, 5e-5), (5e-5, 5e-6), (1e-4, 2e-5)]
+    assert [c().batch_size for c in (ImitationConfig, DPOTrainConfig, BRIOTrainConfig)] == [8, 4, 2]
