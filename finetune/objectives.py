@@ -22,7 +22,7 @@ import dspy
 
 from metrics.judge import judge_pairs
 from finetune.feedback import FeedbackConfig, judge_round, sample_producer, sample_round
-from finetune.imitate import TrainResult, changed_settings
+from finetune.runner import TrainResult, changed_settings
 from programs.critic import Critic
 from programs.student import training_prompt
 from programs.tasks import Task

@@ -133,7 +133,7 @@ def _config(args: argparse.Namespace):
 
 def train(args: argparse.Namespace):
     """Run the objective that `args` names; returns its TrainResult."""
-    from finetune.imitate import is_main_process
+    from finetune.runner import is_main_process
 
     config = _config(args)
     rows = read_rows(args.data)
@@ -174,7 +174,7 @@ def _single_cpu_launch() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # bad flags: argparse's one-line error, exit 2
-    from finetune.imitate import TrainingError
+    from finetune.runner import TrainingError
     from programs.student_lm import StudentError
     from store.db import StoreError
 

@@ -116,7 +116,8 @@ def _warm_start_dir(out_dir: Path, icfg, dataset_id: str) -> Path:
     """The warm start's folder, named by its training settings and data but not by merging (a step after training,
     so adding an objective to a finished imitation run reuses its adapter). A folder named the earlier way, with
     merging in the name, that holds a finished run is used as it is (a store made then is not trained again)."""
-    from finetune.imitate import MARKER, ImitationConfig, config_identity
+    from finetune.imitate import ImitationConfig
+    from finetune.runner import MARKER, config_identity
     from store import stable_id
 
     key = {**config_identity(icfg), "output_dir": ImitationConfig.output_dir}  # earlier names hashed the default
@@ -491,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     from store.db import default_path
 
     try:
-        from finetune.imitate import TrainingError
+        from finetune.runner import TrainingError
         from finetune.objectives import DatasetError
         from programs.student_lm import StudentError
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune.imitate import ImitationConfig, RichProgress, train_imitation, training_id_for
+from finetune.imitate import ImitationConfig, train_imitation, training_id_for
+from finetune.runner import RichProgress
 from programs.student_lm import format_prompt, generate, is_seq2seq, load_student
 from store.db import Store
 
@@ -235,7 +236,8 @@ def test_crash_resumes_from_checkpoint(tiny_causal_dir, pairs, tmp_path, monkeyp
 
 
 def test_guards(tiny_causal_dir, pairs, tmp_path):
-    from finetune.imitate import ImitationError, StaleRunError
+    from finetune.imitate import ImitationError
+    from finetune.runner import StaleRunError
 
     with pytest.raises(ImitationError, match="no training pairs"):
         train_imitation([], _config(tiny_causal_dir, tmp_path / "none"), progress=False)

@@ -24,7 +24,7 @@ from finetune.brio import (
     train_brio,
 )
 from finetune.dpo import DPOError, DPOTrainConfig, train_dpo
-from finetune.imitate import RichProgress
+from finetune.runner import RichProgress
 from programs.student_lm import generate, load_student
 from finetune.train import main as train_main
 from store.db import Store
@@ -427,7 +427,7 @@ def test_dpo_settings_reach_trl_and_the_summary_is_recorded(tiny_causal_dir, pai
 
 
 def _context(tmp_path, base_dir, **learning_rates):
-    from finetune.imitate import TrainResult
+    from finetune.runner import TrainResult
     from finetune.objectives import ObjectiveContext
     from programs.critic import Critic
     from programs.tasks import get_task
