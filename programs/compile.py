@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -34,25 +33,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from programs.config import PROFILES, ConfigError, PipelineConfig, build_config  # noqa: E402
 from programs.inputs import InputError, load_inputs  # noqa: E402
 from programs.progress import console  # noqa: E402
-
-EXIT_USAGE = 2
-EXIT_BUDGET = 3  # --max-calls / --max-cost reached: stopped cleanly, a rerun with a higher budget continues
-
-
-def _code_version() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        if out.returncode == 0:
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("critic-distill")
-    except PackageNotFoundError:
-        return "unknown"
+from store.cli import ArgumentParser, code_version, entry_point, quiet_libraries  # noqa: E402
 
 
 def select_inputs(cfg: PipelineConfig, task) -> dict[str, list[dict]]:
@@ -247,7 +228,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     dspy.configure(adapter=LabeledAdapter())
     run_id = stable_id("run", cfg.identity())
     run_row = {"run_id": run_id, "started_at": datetime.now(), "status": "running", "command": command,
-               "profile": cfg.profile, "config": to_json(asdict(cfg)), "code_version": _code_version()}
+               "profile": cfg.profile, "config": to_json(asdict(cfg)), "code_version": code_version()}
     params = {"teacher": cfg.teacher, "judge": cfg.critic, "producer": "", "method": "", "inputs": [], "pairs": [],
               "min_confidence": float(cfg.min_confidence), "both_orders": bool(cfg.both_orders_agree)}
     if cfg.sft_sql:
@@ -398,7 +379,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m programs.compile", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="python -m programs.compile", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default=None, choices=list(PROFILES), help="preset sizes and models (default: default)")
     p.add_argument("--config", metavar="FILE.toml", help="config file; flags override it")
@@ -477,53 +458,15 @@ def config_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def _quiet_libraries() -> None:
-    """Our own progress bars tell the story; the libraries' bars and deprecation chatter would drown them."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="transformers|trl|peft|torch")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    for name in ("LiteLLM", "litellm", "httpx", "dspy"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
+@entry_point(interrupted="interrupted: rerun the same command to finish (nothing done so far is lost)")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    _quiet_libraries()
-    from programs.lm import ModelSpecError
-    from programs.models import ModelError
-    from store import Store, StoreError  # noqa: F401
-    from store.budget import BudgetExceeded
-
-    overrides = config_overrides(args)
-    command = "python -m programs.compile " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    quiet_libraries()
     from store.db import default_path
 
-    try:
-        from finetune.imitate import TrainingError
-        from finetune.objectives import DatasetError
-        from finetune.student import StudentError
-
-        cfg = build_config(args.profile or "default", args.config, overrides)
-        run(cfg, db=args.db or default_path(), out=args.out, command=command)
-    except (ConfigError, InputError, ModelSpecError, ModelError, StoreError, TrainingError, StudentError,
-            DatasetError) as e:
-        console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
-        usage = (ConfigError, InputError, ModelSpecError, ModelError, StudentError, DatasetError)
-        return EXIT_USAGE if isinstance(e, usage) else 1
-    except BudgetExceeded as e:
-        line = e.describe({"calls": "--max-calls", "cost": "--max-cost"})
-        console.print(f"{line}; rerun with a higher budget to continue", soft_wrap=True, highlight=False)
-        return EXIT_BUDGET
-    except KeyboardInterrupt:
-        console.print("interrupted: rerun the same command to finish (nothing done so far is lost)")
-        return 130
+    command = "python -m programs.compile " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    cfg = build_config(args.profile or "default", args.config, config_overrides(args))
+    run(cfg, db=args.db or default_path(), out=args.out, command=command)
     return 0
 
 
