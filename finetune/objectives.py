@@ -27,6 +27,7 @@ from programs.critic import Critic
 from programs.student import training_prompt
 from programs.tasks import Task
 from store import Store, stable_id, to_json
+from store.cli import UserError
 
 OBJECTIVES = ("ft", "sd", "brio", "dpo", "brio-dpo")
 
@@ -51,7 +52,7 @@ BRIO_SQL = ("SELECT input_id, input, text, score FROM teacher_scores WHERE teach
 REQUIRED = {"sft": {"input", "output"}, "pairs": {"input", "chosen", "rejected"}, "brio": {"input_id", "input", "text"}}
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """A dataset query that cannot be used: one line naming what is wrong."""
 
 

@@ -40,6 +40,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from store.ids import stable_id  # not store.db: a run without a store never loads DuckDB
 from store.ids import to_json
 from programs.student_lm import DEFAULT_STUDENT, is_seq2seq, load_student, user_message
+from store.cli import UserError
 
 if TYPE_CHECKING:
     from store.db import Store
@@ -48,7 +49,7 @@ DEFAULT_INSTRUCTION = "Rewrite the sentence as a humorous paraphrase with the sa
 MARKER = "train_result.json"
 
 
-class TrainingError(Exception):
+class TrainingError(UserError):
     """A user-facing problem with a training run of any stage (one line, no traceback)."""
 
 

@@ -18,7 +18,8 @@ Every process trains; only the first writes the store rows, the final model and 
 (`accelerate launch --cpu --num_processes N` starts one process: accelerate runs several CPU processes only through
 mpirun with `--mpirun_hostfile`.)
 
-Prints the trained model's path on stdout; errors are one line on stderr, exit status 2.
+Prints the trained model's path on stdout; errors are one line on stderr: exit status 2 for a bad flag or data file,
+1 when the store fails (the table is in `store.cli`).
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from store.cli import ArgumentParser, UserError, entry_point  # noqa: E402
+
 OBJECTIVES = ("sft", "dpo", "brio")
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """A bad flag or data file (one line, exit 2)."""
 
 
@@ -73,15 +76,10 @@ def _positive(kind):
     return parse
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not argparse's usage block
-        self.exit(2, f"error: {message} (see python -m finetune.train --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from programs.student_lm import DEFAULT_STUDENT
 
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="python -m finetune.train", description=__doc__.split("\n\n")[0].replace("\n", " "),
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
     )
@@ -172,12 +170,9 @@ def _single_cpu_launch() -> bool:
     return use_cpu and "MASTER_ADDR" in os.environ and not any(v in os.environ for v in launcher_vars)
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # bad flags: argparse's one-line error, exit 2
-    from finetune.runner import TrainingError
-    from programs.student_lm import StudentError
-    from store.db import StoreError
-
+    args = build_parser().parse_args(argv)  # bad flags: a one-line error, exit 2
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if _single_cpu_launch():
         print("warning: `accelerate launch --cpu` starts one process whatever --num_processes says (accelerate runs "
@@ -186,9 +181,6 @@ def main(argv: list[str] | None = None) -> int:
               "...`", file=sys.stderr)
     try:
         result = train(args)
-    except (UsageError, TrainingError, StudentError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     finally:
         _end_process_group()
     print(f"finetune.train: rank {rank} of {world} done, {result.steps} steps", file=sys.stderr)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from store.cli import UserError
 
 DEFAULT_STUDENT = "smollm2-135m-instruct"
 
@@ -35,7 +36,7 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 
 
-class StudentError(Exception):
+class StudentError(UserError):
     """A user-facing problem loading a student model (one line, no traceback)."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from store.cli import EXIT_FAILED, EXIT_USAGE, UserError
 from store.migrations import migrate
 from store.ids import stable_id, to_json  # noqa: F401 - re-exported
 
@@ -36,12 +37,17 @@ LARGE_BATCH = 10_000
 STREAM_CHUNK = 5_000  # rows per Arrow batch handed to DuckDB
 
 
-class StoreError(Exception):
-    """A user-facing store problem: one line, no traceback."""
+class StoreError(UserError):
+    """The store could not do it (no store at the path, a SQL error, a lock held too long): one line, no traceback,
+    exit code 1 (`store.cli`)."""
+
+    exit_code = EXIT_FAILED
 
 
 class ReadOnlyError(StoreError):
-    pass
+    """A write refused by a read-only store: a user error, exit code 2."""
+
+    exit_code = EXIT_USAGE
 
 
 def default_path() -> str:
