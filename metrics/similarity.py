@@ -1,5 +1,5 @@
-"""Sentence-embedding similarity on the bundled all-MiniLM-L6-v2 (DESIGN §3: meaning preservation, diversity,
-pair selection). Offline, CPU, loaded once per process.
+"""Sentence-embedding similarity on the bundled all-MiniLM-L6-v2 (meaning preservation, diversity, pair
+selection). Offline, CPU, loaded once per process.
 
     embed(texts)                          -> (n, 384) float32, unit-length rows
     cosine(a_texts, b_texts)              -> [cos(a_i, b_i)]
