@@ -17,8 +17,7 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError, LMUnsupportedFeatureError
 
 from programs.critic_rule import (  # noqa: F401 - the settings and the rule are part of the critic's API
-    AGGREGATES, DEFAULT, MODES, PAPER, POINTWISE, CriticSettings, CriticSettingsError, combine, logit, order_method,
-    sigmoid)
+    DEFAULT, PAPER, POINTWISE, CriticSettings, CriticSettingsError, combine, logit, order_method, sigmoid)
 from programs.tasks import Task
 from store.callback import last_lm_call_id
 
