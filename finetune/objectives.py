@@ -137,14 +137,14 @@ def _out(ctx: ObjectiveContext, name: str, config: Any, *parts: Any, skip: tuple
 
 
 def _imitation(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], dataset_id: str, name: str,
-               objective: str, epochs: float) -> TrainResult:
+               epochs: float) -> TrainResult:
     from finetune.imitate import ImitationConfig, train_imitation
 
     cfg = ImitationConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
                           **{**ctx.train_settings, "epochs": epochs})
     cfg.output_dir = _out(ctx, name, cfg, base.checkpoint_id, dataset_id, epochs, skip=("epochs",))
     pairs = [{"input": r["input"], "output": r["output"], "prompt": training_prompt(ctx.task, r["input"])} for r in rows]
-    return train_imitation(pairs, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id, objective=objective)
+    return train_imitation(pairs, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id, objective=name)
 
 
 def _dpo(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], dataset_id: str, name: str, epochs: float) -> TrainResult:
@@ -180,7 +180,7 @@ def _feedback_rounds(ctx: ObjectiveContext, name: str, start: TrainResult) -> Tr
                 "with identical ones; min_confidence / both_orders_agree drop the unsure ones); see "
                 "`python -m store query \"SELECT * FROM feedback_pairs\"`")
         if name == "sd":
-            current = _imitation(ctx, current, rows, dataset_id, "sd", "sd", epochs)
+            current = _imitation(ctx, current, rows, dataset_id, "sd", epochs)
         else:
             current = _dpo(ctx, current, rows, dataset_id, name, epochs)
     return current
@@ -225,7 +225,7 @@ def run_objective(name: str, ctx: ObjectiveContext) -> TrainResult:
     """Train `name` from the warm start; returns the final model (a merged full-model folder)."""
     if name == "ft":
         rows, dataset_id = sql_dataset(ctx.store, "sft", ctx.sft_sql, ctx.params(), name="ft", run_id=ctx.run_id)
-        return _imitation(ctx, ctx.warm, rows, dataset_id, "ft", "ft", float(ctx.train_settings.get("epochs", 1.0)))
+        return _imitation(ctx, ctx.warm, rows, dataset_id, "ft", float(ctx.train_settings.get("epochs", 1.0)))
     if name in ("sd", "dpo"):
         return _feedback_rounds(ctx, name, ctx.warm)
     if name == "brio":

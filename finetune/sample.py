@@ -1,4 +1,4 @@
-"""Sample k candidates per input from the student: the first half of the feedback step (DESIGN §1, §2 stage 4).
+"""Sample k candidates per input from the student: the first half of the feedback step (the paper's k = 6).
 
     sample_candidates(model, tokenizer, prompts, k=6, method="nucleus")        -> list[list[str]], k per prompt
 

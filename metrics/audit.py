@@ -127,10 +127,6 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
-def _share(flags: list[bool]) -> float | None:
-    return sum(flags) / len(flags) if flags else None
-
-
 def _num(x: float | None) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
@@ -356,10 +352,6 @@ def as_json(result: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------------
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
 
 def _pct_ci(e: Estimate) -> str:

@@ -8,8 +8,6 @@ transaction and closes it, retrying while another process holds the lock. That i
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import threading
@@ -24,7 +22,6 @@ import pyarrow as pa
 
 from store.cli import EXIT_FAILED, EXIT_USAGE, UserError
 from store.migrations import migrate
-from store.ids import stable_id, to_json  # noqa: F401 - re-exported
 
 DEFAULT_DB = "traces.duckdb"
 # The two call logs take most rows and have ids unique by construction (DSPy's call ids): no primary-key index to

@@ -203,7 +203,6 @@ def test_similarity_on_minilm():
     close, far = similarity.meaning_preservation([literal, literal], [paraphrase, unrelated])
     assert close > far + 0.3
     assert similarity.cosine([literal], [literal])[0] == pytest.approx(1.0, abs=1e-5)
-    assert similarity.embedding_distance(literal, unrelated) > similarity.embedding_distance(literal, paraphrase)
     # embedding pair selection: the odd one out is in the pair
     candidates = [paraphrase, "A big gust of wind blew my dress up to my ears.", unrelated]
     pair = select_pair(candidates, method="embedding")
