@@ -28,8 +28,8 @@ from programs.student import training_prompt
 from programs.tasks import Task
 from store import Store, stable_id, to_json
 from store.cli import UserError
+from programs.config import OBJECTIVE_NAMES  # the one list; the config validates against it
 
-OBJECTIVES = ("ft", "sd", "brio", "dpo", "brio-dpo")
 
 SFT_SQL = ("SELECT input, output FROM teacher_pairs WHERE teacher = $teacher AND split = 'train' "
            "AND list_contains($inputs, input_id) ORDER BY input_id, rank")
@@ -232,7 +232,7 @@ def run_objective(name: str, ctx: ObjectiveContext) -> TrainResult:
         return _brio(ctx, ctx.warm)
     if name == "brio-dpo":
         return _feedback_rounds(ctx, "brio-dpo", _brio(ctx, ctx.warm))
-    raise ValueError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)} or all")
+    raise ValueError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVE_NAMES)} or all")
 
 
-__all__ = ["OBJECTIVES", "DatasetError", "ObjectiveContext", "check_query", "run_objective", "sql_dataset"]
+__all__ = ["DatasetError", "ObjectiveContext", "check_query", "run_objective", "sql_dataset"]

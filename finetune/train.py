@@ -1,12 +1,12 @@
 """Train the student with one objective on a JSONL file: the CLI over `finetune.imitate`, `finetune.dpo` and
 `finetune.brio`.
 
-    python -m finetune.train --objective sft  --data pairs.jsonl  --base smollm2-135m-instruct --out runs/ft
+    python -m finetune.train --objective imitation --data pairs.jsonl  --base smollm2-135m-instruct --out runs/ft
     python -m finetune.train --objective dpo  --data prefs.jsonl  --base runs/ft/merged --out runs/dpo
     python -m finetune.train --objective brio --data ranked.jsonl --base runs/ft/merged --out runs/brio --db t.duckdb
 
 One JSON object a line:
-    sft   {"input": ..., "output": ..., "prompt"?: [chat messages]}
+    imitation {"input": ..., "output": ..., "prompt"?: [chat messages]}
     dpo   {"input": ..., "prompt"?: [...], "chosen": ..., "rejected": ...}
     brio  {"input": ..., "prompt"?: [...], "candidates": [best, ..., worst], "reference"?: ...}
 
@@ -34,7 +34,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from store.cli import ArgumentParser, UserError, entry_point  # noqa: E402
 
-OBJECTIVES = ("sft", "dpo", "brio")
+TRAINERS = ("imitation", "dpo", "brio")  # `sft` is accepted for imitation, its earlier name
 
 
 class UsageError(UserError):
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m finetune.train", description=__doc__.split("\n\n")[0].replace("\n", " "),
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
     )
-    parser.add_argument("--objective", required=True, choices=OBJECTIVES)
+    parser.add_argument("--objective", required=True, choices=TRAINERS + ("sft",))
     parser.add_argument("--data", required=True, help="JSONL file, one row a line (shapes below)")
     parser.add_argument("--base", default=DEFAULT_STUDENT,
                         help="student to start from: embedded name, model/adapter folder, GGUF file "
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace):
-    if args.objective == "sft":
+    if args.objective in ("imitation", "sft"):
         from finetune.imitate import ImitationConfig as Config
     elif args.objective == "dpo":
         from finetune.dpo import DPOTrainConfig as Config
@@ -141,7 +141,7 @@ def train(args: argparse.Namespace):
 
         store = Store(args.db)
     common = dict(store=store, run_id=args.run_id, dataset_id=args.dataset_id, progress=not args.no_progress)
-    if args.objective == "sft":
+    if args.objective in ("imitation", "sft"):
         from finetune.imitate import train_imitation
 
         return train_imitation(rows, config, **common)

@@ -318,7 +318,7 @@ def test_cli(tiny_causal_dir, texts, pairs, groups, tmp_path, capsys):
     base = ["--base", str(tiny_causal_dir), "--max-steps", "2", "--batch-size", "4", "--lr", "1e-3", "--no-progress",
             "--db", str(db)]
 
-    assert train_main(["--objective", "sft", "--data", str(sft), "--out", str(tmp_path / "sft"), *base]) == 0
+    assert train_main(["--objective", "imitation", "--data", str(sft), "--out", str(tmp_path / "sft"), *base]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "sft" / "final")
     assert train_main(["--objective", "dpo", "--data", str(dpo), "--out", str(tmp_path / "dpo"), "--beta", "0.2",
                        "--base", str(tmp_path / "sft" / "final"), *base[2:]]) == 0
