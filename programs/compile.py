@@ -476,7 +476,7 @@ def _print_results(p: Pipeline, results: Results, report: Path) -> None:
                       f"WTR mean P {e['wtr_prob']} · decisions {e['wtr_decision']}", highlight=False, soft_wrap=True)
     teacher_quality = results.teacher_quality
     if teacher_quality is not None:
-        console.print(f"optimized teacher ({cfg.optimize}) vs teacher as written, test, judge {cfg.critic}: "
+        console.print(f"optimized teacher ({cfg.optimize}) vs teacher as written, {cfg.eval_split}, judge {cfg.critic}: "
                       f"WTR mean P {teacher_quality['wtr_prob']} · decisions {teacher_quality['wtr_decision']}",
                       highlight=False, soft_wrap=True)
     console.print(f"student: {out_dir / 'student'} -> {results.best} (use it as a model: local/{out_dir / 'student'})\n"
