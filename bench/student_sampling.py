@@ -3,7 +3,7 @@
     LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 python bench/student_sampling.py [--inputs 16] [--k 6]
         [--max-new-tokens 32] [--batch-size 8] [--student smollm2-135m-instruct]
 
-Student: the embedded SmolLM2-135M-Instruct (`finetune.student.load_student`), float32 on CPU. Prompts: the chat
+Student: the embedded SmolLM2-135M-Instruct (`programs.student_lm.load_student`), float32 on CPU. Prompts: the chat
 messages the pipeline sends it, `programs.student.training_prompt(HUMOR, text)`, on the first `--inputs` bundled
 sentences (`programs/data/humor_inputs.jsonl`). Both sides sample with the same settings (nucleus, top_p 0.9,
 temperature 1, top_k off, `--max-new-tokens`), through the same function:
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from finetune.sample import sample_candidates  # noqa: E402
-from finetune.student import DEFAULT_STUDENT, load_student  # noqa: E402
+from programs.student_lm import DEFAULT_STUDENT, load_student  # noqa: E402
 from programs.student import training_prompt  # noqa: E402
 from programs.tasks import HUMOR  # noqa: E402
 

@@ -93,7 +93,7 @@ def tiny_model(folder: Path) -> Path:
 def model_folder(spec: str, tmp: Path) -> Path:
     if spec == "tiny":
         return tiny_model(tmp / "tiny")
-    from finetune.student import _resolve
+    from programs.student_lm import _resolve
 
     folder = Path(_resolve(spec))
     if not folder.is_dir():

@@ -12,34 +12,34 @@ on the scale of a sequence. The reference defaults to the best candidate.
 
 A `transformers.Trainer` subclass: the collator lays out each group as [reference, candidate 1, …, candidate n] and
 the loss scores them all with one forward over the padded batch, prompt tokens masked out. LoRA through peft by
-default; causal students only. The run itself (resume, marker, store rows: objective `brio`) is imitation's.
+default; causal students only. The run around the trainer (resume, saving, the marker, store rows: objective `brio`;
+merging) is the shared driver's, `finetune.runner`.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import Trainer, TrainingArguments
 
-from finetune.dpo import prompt_messages, require_causal
-from finetune.imitate import (
+from finetune.runner import (
     DEFAULT_INSTRUCTION,
+    TrainConfig,
     TrainingError,
     TrainResult,
-    _device_args,
-    _lora_config,
-    _stable_id,
-    config_identity,
-    merge_adapter,
-    recorded_result,
+    dataset_key,
+    device_args,
+    prompt_messages,
+    require_causal,
     run_training,
+    training_id,
+    with_adapter,
 )
-from finetune.student import DEFAULT_STUDENT
 
 if TYPE_CHECKING:
     from store.db import Store
@@ -50,42 +50,23 @@ class BRIOError(TrainingError):
 
 
 @dataclass
-class BRIOTrainConfig:
-    """Everything that defines a BRIO run; `asdict` of it is the run's config row in the store."""
+class BRIOTrainConfig(TrainConfig):
+    """Everything that defines a BRIO run: the shared `TrainConfig` settings and BRIO's own. `base_model` is the warm
+    start (an imitation run's model, a model folder, a name)."""
 
-    base_model: str = DEFAULT_STUDENT  # the warm start: an imitation run's model, a model folder, a name
     output_dir: str = "runs/brio"
-    lora: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: str = "all-linear"  # peft's "all-linear", or comma-separated module names
-    merge_lora: bool = False  # also write a merged full model to output_dir/merged
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    learning_rate: float | None = None  # None: 1e-4 with LoRA, 2e-5 for full fine-tuning
     batch_size: int = 2  # groups per device step (each group is 1 + n candidates sequences)
-    grad_accum: int = 1
-    max_length: int = 128  # prompt + answer, in tokens
-    seed: int = 0
-    logging_steps: int = 5
-    save_steps: int = 50
-    instruction: str = field(default=DEFAULT_INSTRUCTION)
     margin: float = 0.001  # BRIO's margin per rank gap
     rank_weight: float | None = None  # λ; None: the mean output length in tokens of the training candidates
     length_penalty: float = 1.0  # s = sum log p / |tokens| ** length_penalty (BRIO's α)
-    lr_scheduler_type: str = "linear"  # transformers' SchedulerType: linear, cosine, constant, constant_with_warmup...
-    warmup_ratio: float = 0.0  # share of the steps spent warming the learning rate up from 0
 
-    def lr(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return 1e-4 if self.lora else 2e-5
+    lora_learning_rate = 1e-4  # the learning rate when `learning_rate` is None (TrainConfig.lr)
+    full_learning_rate = 2e-5
 
 
 def training_id_for(config: BRIOTrainConfig, dataset_key: str | None) -> str:
     """Stable across reruns and output folders: the config without output_dir, plus the dataset."""
-    return _stable_id("brio", config_identity(config), dataset_key)
+    return training_id("brio", config, dataset_key)
 
 
 # -- the loss --------------------------------------------------------------------------------------------------------
@@ -135,12 +116,6 @@ def sequence_scores(logps: torch.Tensor, mask: torch.Tensor, length_penalty: flo
 
 
 # -- data ------------------------------------------------------------------------------------------------------------
-
-
-def _dataset_key(groups: list[dict], dataset_id: str | None) -> str:
-    if dataset_id is not None:
-        return dataset_id
-    return _stable_id([[g.get("input"), g.get("prompt"), g.get("candidates"), g.get("reference")] for g in groups])
 
 
 def _check_groups(groups: list[dict]) -> None:
@@ -273,12 +248,9 @@ class BRIOTrainer(Trainer):
 def _brio_trainer(model, tokenizer, groups: list[dict], config: BRIOTrainConfig, output_dir: Path, callbacks):
     dataset = candidate_dataset(groups, tokenizer, config.instruction, config.max_length)
     if config.lora:
-        from peft import get_peft_model
-
-        torch.manual_seed(config.seed)  # the adapter's initial weights
-        model = get_peft_model(model, _lora_config(config, "CAUSAL_LM"))
+        model = with_adapter(model, config, "CAUSAL_LM")
     rank_weight = config.rank_weight if config.rank_weight is not None else mean_candidate_length(dataset)
-    args = TrainingArguments(**_device_args(config, output_dir), remove_unused_columns=False)
+    args = TrainingArguments(**device_args(config, output_dir), remove_unused_columns=False)
     return BRIOTrainer(
         model=model,
         args=args,
@@ -341,22 +313,15 @@ def train_brio(
     """Train the student on ranked candidates `{"input", "prompt"?, "candidates": [best, …, worst], "reference"?}`;
     resumable, recorded (objective `brio`) when `store` is given. Without `dataset_id` the groups identify the
     dataset."""
-    # 1. A finished run is not trained again; merging, when asked, is a step after training.
-    key = _dataset_key(groups, dataset_id) if groups else None
-    trained = replace(config, merge_lora=False)
-    recorded = recorded_result(config, objective="brio", store=store, run_id=run_id, dataset_id=dataset_id,
-                               training_id=(lambda c: training_id_for(c, key)) if groups else None)
-    if recorded is not None:
-        return merge_adapter(recorded, config, store=store) if config.merge_lora else recorded
-
-    _check_groups(groups)
-    result = run_training(
-        trained,
+    key = dataset_key(groups, dataset_id, ("input", "prompt", "candidates", "reference"))
+    return run_training(
+        config,
         objective="brio",
-        training_id=training_id_for(trained, key),
-        build=lambda model, tokenizer, callbacks: _brio_trainer(model, tokenizer, groups, trained,
-                                                                Path(config.output_dir), callbacks),
+        training_id=lambda c: training_id_for(c, key),
         n_examples=len(groups),
+        check_data=lambda: _check_groups(groups),
+        build=lambda trained, model, tokenizer, callbacks: _brio_trainer(model, tokenizer, groups, trained,
+                                                                         Path(trained.output_dir), callbacks),
         what="group",
         error=BRIOError,
         check_model=lambda model: require_causal(model, "BRIO", BRIOError),
@@ -366,4 +331,3 @@ def train_brio(
         progress=progress,
         description="brio",
     )
-    return merge_adapter(result, config, store=store) if config.merge_lora else result

@@ -8,32 +8,29 @@ turn), causal students only. The reference is the warm start itself, frozen (the
   model with the adapter disabled, so no second copy is held;
 - with full fine-tuning, the reference is a frozen copy of the starting weights.
 
-The steps are imitation's (`finetune.imitate`): return the recorded result when `output_dir/train_result.json` exists;
-record the run (`training_runs`, objective `dpo`, or what the caller names, e.g. `brio-dpo`); train, resuming the last
-Trainer checkpoint; save `output_dir/final` (and `output_dir/merged` with `merge_lora`), then the marker; record the
-result and one `checkpoints` row.
+The run around the trainer (resume, saving, the marker, store rows: objective `dpo`, or what the caller names, e.g.
+`brio-dpo`; merging) is the shared driver's, `finetune.runner`.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from finetune.imitate import (
-    DEFAULT_INSTRUCTION,
+from finetune.runner import (
+    TrainConfig,
     TrainingError,
     TrainResult,
-    _device_args,
-    _lora_config,
-    _stable_id,
-    config_identity,
-    merge_adapter,
-    recorded_result,
+    dataset_key,
+    device_args,
+    lora_config,
+    prompt_messages,
+    require_causal,
     run_training,
+    training_id,
 )
-from finetune.student import DEFAULT_STUDENT, is_seq2seq, user_message
 
 if TYPE_CHECKING:
     from store.db import Store
@@ -44,53 +41,29 @@ class DPOError(TrainingError):
 
 
 @dataclass
-class DPOTrainConfig:
-    """Everything that defines a DPO run; `asdict` of it is the run's config row in the store."""
+class DPOTrainConfig(TrainConfig):
+    """Everything that defines a DPO run: the shared `TrainConfig` settings and DPO's own. `base_model` is the warm
+    start (an imitation run's merged model, a model folder, a name); with LoRA a new adapter is trained on it and the
+    reference is base_model with the adapter disabled."""
 
-    base_model: str = DEFAULT_STUDENT  # the warm start: an imitation run's merged model, a model folder, a name
     output_dir: str = "runs/dpo"
-    lora: bool = True  # a new adapter on base_model; the reference is base_model (adapter disabled)
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: str = "all-linear"  # peft's "all-linear", or comma-separated module names (never lm_head)
-    merge_lora: bool = False  # also write a merged full model to output_dir/merged
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    learning_rate: float | None = None  # None: 5e-5 with LoRA, 5e-6 for full fine-tuning
+    batch_size: int = 4  # pairs per device step (each pair is two sequences)
     beta: float = 0.1  # how far the policy may move from the reference (higher: less)
     # TRL's loss_type: one name or a list mixed by loss_weights, e.g. ["sigmoid", "sft"] (RPO: DPO + NLL on chosen)
     loss_type: str | list[str] = "sigmoid"
     loss_weights: list[float] | None = None  # one weight per loss_type; None: 1 each
     label_smoothing: float = 0.0  # cDPO: the chance a label is flipped (a noisy critic), in [0, 0.5)
-    batch_size: int = 4  # pairs per device step (each pair is two sequences)
-    grad_accum: int = 1
-    max_length: int = 128  # prompt + answer, in tokens
-    seed: int = 0
-    logging_steps: int = 5
-    save_steps: int = 50
-    instruction: str = field(default=DEFAULT_INSTRUCTION)
-    lr_scheduler_type: str = "linear"  # transformers' SchedulerType: linear, cosine, constant, constant_with_warmup...
-    warmup_ratio: float = 0.0  # share of the steps spent warming the learning rate up from 0
 
-    def lr(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return 5e-5 if self.lora else 5e-6
+    lora_learning_rate = 5e-5  # the learning rate when `learning_rate` is None (TrainConfig.lr)
+    full_learning_rate = 5e-6
 
 
 def training_id_for(config: DPOTrainConfig, dataset_key: str | None, objective: str = "dpo") -> str:
     """Stable across reruns and output folders: the objective, the config without output_dir, and the dataset."""
-    return _stable_id(objective, config_identity(config), dataset_key)
+    return training_id(objective, config, dataset_key)
 
 
 # -- data ------------------------------------------------------------------------------------------------------------
-
-
-def _dataset_key(pairs: list[dict], dataset_id: str | None) -> str:
-    if dataset_id is not None:
-        return dataset_id
-    return _stable_id([[p.get("input"), p.get("prompt"), p.get("chosen"), p.get("rejected")] for p in pairs])
 
 
 def _check_pairs(pairs: list[dict]) -> None:
@@ -101,11 +74,6 @@ def _check_pairs(pairs: list[dict]) -> None:
             raise DPOError(f"pair {i} needs string 'chosen' and 'rejected' fields, got keys {sorted(pair)}")
         if not isinstance(pair.get("input"), str) and not isinstance(pair.get("prompt"), list):
             raise DPOError(f"pair {i} needs a string 'input' (or a 'prompt' list of chat messages)")
-
-
-def prompt_messages(row: dict, instruction: str) -> list[dict]:
-    """A row's own prompt messages (the DSPy adapter's), or instruction + input as one user turn, as imitation does."""
-    return row.get("prompt") or [{"role": "user", "content": user_message(instruction, row["input"])}]
 
 
 def preference_dataset(pairs: list[dict], instruction: str):
@@ -124,11 +92,6 @@ def preference_dataset(pairs: list[dict], instruction: str):
     )
 
 
-def require_causal(model: Any, objective: str, error: type[TrainingError]) -> None:
-    if is_seq2seq(model):
-        raise error(f"{objective} needs a causal student (a decoder-only model), not a seq2seq one like BART or T5")
-
-
 # -- the trainer -----------------------------------------------------------------------------------------------------
 
 
@@ -136,7 +99,7 @@ def _dpo_trainer(model, tokenizer, pairs: list[dict], config: DPOTrainConfig, ou
     from trl import DPOConfig, DPOTrainer
 
     args = DPOConfig(
-        **_device_args(config, output_dir),
+        **device_args(config, output_dir),
         beta=config.beta,
         loss_type=[config.loss_type] if isinstance(config.loss_type, str) else list(config.loss_type),
         loss_weights=config.loss_weights,
@@ -155,7 +118,7 @@ def _dpo_trainer(model, tokenizer, pairs: list[dict], config: DPOTrainConfig, ou
         args=args,
         train_dataset=preference_dataset(pairs, config.instruction),
         processing_class=tokenizer,
-        peft_config=_lora_config(config, "CAUSAL_LM") if config.lora else None,
+        peft_config=lora_config(config, "CAUSAL_LM") if config.lora else None,
         callbacks=callbacks,
     )
 
@@ -175,22 +138,15 @@ def train_dpo(
 ) -> TrainResult:
     """Train the student on preference pairs `{"input", "prompt"?, "chosen", "rejected"}`; resumable, recorded under
     `objective` when `store` is given. Without `dataset_id` the pairs themselves identify the dataset."""
-    # 1. A finished run is not trained again; merging, when asked, is a step after training.
-    key = _dataset_key(pairs, dataset_id) if pairs else None
-    trained = replace(config, merge_lora=False)
-    recorded = recorded_result(config, objective=objective, store=store, run_id=run_id, dataset_id=dataset_id,
-                               training_id=(lambda c: training_id_for(c, key, objective)) if pairs else None)
-    if recorded is not None:
-        return merge_adapter(recorded, config, store=store) if config.merge_lora else recorded
-
-    _check_pairs(pairs)
-    result = run_training(
-        trained,
+    key = dataset_key(pairs, dataset_id, ("input", "prompt", "chosen", "rejected"))
+    return run_training(
+        config,
         objective=objective,
-        training_id=training_id_for(trained, key, objective),
-        build=lambda model, tokenizer, callbacks: _dpo_trainer(model, tokenizer, pairs, trained,
-                                                               Path(config.output_dir), callbacks),
+        training_id=lambda c: training_id_for(c, key, objective),
         n_examples=len(pairs),
+        check_data=lambda: _check_pairs(pairs),
+        build=lambda trained, model, tokenizer, callbacks: _dpo_trainer(model, tokenizer, pairs, trained,
+                                                                        Path(trained.output_dir), callbacks),
         what="pair",
         error=DPOError,
         check_model=lambda model: require_causal(model, "DPO", DPOError),
@@ -200,4 +156,3 @@ def train_dpo(
         progress=progress,
         description=objective,
     )
-    return merge_adapter(result, config, store=store) if config.merge_lora else result

@@ -21,6 +21,7 @@ from programs.student import Student
 from programs.teach import candidate_id
 from store import Store, stable_id, to_json
 from store.callback import last_lm_call_id
+from store.cli import ArgumentParser, code_version, entry_point, quiet_libraries
 
 
 def student_outputs(store: Store, student: Student, student_lm: dspy.LM, inputs: list[dict], *, producer: str,
@@ -149,13 +150,13 @@ def _student_spec(student: str) -> tuple[str, str]:
     return f"local/{student}", student
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
     """Evaluate any student checkpoint on any input file against the teacher; print WTR with its CI and store it."""
-    import argparse
     import os
 
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    ap = argparse.ArgumentParser(prog="python -m finetune.evaluate", description=main.__doc__)
+    ap = ArgumentParser(prog="python -m finetune.evaluate", description=main.__doc__)
     ap.add_argument("--student", required=True, help="checkpoint folder (e.g. out/student-ft-…/final), embedded name")
     ap.add_argument("--inputs", required=True, help=".txt/.jsonl/.csv/.parquet; a 'reference' column holds the "
                                                     "teacher's outputs, otherwise the teacher writes (and caches) them")
@@ -168,38 +169,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", help="DuckDB store (default: $CRITIC_DISTILL_DB or ./traces.duckdb)")
     args = ap.parse_args(argv)
 
-    from finetune.student import StudentError
-    from finetune.student import _resolve as resolve_student
-    from programs.compile import _quiet_libraries
+    from programs.student_lm import _resolve as resolve_student
     from programs.inputs import InputError, load_file
-    from programs.lm import ModelSpecError, check_reachable, resolve_lm
-    from programs.models import ModelError
+    from programs.lm import check_reachable, resolve_lm
     from programs.progress import console
-    from programs.tasks import TaskError, get_task
+    from programs.tasks import get_task
 
-    _quiet_libraries()
-    try:
-        if args.limit is not None and args.limit < 1:
-            raise InputError("--limit must be a positive integer")
-        try:
-            task = get_task(args.task)
-        except TaskError as e:
-            raise InputError(str(e)) from e
-        rows = load_file(args.inputs)[: args.limit]
-        student_spec, producer = _student_spec(args.student)
-        resolve_student(student_spec[len("local/"):])
-        teacher_spec = args.teacher or args.critic
-        critic_lm = resolve_lm(args.critic, temperature=0.0, max_tokens=96)
-        judge_lm = resolve_lm(args.judge, temperature=0.0, max_tokens=96) if args.judge else None
-        need_teacher = any("reference" not in r for r in rows)
-        teacher_lm = resolve_lm(teacher_spec, temperature=0.8, max_tokens=160, seed=0) if need_teacher else None
-        for lm in (critic_lm, judge_lm, teacher_lm):
-            if lm is not None:
-                check_reachable(lm)
-        summary = _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, critic_lm, judge_lm, teacher_lm)
-    except (InputError, ModelSpecError, ModelError, StudentError) as e:
-        console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
-        return 2
+    quiet_libraries()
+    if args.limit is not None and args.limit < 1:
+        raise InputError("--limit must be a positive integer")
+    task = get_task(args.task)
+    rows = load_file(args.inputs)[: args.limit]
+    student_spec, producer = _student_spec(args.student)
+    resolve_student(student_spec[len("local/"):])
+    teacher_spec = args.teacher or args.critic
+    critic_lm = resolve_lm(args.critic, temperature=0.0, max_tokens=96)
+    judge_lm = resolve_lm(args.judge, temperature=0.0, max_tokens=96) if args.judge else None
+    need_teacher = any("reference" not in r for r in rows)
+    teacher_lm = resolve_lm(teacher_spec, temperature=0.8, max_tokens=160, seed=0) if need_teacher else None
+    for lm in (critic_lm, judge_lm, teacher_lm):
+        if lm is not None:
+            check_reachable(lm)
+    summary = _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, critic_lm, judge_lm, teacher_lm)
     for name, result in summary.items():
         console.print(f"[bold]{name}[/]: WTR mean P {result['wtr_prob']} · decisions {result['wtr_decision']}",
                       highlight=False)
@@ -226,7 +217,7 @@ def _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, criti
     run_id = stable_id("evaluate", producer, args.critic, args.judge, digest, args.limit,
                        *(() if task.name == "humor" else (task.name,)))  # humor keeps its earlier ids
     run_row = {"run_id": run_id, "started_at": datetime.now(), "status": "running", "command": "python -m finetune.evaluate",
-               "profile": None, "config": to_json(vars(args)), "code_version": None}
+               "profile": None, "config": to_json(vars(args)), "code_version": code_version()}
     store.insert("runs", [run_row], replace=True)
     items = [{"input_id": stable_id("input", task.name, r["text"]), "text": r["text"]} for r in rows]
     store.insert("inputs", [{**it, "task": task.name, "split": r["split"], "source": str(Path(args.inputs).resolve()),

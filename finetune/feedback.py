@@ -20,7 +20,7 @@ import dspy
 from metrics.judge import judge_pairs
 from finetune.pairs import select_pair, within_length
 from finetune.sample import sample_candidates
-from finetune.student import load_student
+from programs.student_lm import load_student
 from programs.critic import Critic
 from programs.progress import stage_progress
 from programs.student import training_prompt

@@ -22,13 +22,14 @@ import dspy
 
 from metrics.judge import judge_pairs
 from finetune.feedback import FeedbackConfig, judge_round, sample_producer, sample_round
-from finetune.imitate import TrainResult, changed_settings
+from finetune.runner import TrainResult, changed_settings
 from programs.critic import Critic
 from programs.student import training_prompt
 from programs.tasks import Task
 from store import Store, stable_id, to_json
+from store.cli import UserError
+from programs.config import OBJECTIVE_NAMES  # the one list; the config validates against it
 
-OBJECTIVES = ("ft", "sd", "brio", "dpo", "brio-dpo")
 
 SFT_SQL = ("SELECT input, output FROM teacher_pairs WHERE teacher = $teacher AND split = 'train' "
            "AND list_contains($inputs, input_id) ORDER BY input_id, rank")
@@ -51,7 +52,7 @@ BRIO_SQL = ("SELECT input_id, input, text, score FROM teacher_scores WHERE teach
 REQUIRED = {"sft": {"input", "output"}, "pairs": {"input", "chosen", "rejected"}, "brio": {"input_id", "input", "text"}}
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """A dataset query that cannot be used: one line naming what is wrong."""
 
 
@@ -136,14 +137,14 @@ def _out(ctx: ObjectiveContext, name: str, config: Any, *parts: Any, skip: tuple
 
 
 def _imitation(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], dataset_id: str, name: str,
-               objective: str, epochs: float) -> TrainResult:
+               epochs: float) -> TrainResult:
     from finetune.imitate import ImitationConfig, train_imitation
 
     cfg = ImitationConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
                           **{**ctx.train_settings, "epochs": epochs})
     cfg.output_dir = _out(ctx, name, cfg, base.checkpoint_id, dataset_id, epochs, skip=("epochs",))
     pairs = [{"input": r["input"], "output": r["output"], "prompt": training_prompt(ctx.task, r["input"])} for r in rows]
-    return train_imitation(pairs, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id, objective=objective)
+    return train_imitation(pairs, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id, objective=name)
 
 
 def _dpo(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], dataset_id: str, name: str, epochs: float) -> TrainResult:
@@ -179,7 +180,7 @@ def _feedback_rounds(ctx: ObjectiveContext, name: str, start: TrainResult) -> Tr
                 "with identical ones; min_confidence / both_orders_agree drop the unsure ones); see "
                 "`python -m store query \"SELECT * FROM feedback_pairs\"`")
         if name == "sd":
-            current = _imitation(ctx, current, rows, dataset_id, "sd", "sd", epochs)
+            current = _imitation(ctx, current, rows, dataset_id, "sd", epochs)
         else:
             current = _dpo(ctx, current, rows, dataset_id, name, epochs)
     return current
@@ -224,14 +225,14 @@ def run_objective(name: str, ctx: ObjectiveContext) -> TrainResult:
     """Train `name` from the warm start; returns the final model (a merged full-model folder)."""
     if name == "ft":
         rows, dataset_id = sql_dataset(ctx.store, "sft", ctx.sft_sql, ctx.params(), name="ft", run_id=ctx.run_id)
-        return _imitation(ctx, ctx.warm, rows, dataset_id, "ft", "ft", float(ctx.train_settings.get("epochs", 1.0)))
+        return _imitation(ctx, ctx.warm, rows, dataset_id, "ft", float(ctx.train_settings.get("epochs", 1.0)))
     if name in ("sd", "dpo"):
         return _feedback_rounds(ctx, name, ctx.warm)
     if name == "brio":
         return _brio(ctx, ctx.warm)
     if name == "brio-dpo":
         return _feedback_rounds(ctx, "brio-dpo", _brio(ctx, ctx.warm))
-    raise ValueError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)} or all")
+    raise ValueError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVE_NAMES)} or all")
 
 
-__all__ = ["OBJECTIVES", "DatasetError", "ObjectiveContext", "check_query", "run_objective", "sql_dataset"]
+__all__ = ["DatasetError", "ObjectiveContext", "check_query", "run_objective", "sql_dataset"]

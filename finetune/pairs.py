@@ -1,4 +1,4 @@
-"""Pick the pair the critic judges, and the length filter (DESIGN §1: feedback).
+"""Pick the pair the critic judges, and the length filter (the paper's feedback step).
 
 The paper samples k = 6 candidates from the student, takes "the pair with the largest n-gram edit distance", has
 the critic label one positive and one negative, and drops pairs whose length ratio to the input lies outside

@@ -121,7 +121,7 @@ def _fmt(v: Any, fmt: str = "{:.2f}") -> str:
 
 def _moved_lines(evaluations: list[dict]) -> list[str]:
     """Per student: what training did to it (the run's summary) and the critic-independent checks of its outputs."""
-    from finetune.imitate import training_summary
+    from finetune.runner import training_summary
 
     rows, seen = [], set()
     for e in evaluations:

@@ -1,4 +1,4 @@
-"""Sample k candidates per input from the student: the first half of the feedback step (DESIGN §1, §2 stage 4).
+"""Sample k candidates per input from the student: the first half of the feedback step (the paper's k = 6).
 
     sample_candidates(model, tokenizer, prompts, k=6, method="nucleus")        -> list[list[str]], k per prompt
 
@@ -6,7 +6,7 @@ Prompts are chat messages (as `programs.student.training_prompt` writes them) or
 - chat messages render exactly as `programs.lm.TransformersEngine` renders them at inference: the tokenizer's chat
   template with `add_generation_prompt=True` for a causal model (the contents joined with a blank line when the
   tokenizer has no template), the contents joined with "\\n\\n" for a seq2seq model;
-- a plain string is the model input verbatim (e.g. what `finetune.student.format_prompt` returns).
+- a plain string is the model input verbatim (e.g. what `programs.student_lm.format_prompt` returns).
 Special tokens are added by the tokenizer for seq2seq inputs only (causal prompts carry theirs in the template),
 again as the engine does, so the student is sampled on the very tokens it sees in the pipeline.
 
@@ -284,7 +284,7 @@ def sample_candidates(
         raise ValueError("k must be at least 1")
     if not prompts:
         return []
-    from finetune.student import is_seq2seq
+    from programs.student_lm import is_seq2seq
 
     seq2seq = is_seq2seq(model)
     texts = [render_prompt(tokenizer, p, seq2seq=seq2seq) for p in prompts]

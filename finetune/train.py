@@ -1,12 +1,12 @@
 """Train the student with one objective on a JSONL file: the CLI over `finetune.imitate`, `finetune.dpo` and
 `finetune.brio`.
 
-    python -m finetune.train --objective sft  --data pairs.jsonl  --base smollm2-135m-instruct --out runs/ft
+    python -m finetune.train --objective imitation --data pairs.jsonl  --base smollm2-135m-instruct --out runs/ft
     python -m finetune.train --objective dpo  --data prefs.jsonl  --base runs/ft/merged --out runs/dpo
     python -m finetune.train --objective brio --data ranked.jsonl --base runs/ft/merged --out runs/brio --db t.duckdb
 
 One JSON object a line:
-    sft   {"input": ..., "output": ..., "prompt"?: [chat messages]}
+    imitation {"input": ..., "output": ..., "prompt"?: [chat messages]}
     dpo   {"input": ..., "prompt"?: [...], "chosen": ..., "rejected": ...}
     brio  {"input": ..., "prompt"?: [...], "candidates": [best, ..., worst], "reference"?: ...}
 
@@ -18,7 +18,8 @@ Every process trains; only the first writes the store rows, the final model and 
 (`accelerate launch --cpu --num_processes N` starts one process: accelerate runs several CPU processes only through
 mpirun with `--mpirun_hostfile`.)
 
-Prints the trained model's path on stdout; errors are one line on stderr, exit status 2.
+Prints the trained model's path on stdout; errors are one line on stderr: exit status 2 for a bad flag or data file,
+1 when the store fails (the table is in `store.cli`).
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-OBJECTIVES = ("sft", "dpo", "brio")
+from store.cli import ArgumentParser, UserError, entry_point  # noqa: E402
+
+TRAINERS = ("imitation", "dpo", "brio")  # `sft` is accepted for imitation, its earlier name
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """A bad flag or data file (one line, exit 2)."""
 
 
@@ -73,19 +76,14 @@ def _positive(kind):
     return parse
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not argparse's usage block
-        self.exit(2, f"error: {message} (see python -m finetune.train --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from finetune.student import DEFAULT_STUDENT
+    from programs.student_lm import DEFAULT_STUDENT
 
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="python -m finetune.train", description=__doc__.split("\n\n")[0].replace("\n", " "),
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
     )
-    parser.add_argument("--objective", required=True, choices=OBJECTIVES)
+    parser.add_argument("--objective", required=True, choices=TRAINERS + ("sft",))
     parser.add_argument("--data", required=True, help="JSONL file, one row a line (shapes below)")
     parser.add_argument("--base", default=DEFAULT_STUDENT,
                         help="student to start from: embedded name, model/adapter folder, GGUF file "
@@ -111,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace):
-    if args.objective == "sft":
+    if args.objective in ("imitation", "sft"):
         from finetune.imitate import ImitationConfig as Config
     elif args.objective == "dpo":
         from finetune.dpo import DPOTrainConfig as Config
@@ -133,7 +131,7 @@ def _config(args: argparse.Namespace):
 
 def train(args: argparse.Namespace):
     """Run the objective that `args` names; returns its TrainResult."""
-    from finetune.imitate import is_main_process
+    from finetune.runner import is_main_process
 
     config = _config(args)
     rows = read_rows(args.data)
@@ -143,7 +141,7 @@ def train(args: argparse.Namespace):
 
         store = Store(args.db)
     common = dict(store=store, run_id=args.run_id, dataset_id=args.dataset_id, progress=not args.no_progress)
-    if args.objective == "sft":
+    if args.objective in ("imitation", "sft"):
         from finetune.imitate import train_imitation
 
         return train_imitation(rows, config, **common)
@@ -172,12 +170,9 @@ def _single_cpu_launch() -> bool:
     return use_cpu and "MASTER_ADDR" in os.environ and not any(v in os.environ for v in launcher_vars)
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # bad flags: argparse's one-line error, exit 2
-    from finetune.imitate import TrainingError
-    from finetune.student import StudentError
-    from store.db import StoreError
-
+    args = build_parser().parse_args(argv)  # bad flags: a one-line error, exit 2
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if _single_cpu_launch():
         print("warning: `accelerate launch --cpu` starts one process whatever --num_processes says (accelerate runs "
@@ -186,9 +181,6 @@ def main(argv: list[str] | None = None) -> int:
               "...`", file=sys.stderr)
     try:
         result = train(args)
-    except (UsageError, TrainingError, StudentError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     finally:
         _end_process_group()
     print(f"finetune.train: rank {rank} of {world} done, {result.steps} steps", file=sys.stderr)

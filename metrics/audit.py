@@ -42,15 +42,15 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from metrics.winrate import Estimate, bootstrap  # noqa: E402
+from store.cli import ArgumentParser, UserError, code_version, entry_point, quiet_libraries  # noqa: E402
 
-EXIT_USAGE = 2
 DEFAULT_CRITIC = "local/qwen2.5-coder-1.5b-instruct"
 from programs.critic_rule import DEFAULT as DEFAULT_SETTINGS  # noqa: E402
 CRITIC_MAX_TOKENS = 96
 FIELDS = ("input", "better", "worse")
 
 
-class AuditError(Exception):
+class AuditError(UserError):
     """A bad pairs file or audit request: one line for the user."""
 
 
@@ -125,10 +125,6 @@ def audit_input_id(task_name: str, text: str) -> str:
 
 def _words(text: str) -> int:
     return len(text.split())
-
-
-def _share(flags: list[bool]) -> float | None:
-    return sum(flags) / len(flags) if flags else None
 
 
 def _num(x: float | None) -> float | None:
@@ -358,10 +354,6 @@ def as_json(result: dict[str, Any]) -> dict[str, Any]:
 # -- CLI ---------------------------------------------------------------------------------------------------------
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
-
-
 def _pct_ci(e: Estimate) -> str:
     if e.n == 0:
         return "-"
@@ -418,7 +410,7 @@ def parser() -> argparse.ArgumentParser:
     from programs.critic_rule import AGGREGATES, MODES
 
     d = DEFAULT_SETTINGS
-    p = argparse.ArgumentParser(prog="python -m metrics.audit", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="python -m metrics.audit", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", required=True, metavar="FILE.jsonl",
                    help="labeled pairs: one {input, better, worse} object per line (optional worse_kind, split)")
@@ -491,7 +483,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
     critic = critic_from_args(args, task)
     settings = critic.settings
-    _quiet_libraries()
+    quiet_libraries()
     critic_lm = resolve_lm(args.critic, temperature=0.0, max_tokens=CRITIC_MAX_TOKENS, seed=0)
     check_reachable(critic_lm)
     db = args.db or default_path()
@@ -506,7 +498,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                "profile": None, "config": to_json({"pairs": source, "critic": args.critic, "limit": args.limit,
                                                      "split": args.split, "file_sha": pair_file.sha, "task": args.task,
                                                      "settings": asdict(settings)}),
-               "code_version": _code_version()}
+               "code_version": code_version()}
     store.insert("runs", [run_row], replace=True)
     console.print(f"audit {run_id[:12]} · critic {args.critic} · {settings.method} · {len(pairs)} pairs · store {db}",
                   highlight=False)
@@ -522,26 +514,6 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     return result
 
 
-def _quiet_libraries() -> None:
-    """The progress bar tells the story; the libraries' warnings and log chatter would drown it."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    for name in ("LiteLLM", "litellm", "httpx", "dspy"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def _code_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("critic-distill")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def resolve_lm(spec: str, **kwargs):
     """`programs.lm.resolve_lm` (a seam for tests, which put a deterministic judge here)."""
     from programs.lm import resolve_lm as resolve
@@ -549,39 +521,17 @@ def resolve_lm(spec: str, **kwargs):
     return resolve(spec, **kwargs)
 
 
+@entry_point(interrupted="interrupted: rerun the same command to finish (judgments so far are kept)")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     command = "python -m metrics.audit " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    try:
-        result = run(args, command)
-    except AuditError as e:
-        return _fail(e)
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to finish (judgments so far are kept)", file=sys.stderr)
-        return 130
-    except Exception as e:  # typed errors from the model and store layers: one line, no traceback
-        from programs.lm import ModelSpecError
-        from programs.models import ModelError
-        from store import StoreError
-
-        if isinstance(e, (ModelSpecError, ModelError)):
-            return _fail(e)
-        if isinstance(e, StoreError):
-            return _fail(e, 1)
-        raise
+    result = run(args, command)
     if args.format == "json":
         print(json.dumps(as_json({k: v for k, v in result.items() if k != "items"}) | {"items": result["items"]},
                          default=str, indent=2))
     else:
         print_table(result)
     return 0
-
-
-def _fail(e: Exception | str, code: int = EXIT_USAGE) -> int:
-    from programs.progress import console
-
-    console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
-    return code
 
 
 if __name__ == "__main__":

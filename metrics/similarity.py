@@ -1,10 +1,9 @@
-"""Sentence-embedding similarity on the bundled all-MiniLM-L6-v2 (DESIGN §3: meaning preservation, diversity,
-pair selection). Offline, CPU, loaded once per process.
+"""Sentence-embedding similarity on the bundled all-MiniLM-L6-v2 (meaning preservation, diversity, pair
+selection). Offline, CPU, loaded once per process.
 
     embed(texts)                          -> (n, 384) float32, unit-length rows
     cosine(a_texts, b_texts)              -> [cos(a_i, b_i)]
     meaning_preservation(inputs, outputs) -> [cos(input_i, output_i)]
-    embedding_distance(a, b)              -> 1 - cos(a, b)
 """
 
 from __future__ import annotations
@@ -60,8 +59,3 @@ def cosine(a_texts: Sequence[str], b_texts: Sequence[str]) -> list[float]:
 def meaning_preservation(inputs: Sequence[str], outputs: Sequence[str]) -> list[float]:
     """How much of each input's meaning its output keeps: cosine of their embeddings (1 = same meaning)."""
     return cosine(inputs, outputs)
-
-
-def embedding_distance(a: str, b: str) -> float:
-    """1 - cosine similarity of two texts: 0 for the same meaning, up to 2 (about 1 for unrelated sentences)."""
-    return 1.0 - cosine([a], [b])[0]

@@ -1,7 +1,7 @@
 """Win-tie rate of a student against a reference, with a bootstrap confidence interval.
 
 Each item carries the critic's debiased P(student >= reference), averaged over both presentation orders. Two
-readings, both reported (DESIGN.md §3): the paper's WTR, the mean of that probability, and the decision WTR, the
+readings, both reported: the paper's WTR, the mean of that probability, and the decision WTR, the
 share of items where the probability favours the student (ties, p = 0.5, count as wins: win-*tie* rate).
 """
 

@@ -20,12 +20,15 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -34,25 +37,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from programs.config import PROFILES, ConfigError, PipelineConfig, build_config  # noqa: E402
 from programs.inputs import InputError, load_inputs  # noqa: E402
 from programs.progress import console  # noqa: E402
-
-EXIT_USAGE = 2
-EXIT_BUDGET = 3  # --max-calls / --max-cost reached: stopped cleanly, a rerun with a higher budget continues
-
-
-def _code_version() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        if out.returncode == 0:
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("critic-distill")
-    except PackageNotFoundError:
-        return "unknown"
+from store.cli import ArgumentParser, code_version, entry_point, quiet_libraries  # noqa: E402
 
 
 def select_inputs(cfg: PipelineConfig, task) -> dict[str, list[dict]]:
@@ -88,6 +73,421 @@ def store_inputs(store, cfg: PipelineConfig, task, chosen: dict[str, list[dict]]
                             for items in chosen.values() for r in items])
 
 
+# -- the pipeline: one function per stage, called in order ----------------------------------------------------------
+
+
+@dataclass
+class LMs:
+    """The run's language models, resolved and reachable."""
+
+    teacher: Any
+    critic: Any
+    judge: Any | None  # the second, independent judge (--judge)
+    reflection: Any | None  # proposes instructions for MIPROv2 / GEPA
+
+
+@dataclass
+class Pipeline:
+    """What every stage reads: the config, the task and its inputs, the models, the open store and this run's row."""
+
+    cfg: PipelineConfig
+    task: Any
+    chosen: dict[str, list[dict]]  # the inputs per split: train, the evaluation split, ood
+    lms: LMs
+    store: Any
+    callback: Any  # the store's DSPy callback (the time it took goes into the last line)
+    run_row: dict
+    out_dir: Path
+    db: str
+    command: str
+    started: float
+
+    @property
+    def run_id(self) -> str:
+        return self.run_row["run_id"]
+
+    @property
+    def evaluated(self) -> list[dict]:
+        """The inputs students are evaluated on (`eval_split`)."""
+        return self.chosen[self.cfg.eval_split]
+
+    def stage(self, name: str):
+        """Record what happens inside as this run's stage `name`."""
+        from store.callback import trace_context
+
+        return trace_context(run_id=self.run_id, stage=name)
+
+    def threads(self, spec: str) -> int:
+        return _threads(self.cfg, spec)
+
+    @cached_property
+    def critic(self):
+        """The critic the config describes: it judges the feedback pairs and the students."""
+        from programs.critic import Critic
+
+        return Critic(self.task, self.cfg.critic_settings(), max_tokens=self.cfg.critic_max_tokens)
+
+
+@dataclass
+class Teaching:
+    """Who teaches: the program, the producer name its candidates carry in the store, and the optimizer's result
+    (None: the teacher as written)."""
+
+    program: Any
+    name: str
+    optimized: Any | None = None
+
+
+@dataclass
+class Results:
+    """What the evaluate stage found."""
+
+    evaluations: list[dict]  # one per student, split and judge
+    lift: list[dict]  # what feedback bought, per trained student against the warm start
+    best: str  # the student `<out>/student` points at
+    teacher_quality: dict | None  # the optimized teacher against the one as written
+
+
+def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
+    """Run (or finish) the pipeline for `cfg`; returns the evaluation summary."""
+    _load_stages()
+    task, chosen = _check(cfg)  # a bad task or bad inputs fail here, before any model is loaded
+    lms = _models(cfg)
+    p = _start(cfg, task, chosen, lms, db=db, out=out, command=command)
+    with _recorded(p):
+        _inputs(p)
+        teacher = _optimize(p)
+        taught = _teach(p, teacher)
+        warm, pairs = _imitate(p, teacher)
+        students = _feedback(p, teacher, warm)
+        results = _evaluate(p, teacher, students)
+        report = _report(p, warm, pairs, results)
+    first = results.evaluations[0]
+    summary = {"run_id": p.run_id, "teach": taught, "checkpoint": warm.path, "report": str(report),
+               "wtr_prob": first["wtr_prob"], "wtr_decision": first["wtr_decision"],
+               "models": {label: model.path for label, model in students}}
+    _print_results(p, results, report)
+    return summary
+
+
+def _load_stages() -> None:
+    """Import every stage's code in one place, before the first model loads: a broken install fails now rather than
+    hours into a run, and the libraries load in the order they always have (torch before llama.cpp)."""
+    import importlib
+
+    for name in ("dspy", "finetune.evaluate", "finetune.feedback", "finetune.objectives", "finetune.imitate",
+                 "finetune.report", "programs.adapter", "programs.critic", "programs.lm", "finetune.optimize", "finetune.runner",
+                 "programs.student", "programs.tasks", "programs.teach", "programs.teacher", "store.db",
+                 "store.budget", "store.callback"):
+        importlib.import_module(name)
+
+
+def _check(cfg: PipelineConfig) -> tuple[Any, dict[str, list[dict]]]:
+    """The task and its inputs per split, checked before any model loads."""
+    from programs.tasks import TaskError, get_task
+
+    try:
+        task = get_task(cfg.task)
+    except TaskError as e:
+        raise ConfigError(str(e)) from e
+    if cfg.critic_rubrics > len(task.rubrics):
+        raise ConfigError(f"critic_rubrics = {cfg.critic_rubrics}, but task {task.name!r} has {len(task.rubrics)} "
+                          "phrasing(s) of its rubric (critic_instruction, critic_rubrics)")
+    return task, select_inputs(cfg, task)
+
+
+def _models(cfg: PipelineConfig) -> LMs:
+    """Resolve the teacher, the critic, the second judge and the reflection LM, check the student spec, then reach
+    each model: a spec that is wrong, or a hosted model that does not answer, fails here, before any work."""
+    from programs.student_lm import _resolve as resolve_student
+    from programs.lm import check_reachable, resolve_lm
+
+    lms = LMs(
+        teacher=resolve_lm(cfg.teacher, temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p,
+                           max_tokens=cfg.teacher_max_tokens, seed=cfg.seed),
+        critic=resolve_lm(cfg.critic, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed),
+        judge=(resolve_lm(cfg.judge, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed)
+               if cfg.judge else None),
+        reflection=(resolve_lm(cfg.reflection_lm or cfg.teacher, temperature=0.7, max_tokens=512, seed=cfg.seed)
+                    if cfg.optimize in ("mipro", "gepa") else None))
+    resolve_student(cfg.student)
+    check_reachable(lms.teacher)
+    check_reachable(lms.critic)
+    if lms.judge is not None:
+        check_reachable(lms.judge)
+    if cfg.reflection_lm and lms.reflection is not None:
+        check_reachable(lms.reflection)
+    return lms
+
+
+def _start(cfg: PipelineConfig, task, chosen: dict[str, list[dict]], lms: LMs, *, db: str, out: str,
+           command: str) -> Pipeline:
+    """Open the store and record every LM call into it (within the budget), check the user's SQL, and write this
+    run's row (status 'running'; the id is the config's, so a rerun is the same run)."""
+    import dspy
+
+    from finetune.objectives import check_query
+    from programs.adapter import LabeledAdapter
+    from store import Store, stable_id, to_json
+    from store.budget import Budget
+    from store.callback import install
+
+    started = time.monotonic()
+    store = Store(db)
+    callback = install(store, budget=Budget(cfg.max_calls, cfg.max_cost))
+    dspy.configure(adapter=LabeledAdapter())
+    run_id = stable_id("run", cfg.identity())
+    run_row = {"run_id": run_id, "started_at": datetime.now(), "status": "running", "command": command,
+               "profile": cfg.profile, "config": to_json(asdict(cfg)), "code_version": code_version()}
+    params = {"teacher": cfg.teacher, "judge": cfg.critic, "producer": "", "method": "", "inputs": [], "pairs": [],
+              "min_confidence": float(cfg.min_confidence), "both_orders": bool(cfg.both_orders_agree)}
+    if cfg.sft_sql:
+        check_query(store, "sft", cfg.sft_sql, params, name="--sft-sql")
+    if cfg.pairs_sql:
+        check_query(store, "pairs", cfg.pairs_sql, params, name="--pairs-sql")
+    store.insert("runs", [run_row], replace=True)
+    out_dir = Path(out)
+    console.print(f"run {run_id[:12]} · profile {cfg.profile} · store {db} · out {out_dir}", soft_wrap=True)
+    return Pipeline(cfg=cfg, task=task, chosen=chosen, lms=lms, store=store, callback=callback, run_row=run_row,
+                    out_dir=out_dir, db=db, command=command, started=started)
+
+
+@contextmanager
+def _recorded(p: Pipeline) -> Iterator[None]:
+    """The run's status when the stages end (finished; stopped by a budget; interrupted; failed), then the store
+    closed: flushed, then checkpointed, one self-contained file when the command ends."""
+    from store.budget import BudgetExceeded
+
+    def status(value: str) -> None:
+        p.store.insert("runs", [{**p.run_row, "status": value, "finished_at": datetime.now()}], replace=True)
+
+    try:
+        yield
+        status("finished")
+    except KeyboardInterrupt:
+        status("interrupted")
+        raise
+    except BudgetExceeded:
+        status("stopped")
+        raise
+    except BaseException:
+        status("failed")
+        raise
+    finally:
+        p.store.close()
+
+
+def _inputs(p: Pipeline) -> None:
+    """Store the chosen inputs (stable ids: a rerun finds the same rows)."""
+    with p.stage("inputs"):
+        store_inputs(p.store, p.cfg, p.task, p.chosen)
+
+
+def _optimize(p: Pipeline) -> Teaching:
+    """With --optimize, DSPy optimizes the teacher with the critic as metric (the program is saved and reused);
+    otherwise the teacher teaches as written."""
+    from programs.teacher import Teacher
+
+    cfg = p.cfg
+    if not cfg.optimize:
+        return Teaching(Teacher(p.task, n=cfg.n_candidates), cfg.teacher)
+    from finetune.optimize import OptimizeSettings, optimize_teacher
+
+    with p.stage("optimize"):
+        optimized = optimize_teacher(
+            p.store, p.task, settings=OptimizeSettings(cfg.optimize, train_size=cfg.optimize_inputs // 2,
+                                                       val_size=cfg.optimize_inputs - cfg.optimize_inputs // 2,
+                                                       trials=cfg.optimize_trials,
+                                                       max_metric_calls=6 * cfg.optimize_trials, seed=cfg.seed),
+            n=cfg.n_candidates, teacher_name=cfg.teacher, teacher_lm=p.lms.teacher, critic_name=cfg.critic,
+            critic_lm=p.lms.critic, reflection_lm=p.lms.reflection, train=p.chosen["train"], run_id=p.run_id,
+            out_dir=p.out_dir)
+    return Teaching(optimized.program, optimized.producer, optimized)
+
+
+def _teach(p: Pipeline, teacher: Teaching) -> dict:
+    """The teacher writes N candidates for every input (the ones the store has already are not asked again)."""
+    from programs.teach import teach
+    from programs.teacher import Teacher
+
+    cfg = p.cfg
+    with p.stage("teach"):
+        taught = teach(p.store, teacher.program, p.lms.teacher, [r for rows in p.chosen.values() for r in rows],
+                       producer=teacher.name, run_id=p.run_id, threads=p.threads(cfg.teacher))
+        if teacher.optimized is not None:  # the teacher as written, on the evaluation inputs: the "before"
+            teach(p.store, Teacher(p.task, n=cfg.n_candidates), p.lms.teacher, p.evaluated, producer=cfg.teacher,
+                  run_id=p.run_id, threads=p.threads(cfg.teacher))
+    return taught
+
+
+def _imitate(p: Pipeline, teacher: Teaching) -> tuple[Any, list[dict]]:
+    """The warm start: the student trained on the teacher's pairs (SFT; --sft-sql chooses them). Returns the trained
+    student and its training pairs."""
+    from finetune.imitate import ImitationConfig, train_imitation
+    from finetune.objectives import SFT_SQL, sql_dataset
+    from programs.config import objectives
+    from programs.student import training_prompt
+
+    cfg = p.cfg
+    with p.stage("imitate"):
+        params = {"teacher": teacher.name, "inputs": [r["input_id"] for r in p.chosen["train"]]}
+        rows, dataset_id = sql_dataset(p.store, "sft", cfg.sft_sql or SFT_SQL, params, name="imitation",
+                                       run_id=p.run_id)
+        if not rows:
+            raise InputError("the teacher produced no usable training pairs (see failed calls: "
+                             "python -m store query \"SELECT error, response FROM lm_calls WHERE stage='teach'\")")
+        pairs = [{"input": r["input"], "output": r["output"], "prompt": training_prompt(p.task, r["input"])}
+                 for r in rows]
+        icfg = ImitationConfig(base_model=cfg.student, merge_lora=False, instruction=p.task.student_instruction,
+                               **_warmstart_settings(cfg))
+        icfg.output_dir = str(_warm_start_dir(p.out_dir, icfg, dataset_id))
+        if cfg.merge_lora or objectives(cfg):  # the objectives start from a full model: merge after training
+            icfg.merge_lora = True
+        warm = train_imitation(pairs, icfg, store=p.store, run_id=p.run_id, dataset_id=dataset_id)
+    return warm, pairs
+
+
+def _feedback(p: Pipeline, teacher: Teaching, warm) -> list[tuple[str, Any]]:
+    """Each objective (--objective) trained from the warm start on the critic's judgments of the student's own
+    samples. Returns the students as (label, model), the warm start first."""
+    from programs.config import objectives
+
+    wanted = objectives(p.cfg)
+    students = [("FT (imitation)" if not wanted else "warm start (imitation)", warm)]
+    if not wanted:
+        return students
+    import dspy
+
+    from finetune.feedback import FeedbackConfig
+    from finetune.objectives import ObjectiveContext, run_objective
+
+    cfg = p.cfg
+    ctx = ObjectiveContext(
+        store=p.store, task=p.task, run_id=p.run_id, out_dir=p.out_dir, warm=warm, train_inputs=p.chosen["train"],
+        teacher=teacher.name, critic=p.critic, critic_lm=p.lms.critic, critic_name=cfg.critic,
+        train_settings=_objective_settings(cfg), feedback_every=cfg.feedback_every,
+        learning_rates={"dpo": cfg.dpo_learning_rate, "brio": cfg.brio_learning_rate},
+        dpo_settings=dict(beta=cfg.dpo_beta, loss_type=cfg.dpo_loss_type, loss_weights=cfg.dpo_loss_weights,
+                          label_smoothing=cfg.dpo_label_smoothing),
+        feedback=FeedbackConfig(k=cfg.k_samples, method=cfg.sampling, pair_selection=cfg.pair_selection,
+                                temperature=cfg.sampling_temperature, top_p=cfg.sampling_top_p,
+                                anchor=cfg.pair_anchor, min_confidence=cfg.min_confidence,
+                                both_orders_agree=cfg.both_orders_agree,
+                                length_lo=cfg.length_band[0], length_hi=cfg.length_band[1], seed=cfg.seed,
+                                max_new_tokens=cfg.student_max_tokens),
+        threads=p.threads(cfg.critic), **({"sft_sql": cfg.sft_sql} if cfg.sft_sql else {}),
+        **({"pairs_sql": cfg.pairs_sql} if cfg.pairs_sql else {}))
+    for name in wanted:
+        with p.stage(name), dspy.context(lm=p.lms.critic):
+            students.append((LABELS[name], run_objective(name, ctx)))
+    return students
+
+
+def _evaluate(p: Pipeline, teacher: Teaching, students: list[tuple[str, Any]]) -> Results:
+    """Every student against the teacher; the critic-independent checks; what feedback bought; the best student
+    linked as `<out>/student`; the optimized teacher against the one as written."""
+    cfg = p.cfg
+    evaluations = _judge_students(p, teacher, students)
+    _checks(evaluations)
+    lift = []
+    if len(students) > 1:
+        with p.stage("evaluate"):
+            lift = _lift(p.store, students, evaluations, critic=p.critic, critic_lm=p.lms.critic,
+                         critic_name=cfg.critic, inputs=p.evaluated, split=cfg.eval_split, run_id=p.run_id,
+                         threads=p.threads(cfg.critic))
+    best = _link_student(p.out_dir, students, evaluations, cfg.critic, cfg.eval_split)
+    teacher_quality = _teacher_quality(p, teacher) if teacher.optimized is not None else None
+    return Results(evaluations, lift, best, teacher_quality)
+
+
+def _judge_students(p: Pipeline, teacher: Teaching, students: list[tuple[str, Any]]) -> list[dict]:
+    """WTR of each student against the teacher on the evaluation split (and the OOD inputs), by the critic and by the
+    second judge."""
+    from finetune.evaluate import evaluate
+    from programs.lm import resolve_lm
+    from programs.student import Student
+
+    cfg = p.cfg
+    splits = {cfg.eval_split: p.evaluated}
+    if p.chosen.get("ood"):
+        splits["ood"] = p.chosen["ood"]
+    judges = [(cfg.critic, p.lms.critic)] + ([(cfg.judge, p.lms.judge)] if p.lms.judge is not None else [])
+    evaluations = []
+    with p.stage("evaluate"):
+        for label, model in students:
+            student_lm = resolve_lm(f"local/{Path(model.path).resolve()}", temperature=0.0,
+                                    max_tokens=cfg.student_max_tokens)
+            for split, items in splits.items():
+                for judge_name, lm in judges:
+                    r = evaluate(p.store, student=Student(p.task), student_lm=student_lm,
+                                 student_name=model.checkpoint_id, checkpoint_id=model.checkpoint_id,
+                                 critic=p.critic, critic_lm=lm, critic_name=judge_name, inputs=items,
+                                 teacher_name=teacher.name, split=split, run_id=p.run_id,
+                                 threads=p.threads(judge_name))
+                    evaluations.append({"label": label, "judge": judge_name, "split": split, **r,
+                                        "meaning": _meaning(r["items"]), "log_history": model.log_history})
+    return evaluations
+
+
+def _teacher_quality(p: Pipeline, teacher: Teaching) -> dict:
+    """The optimized teacher's candidates against the teacher's as written, by the critic, on the evaluation split."""
+    from finetune.evaluate import compare_producers
+
+    cfg = p.cfg
+    with p.stage("evaluate"):
+        r = compare_producers(p.store, critic=p.critic, critic_lm=p.lms.critic, critic_name=cfg.critic,
+                              inputs=p.evaluated, producer=teacher.name, reference=cfg.teacher, split=cfg.eval_split,
+                              run_id=p.run_id, threads=p.threads(cfg.critic))
+    optimized = teacher.optimized
+    return {"optimizer": cfg.optimize, "program": str(optimized.path), "producer": teacher.name,
+            "val_before": optimized.baseline_score, "val_after": optimized.score, **r}
+
+
+def _report(p: Pipeline, warm, pairs: list[dict], results: Results) -> Path:
+    """`<out>/report.md` with its plots: the evaluations, what feedback bought, examples, cost and usage."""
+    from finetune.report import write_report
+
+    cfg = p.cfg
+    first = results.evaluations[0]
+    examples = [{"input": it["text"], "teacher": it["b"], "student": it["a"], "p": p_student}
+                for it, p_student in zip(first["items"], first["p_student"])][:8]
+    usage = p.store.query("SELECT * FROM usage_per_stage WHERE run_id = ? ORDER BY first_call_at, stage, model",
+                          [p.run_id])
+    return write_report(
+        p.out_dir, config=asdict(cfg), command=p.command, db=p.db, log_history=warm.log_history, examples=examples,
+        counts={"train_inputs": len(p.chosen["train"]), f"{cfg.eval_split}_inputs": len(p.evaluated),
+                "pairs": len(pairs)},
+        evaluations=[dict(e, length_ratio=_mean(e["length_ratios"])) for e in results.evaluations], usage=usage,
+        teacher_quality=results.teacher_quality, lift=results.lift,
+    )
+
+
+def _print_results(p: Pipeline, results: Results, report: Path) -> None:
+    """The lead (what feedback bought), every evaluation, the optimized teacher, where the student and the report
+    are, and what logging to the store cost."""
+    cfg, out_dir = p.cfg, p.out_dir
+    for d in results.lift:
+        console.print(f"[bold]{d['label']} vs {d['baseline']}[/], {cfg.eval_split}, judge {cfg.critic}: "
+                      f"paired difference {d['paired_prob'].signed()} points of WTR (mean P) · "
+                      f"{d['paired_decision'].signed()} (decisions) · direct comparison WTR {d['direct_prob']}",
+                      highlight=False, soft_wrap=True)
+    for e in results.evaluations:
+        console.print(f"[bold]{e['label']}[/] vs teacher, {e['split']}, judge {e['judge']}: "
+                      f"WTR mean P {e['wtr_prob']} · decisions {e['wtr_decision']}", highlight=False, soft_wrap=True)
+    teacher_quality = results.teacher_quality
+    if teacher_quality is not None:
+        console.print(f"optimized teacher ({cfg.optimize}) vs teacher as written, {cfg.eval_split}, judge {cfg.critic}: "
+                      f"WTR mean P {teacher_quality['wtr_prob']} · decisions {teacher_quality['wtr_decision']}",
+                      highlight=False, soft_wrap=True)
+    console.print(f"student: {out_dir / 'student'} -> {results.best} (use it as a model: local/{out_dir / 'student'})\n"
+                  f"report:  {report}", soft_wrap=True)
+    logged = p.callback.seconds + p.store.flush_seconds_total
+    share = 100 * logged / (time.monotonic() - p.started)
+    console.print(f"store: logging took {logged:.2f}s, {share:.2f}% of this run", soft_wrap=True)
+
+
+# -- helpers of the stages ---------------------------------------------------------------------------------------------
+
 def _threads(cfg: PipelineConfig, spec: str) -> int:
     """Hosted models take parallel calls; an in-process model serves one at a time."""
     return 1 if spec.startswith("local/") else cfg.threads
@@ -115,7 +515,8 @@ def _warm_start_dir(out_dir: Path, icfg, dataset_id: str) -> Path:
     """The warm start's folder, named by its training settings and data but not by merging (a step after training,
     so adding an objective to a finished imitation run reuses its adapter). A folder named the earlier way, with
     merging in the name, that holds a finished run is used as it is (a store made then is not trained again)."""
-    from finetune.imitate import MARKER, ImitationConfig, config_identity
+    from finetune.imitate import ImitationConfig
+    from finetune.runner import MARKER, config_identity
     from store import stable_id
 
     key = {**config_identity(icfg), "output_dir": ImitationConfig.output_dir}  # earlier names hashed the default
@@ -195,210 +596,8 @@ def _link_student(out_dir: Path, models: list, evaluations: list[dict], critic: 
     return f"{model.path} ({label})"
 
 
-def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
-    """Run (or finish) the pipeline for `cfg`; returns the evaluation summary."""
-    import dspy
-
-    from finetune.evaluate import compare_producers, evaluate
-    from finetune.feedback import FeedbackConfig
-    from finetune.objectives import SFT_SQL, ObjectiveContext, check_query, run_objective, sql_dataset
-    from programs.config import objectives
-    from finetune.imitate import ImitationConfig, train_imitation
-    from finetune.report import write_report
-    from programs.adapter import LabeledAdapter
-    from programs.critic import Critic
-    from programs.lm import check_reachable, resolve_lm
-    from programs.optimize import OptimizeSettings, optimize_teacher
-    from programs.student import Student, training_prompt
-    from programs.tasks import TaskError, get_task
-    from programs.teach import teach
-    from programs.teacher import Teacher
-    from store import Store, stable_id, to_json
-    from store.budget import Budget, BudgetExceeded
-    from store.callback import install, trace_context
-
-    try:
-        task = get_task(cfg.task)
-    except TaskError as e:
-        raise ConfigError(str(e)) from e
-    if cfg.critic_rubrics > len(task.rubrics):
-        raise ConfigError(f"critic_rubrics = {cfg.critic_rubrics}, but task {task.name!r} has {len(task.rubrics)} "
-                          "phrasing(s) of its rubric (critic_instruction, critic_rubrics)")
-    chosen = select_inputs(cfg, task)  # bad inputs fail here, before any model is loaded
-    teacher_lm = resolve_lm(cfg.teacher, temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p,
-                            max_tokens=cfg.teacher_max_tokens, seed=cfg.seed)
-    critic_lm = resolve_lm(cfg.critic, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed)
-    judge_lm = resolve_lm(cfg.judge, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed) if cfg.judge else None
-    reflection_lm = (resolve_lm(cfg.reflection_lm or cfg.teacher, temperature=0.7, max_tokens=512, seed=cfg.seed)
-                     if cfg.optimize in ("mipro", "gepa") else None)
-    from finetune.student import _resolve as resolve_student  # validates the student spec before any work
-
-    resolve_student(cfg.student)
-    check_reachable(teacher_lm)
-    check_reachable(critic_lm)
-    if judge_lm is not None:
-        check_reachable(judge_lm)
-    if cfg.reflection_lm and reflection_lm is not None:
-        check_reachable(reflection_lm)
-
-    started = time.monotonic()
-    store = Store(db)
-    callback = install(store, budget=Budget(cfg.max_calls, cfg.max_cost))
-    dspy.configure(adapter=LabeledAdapter())
-    run_id = stable_id("run", cfg.identity())
-    run_row = {"run_id": run_id, "started_at": datetime.now(), "status": "running", "command": command,
-               "profile": cfg.profile, "config": to_json(asdict(cfg)), "code_version": _code_version()}
-    params = {"teacher": cfg.teacher, "judge": cfg.critic, "producer": "", "method": "", "inputs": [], "pairs": [],
-              "min_confidence": float(cfg.min_confidence), "both_orders": bool(cfg.both_orders_agree)}
-    if cfg.sft_sql:
-        check_query(store, "sft", cfg.sft_sql, params, name="--sft-sql")
-    if cfg.pairs_sql:
-        check_query(store, "pairs", cfg.pairs_sql, params, name="--pairs-sql")
-    store.insert("runs", [run_row], replace=True)
-    out_dir = Path(out)
-    console.print(f"run {run_id[:12]} · profile {cfg.profile} · store {db} · out {out_dir}", soft_wrap=True)
-    try:
-        with trace_context(run_id=run_id, stage="inputs"):
-            store_inputs(store, cfg, task, chosen)
-        teacher, teacher_name, optimized = Teacher(task, n=cfg.n_candidates), cfg.teacher, None
-        if cfg.optimize:
-            with trace_context(run_id=run_id, stage="optimize"):
-                optimized = optimize_teacher(
-                    store, task, settings=OptimizeSettings(cfg.optimize, train_size=cfg.optimize_inputs // 2,
-                                                           val_size=cfg.optimize_inputs - cfg.optimize_inputs // 2,
-                                                           trials=cfg.optimize_trials,
-                                                           max_metric_calls=6 * cfg.optimize_trials, seed=cfg.seed),
-                    n=cfg.n_candidates, teacher_name=cfg.teacher, teacher_lm=teacher_lm, critic_name=cfg.critic,
-                    critic_lm=critic_lm, reflection_lm=reflection_lm, train=chosen["train"], run_id=run_id,
-                    out_dir=out_dir)
-            teacher, teacher_name = optimized.program, optimized.producer
-        with trace_context(run_id=run_id, stage="teach"):
-            taught = teach(store, teacher, teacher_lm, [r for rows in chosen.values() for r in rows], producer=teacher_name,
-                           run_id=run_id, threads=_threads(cfg, cfg.teacher))
-            if optimized is not None:  # the teacher as written, on the test inputs: the before of before/after
-                teach(store, Teacher(task, n=cfg.n_candidates), teacher_lm, chosen[cfg.eval_split], producer=cfg.teacher,
-                      run_id=run_id, threads=_threads(cfg, cfg.teacher))
-
-        with trace_context(run_id=run_id, stage="imitate"):
-            params = {"teacher": teacher_name, "inputs": [r["input_id"] for r in chosen["train"]]}
-            rows, dataset_id = sql_dataset(store, "sft", cfg.sft_sql or SFT_SQL, params, name="imitation", run_id=run_id)
-            if not rows:
-                raise InputError("the teacher produced no usable training pairs (see failed calls: "
-                                 "python -m store query \"SELECT error, response FROM lm_calls WHERE stage='teach'\")")
-            pairs = [{"input": r["input"], "output": r["output"], "prompt": training_prompt(task, r["input"])}
-                     for r in rows]
-            wanted = objectives(cfg)
-            icfg = ImitationConfig(base_model=cfg.student, merge_lora=False, instruction=task.student_instruction,
-                                   **_warmstart_settings(cfg))
-            icfg.output_dir = str(_warm_start_dir(out_dir, icfg, dataset_id))
-            if cfg.merge_lora or wanted:  # the objectives start from a full model: merge after training
-                icfg.merge_lora = True
-            trained = train_imitation(pairs, icfg, store=store, run_id=run_id, dataset_id=dataset_id)
-
-        critic = Critic(task, cfg.critic_settings(), max_tokens=cfg.critic_max_tokens)
-        models = [("FT (imitation)" if not wanted else "warm start (imitation)", trained)]
-        if wanted:
-            ctx = ObjectiveContext(
-                store=store, task=task, run_id=run_id, out_dir=out_dir, warm=trained, train_inputs=chosen["train"],
-                teacher=teacher_name, critic=critic, critic_lm=critic_lm, critic_name=cfg.critic,
-                train_settings=_objective_settings(cfg), feedback_every=cfg.feedback_every,
-                learning_rates={"dpo": cfg.dpo_learning_rate, "brio": cfg.brio_learning_rate},
-                dpo_settings=dict(beta=cfg.dpo_beta, loss_type=cfg.dpo_loss_type, loss_weights=cfg.dpo_loss_weights,
-                                  label_smoothing=cfg.dpo_label_smoothing),
-                feedback=FeedbackConfig(k=cfg.k_samples, method=cfg.sampling, pair_selection=cfg.pair_selection,
-                                        temperature=cfg.sampling_temperature, top_p=cfg.sampling_top_p,
-                                        anchor=cfg.pair_anchor, min_confidence=cfg.min_confidence,
-                                        both_orders_agree=cfg.both_orders_agree,
-                                        length_lo=cfg.length_band[0], length_hi=cfg.length_band[1], seed=cfg.seed,
-                                        max_new_tokens=cfg.student_max_tokens),
-                threads=_threads(cfg, cfg.critic), **({"sft_sql": cfg.sft_sql} if cfg.sft_sql else {}),
-                **({"pairs_sql": cfg.pairs_sql} if cfg.pairs_sql else {}))
-            for name in wanted:
-                with trace_context(run_id=run_id, stage=name), dspy.context(lm=critic_lm):
-                    models.append((LABELS[name], run_objective(name, ctx)))
-
-        with trace_context(run_id=run_id, stage="evaluate"):
-            evaluated = chosen[cfg.eval_split]
-            splits = {cfg.eval_split: evaluated}
-            if chosen.get("ood"):
-                splits["ood"] = chosen["ood"]
-            judges = [(cfg.critic, critic_lm)] + ([(cfg.judge, judge_lm)] if judge_lm is not None else [])
-            evaluations = []
-            for label, model in models:
-                student_lm = resolve_lm(f"local/{Path(model.path).resolve()}", temperature=0.0,
-                                        max_tokens=cfg.student_max_tokens)
-                for split, items in splits.items():
-                    for judge_name, lm in judges:
-                        r = evaluate(store, student=Student(task), student_lm=student_lm, student_name=model.checkpoint_id,
-                                     checkpoint_id=model.checkpoint_id, critic=critic, critic_lm=lm,
-                                     critic_name=judge_name, inputs=items, teacher_name=teacher_name, split=split,
-                                     run_id=run_id, threads=_threads(cfg, judge_name))
-                        evaluations.append({"label": label, "judge": judge_name, "split": split, **r,
-                                            "meaning": _meaning(r["items"]), "log_history": model.log_history})
-
-        _checks(evaluations)
-        lift = []
-        if len(models) > 1:
-            with trace_context(run_id=run_id, stage="evaluate"):
-                lift = _lift(store, models, evaluations, critic=critic, critic_lm=critic_lm, critic_name=cfg.critic,
-                             inputs=evaluated, split=cfg.eval_split, run_id=run_id, threads=_threads(cfg, cfg.critic))
-        best = _link_student(out_dir, models, evaluations, cfg.critic, cfg.eval_split)
-        teacher_quality = None
-        if optimized is not None:
-            with trace_context(run_id=run_id, stage="evaluate"):
-                r = compare_producers(store, critic=critic, critic_lm=critic_lm, critic_name=cfg.critic,
-                                      inputs=evaluated, producer=teacher_name, reference=cfg.teacher, split=cfg.eval_split,
-                                      run_id=run_id, threads=_threads(cfg, cfg.critic))
-            teacher_quality = {"optimizer": cfg.optimize, "program": str(optimized.path), "producer": teacher_name,
-                               "val_before": optimized.baseline_score, "val_after": optimized.score, **r}
-        first = evaluations[0]
-        examples = [{"input": it["text"], "teacher": it["b"], "student": it["a"], "p": p}
-                    for it, p in zip(first["items"], first["p_student"])][:8]
-        usage = store.query("SELECT * FROM usage_per_stage WHERE run_id = ? ORDER BY first_call_at, stage, model",
-                            [run_id])
-        report = write_report(
-            out_dir, config=asdict(cfg), command=command, db=db, log_history=trained.log_history, examples=examples,
-            counts={"train_inputs": len(chosen["train"]), f"{cfg.eval_split}_inputs": len(evaluated), "pairs": len(pairs)},
-            evaluations=[dict(e, length_ratio=_mean(e["length_ratios"])) for e in evaluations], usage=usage,
-            teacher_quality=teacher_quality, lift=lift,
-        )
-        result = first
-        store.insert("runs", [{**run_row, "status": "finished", "finished_at": datetime.now()}], replace=True)
-    except KeyboardInterrupt:
-        store.insert("runs", [{**run_row, "status": "interrupted", "finished_at": datetime.now()}], replace=True)
-        raise
-    except BudgetExceeded:
-        store.insert("runs", [{**run_row, "status": "stopped", "finished_at": datetime.now()}], replace=True)
-        raise
-    except BaseException:
-        store.insert("runs", [{**run_row, "status": "failed", "finished_at": datetime.now()}], replace=True)
-        raise
-    finally:
-        store.close()  # flush, then checkpoint: one self-contained file when the command ends
-    summary = {"run_id": run_id, "teach": taught, "checkpoint": trained.path, "report": str(report),
-               "wtr_prob": result["wtr_prob"], "wtr_decision": result["wtr_decision"],
-               "models": {label: model.path for label, model in models}}
-    for d in lift:
-        console.print(f"[bold]{d['label']} vs {d['baseline']}[/], {cfg.eval_split}, judge {cfg.critic}: paired difference "
-                      f"{d['paired_prob'].signed()} points of WTR (mean P) · {d['paired_decision'].signed()} (decisions) "
-                      f"· direct comparison WTR {d['direct_prob']}", highlight=False, soft_wrap=True)
-    for e in evaluations:
-        console.print(f"[bold]{e['label']}[/] vs teacher, {e['split']}, judge {e['judge']}: "
-                      f"WTR mean P {e['wtr_prob']} · decisions {e['wtr_decision']}", highlight=False, soft_wrap=True)
-    if teacher_quality is not None:
-        console.print(f"optimized teacher ({cfg.optimize}) vs teacher as written, test, judge {cfg.critic}: "
-                      f"WTR mean P {teacher_quality['wtr_prob']} · decisions {teacher_quality['wtr_decision']}",
-                      highlight=False, soft_wrap=True)
-    console.print(f"student: {out_dir / 'student'} -> {best} (use it as a model: local/{out_dir / 'student'})\n"
-                  f"report:  {report}", soft_wrap=True)
-    logged = callback.seconds + store.flush_seconds_total
-    share = 100 * logged / (time.monotonic() - started)
-    console.print(f"store: logging took {logged:.2f}s, {share:.2f}% of this run", soft_wrap=True)
-    return summary
-
-
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m programs.compile", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="python -m programs.compile", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default=None, choices=list(PROFILES), help="preset sizes and models (default: default)")
     p.add_argument("--config", metavar="FILE.toml", help="config file; flags override it")
@@ -477,53 +676,15 @@ def config_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def _quiet_libraries() -> None:
-    """Our own progress bars tell the story; the libraries' bars and deprecation chatter would drown them."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="transformers|trl|peft|torch")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    for name in ("LiteLLM", "litellm", "httpx", "dspy"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
+@entry_point(interrupted="interrupted: rerun the same command to finish (nothing done so far is lost)")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    _quiet_libraries()
-    from programs.lm import ModelSpecError
-    from programs.models import ModelError
-    from store import Store, StoreError  # noqa: F401
-    from store.budget import BudgetExceeded
-
-    overrides = config_overrides(args)
-    command = "python -m programs.compile " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    quiet_libraries()
     from store.db import default_path
 
-    try:
-        from finetune.imitate import TrainingError
-        from finetune.objectives import DatasetError
-        from finetune.student import StudentError
-
-        cfg = build_config(args.profile or "default", args.config, overrides)
-        run(cfg, db=args.db or default_path(), out=args.out, command=command)
-    except (ConfigError, InputError, ModelSpecError, ModelError, StoreError, TrainingError, StudentError,
-            DatasetError) as e:
-        console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
-        usage = (ConfigError, InputError, ModelSpecError, ModelError, StudentError, DatasetError)
-        return EXIT_USAGE if isinstance(e, usage) else 1
-    except BudgetExceeded as e:
-        line = e.describe({"calls": "--max-calls", "cost": "--max-cost"})
-        console.print(f"{line}; rerun with a higher budget to continue", soft_wrap=True, highlight=False)
-        return EXIT_BUDGET
-    except KeyboardInterrupt:
-        console.print("interrupted: rerun the same command to finish (nothing done so far is lost)")
-        return 130
+    command = "python -m programs.compile " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    cfg = build_config(args.profile or "default", args.config, config_overrides(args))
+    run(cfg, db=args.db or default_path(), out=args.out, command=command)
     return 0
 
 

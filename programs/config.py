@@ -9,11 +9,12 @@ from typing import Any
 
 from programs.critic_rule import DEFAULT as CRITIC
 from programs.critic_rule import CriticSettings, CriticSettingsError
+from store.cli import UserError
 
 CRITIC_FIELDS = tuple(f.name for f in fields(CriticSettings))  # each is a `critic_<name>` key
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A bad config file or value: one line for the user."""
 
 

@@ -1,8 +1,8 @@
 """The critic: a pairwise judge, asked in both presentation orders, scored by the probability of its choice.
 
 The paper reads P("1") against P("2") at the answer token (Multiple Choice Prompting) and averages over both
-orders; the embedded critics lean heavily to one position (DESIGN.md §3), so the two-order average is not optional.
-`CriticSettings` names the other levers, each measured in docs/results/critic-audit: reading the choice before any
+orders; the embedded critics lean heavily to one position (docs/results/critic-audit), so the two-order average is
+not optional. `CriticSettings` names the other levers, each measured there: reading the choice before any
 reason (`choice-first`, several times faster), averaging log-odds instead of probabilities (a constant lean to one
 position cancels exactly), an ensemble of rubric phrasings, a pointwise 1-5 score blended in, and abstaining (a tie)
 when the two orders disagree. Where a backend gives no log-probabilities the parsed choices stand in for them.
@@ -17,8 +17,7 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError, LMUnsupportedFeatureError
 
 from programs.critic_rule import (  # noqa: F401 - the settings and the rule are part of the critic's API
-    AGGREGATES, DEFAULT, MODES, PAPER, POINTWISE, CriticSettings, CriticSettingsError, combine, logit, order_method,
-    sigmoid)
+    DEFAULT, PAPER, POINTWISE, CriticSettings, CriticSettingsError, combine, logit, order_method, sigmoid)
 from programs.tasks import Task
 from store.callback import last_lm_call_id
 

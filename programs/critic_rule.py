@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from store.cli import UserError
+
 MODES = ("reason-first", "choice-first")
 AGGREGATES = ("mean", "logodds", "calibrated")
 CLIP = 1e-4  # probabilities are clipped to [CLIP, 1 - CLIP] before log-odds (a top-20 read can give exactly 1.0)
 
 
-class CriticSettingsError(ValueError):
+class CriticSettingsError(UserError, ValueError):
     """A critic setting out of range: one line for the user."""
 
 

@@ -12,13 +12,14 @@ import json
 from pathlib import Path
 
 from programs.tasks import Task
+from store.cli import UserError
 
 TEXT_COLUMNS = ("text", "input", "sentence", "prompt", "utterance")
 REFERENCE_COLUMNS = ("reference", "teacher", "target", "output")
 SPLITS = ("train", "dev", "test", "ood")
 
 
-class InputError(Exception):
+class InputError(UserError):
     """Bad or unreadable inputs: one line for the user."""
 
 

@@ -25,11 +25,12 @@ import dspy  # noqa: E402
 from dspy.lm15 import Message, Request, Response, TextPart, TokenLogprob, TopLogprob, Usage  # noqa: E402
 
 from programs import models  # noqa: E402
+from store.cli import UserError
 
 LOCAL_PREFIX = "local/"
 
 
-class ModelSpecError(Exception):
+class ModelSpecError(UserError):
     """A model spec that cannot be resolved: one line for the user."""
 
 
@@ -197,7 +198,7 @@ class TransformersEngine:
 
     def _load(self):
         if self._loaded is None:
-            from finetune.student import load_student
+            from programs.student_lm import load_student
 
             self._loaded = load_student(self.model_path)
         return self._loaded

@@ -9,7 +9,6 @@ zips, assembles it, checks the sha256 and caches the result under the user's cac
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import shutil
@@ -22,8 +21,10 @@ from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+from store.cli import ArgumentParser, UserError, entry_point
 
-class ModelError(Exception):
+
+class ModelError(UserError):
     """A user-facing problem with an embedded model (one line, no traceback)."""
 
 
@@ -214,24 +215,21 @@ def _cmd_list() -> None:
     console.print(table)
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m programs.models", description="Embedded default models.")
+    parser = ArgumentParser(prog="python -m programs.models", description="Embedded default models.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list the embedded models")
     for cmd, text in (("pull", "download, verify and cache a model"), ("path", "print a model's local path (pulls it first)")):
         p = sub.add_parser(cmd, help=text)
         p.add_argument("name")
     args = parser.parse_args(argv)
-    try:
-        if args.cmd == "list":
-            _cmd_list()
-        elif args.cmd == "pull":
-            print(pull(args.name))
-        else:
-            print(path(args.name, quiet=True))
-    except ModelError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.cmd == "list":
+        _cmd_list()
+    elif args.cmd == "pull":
+        print(pull(args.name))
+    else:
+        print(path(args.name, quiet=True))
     return 0
 
 

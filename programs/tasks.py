@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from store.cli import UserError
+
 if TYPE_CHECKING:
     import dspy
 
 DATA = Path(__file__).parent / "data"
 
 
-class TaskError(ValueError):
+class TaskError(UserError, ValueError):
     """A bad task spec, file or definition: one line for the user."""
 
 

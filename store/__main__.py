@@ -4,7 +4,8 @@
     python -m store tables [--db PATH]
     python -m store schema [--db PATH]
 
-Read-only: a write statement is refused (exit 2). A missing file or a SQL error is one line on stderr (exit 1).
+Read-only: a write statement is refused (exit 2). A missing file or a SQL error is one line on stderr (exit 1; the
+exit codes of every command are in `store.cli`).
 Every command opens the file only for as long as it reads, so it works while a pipeline is writing to it.
 """
 
@@ -17,13 +18,13 @@ import sys
 from decimal import Decimal
 from typing import Any
 
-from store.db import ReadOnlyError, Store, StoreError, default_path
+from store.cli import ArgumentParser, entry_point
+from store.db import Store, StoreError, default_path
 
-EXIT_ERROR = 1
-EXIT_READ_ONLY = 2
 CELL_CHARS = 120  # table cells are cut here; use --format csv or json for whole values
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -34,16 +35,10 @@ def main(argv: list[str] | None = None) -> int:
             _print_tables(store.tables())
         else:
             _print_schema(store)
-    except ReadOnlyError as exc:
-        return _fail(exc, EXIT_READ_ONLY)
-    except StoreError as exc:
-        return _fail(exc, EXIT_ERROR)
-    except BrokenPipeError:
+    except (StoreError, BrokenPipeError):
         raise
     except Exception as exc:  # a DuckDB error the store did not translate: still one line, never a traceback
-        return _fail(f"{type(exc).__name__}: {exc}", EXIT_ERROR)
-    except KeyboardInterrupt:
-        return 130
+        raise StoreError(f"{type(exc).__name__}: {exc}") from exc
     return 0
 
 
@@ -51,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     db = argparse.ArgumentParser(add_help=False)
     db.add_argument("--db", default=argparse.SUPPRESS, metavar="PATH",
                     help="the DuckDB file (default: $CRITIC_DISTILL_DB or ./traces.duckdb)")
-    parser = argparse.ArgumentParser(prog="python -m store", parents=[db],
+    parser = ArgumentParser(prog="python -m store", parents=[db],
                                      description="Read the critic-distill trace store (read-only).")
     sub = parser.add_subparsers(dest="command", required=True)
     query = sub.add_parser("query", parents=[db], help="run a read-only SQL query and print the rows")
@@ -60,12 +55,6 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("tables", parents=[db], help="list tables and views with their row counts")
     sub.add_parser("schema", parents=[db], help="print the CREATE statement of every table, view and index")
     return parser
-
-
-def _fail(message: object, code: int) -> int:
-    text = " ".join(str(message).split()) or "unknown error"
-    print(f"error: {text}", file=sys.stderr)
-    return code
 
 
 # -- output ----------------------------------------------------------------------------------------------------

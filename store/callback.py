@@ -19,7 +19,8 @@ from dspy.clients.cache import Cache
 from dspy.utils.callback import BaseCallback
 
 from store.budget import Budget, BudgetExceeded
-from store.db import Store, to_json
+from store.db import Store
+from store.ids import to_json
 
 _run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("run_id", default=None)
 _stage: contextvars.ContextVar[str | None] = contextvars.ContextVar("stage", default=None)
@@ -44,10 +45,6 @@ def trace_context(*, run_id: str | None = None, stage: str | None = None):
     finally:
         for var, token in reversed(tokens):
             var.reset(token)
-
-
-def current_run_id() -> str | None:
-    return _run_id.get()
 
 
 def last_lm_call_id() -> str | None:

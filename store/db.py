@@ -8,8 +8,6 @@ transaction and closes it, retrying while another process holds the lock. That i
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import threading
@@ -22,8 +20,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from store.cli import EXIT_FAILED, EXIT_USAGE, UserError
 from store.migrations import migrate
-from store.ids import stable_id, to_json  # noqa: F401 - re-exported
 
 DEFAULT_DB = "traces.duckdb"
 # The two call logs take most rows and have ids unique by construction (DSPy's call ids): no primary-key index to
@@ -36,12 +34,17 @@ LARGE_BATCH = 10_000
 STREAM_CHUNK = 5_000  # rows per Arrow batch handed to DuckDB
 
 
-class StoreError(Exception):
-    """A user-facing store problem: one line, no traceback."""
+class StoreError(UserError):
+    """The store could not do it (no store at the path, a SQL error, a lock held too long): one line, no traceback,
+    exit code 1 (`store.cli`)."""
+
+    exit_code = EXIT_FAILED
 
 
 class ReadOnlyError(StoreError):
-    pass
+    """A write refused by a read-only store: a user error, exit code 2."""
+
+    exit_code = EXIT_USAGE
 
 
 def default_path() -> str:

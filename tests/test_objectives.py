@@ -24,8 +24,8 @@ from finetune.brio import (
     train_brio,
 )
 from finetune.dpo import DPOError, DPOTrainConfig, train_dpo
-from finetune.imitate import RichProgress
-from finetune.student import generate, load_student
+from finetune.runner import RichProgress
+from programs.student_lm import generate, load_student
 from finetune.train import main as train_main
 from store.db import Store
 
@@ -318,7 +318,7 @@ def test_cli(tiny_causal_dir, texts, pairs, groups, tmp_path, capsys):
     base = ["--base", str(tiny_causal_dir), "--max-steps", "2", "--batch-size", "4", "--lr", "1e-3", "--no-progress",
             "--db", str(db)]
 
-    assert train_main(["--objective", "sft", "--data", str(sft), "--out", str(tmp_path / "sft"), *base]) == 0
+    assert train_main(["--objective", "imitation", "--data", str(sft), "--out", str(tmp_path / "sft"), *base]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "sft" / "final")
     assert train_main(["--objective", "dpo", "--data", str(dpo), "--out", str(tmp_path / "dpo"), "--beta", "0.2",
                        "--base", str(tmp_path / "sft" / "final"), *base[2:]]) == 0
@@ -427,7 +427,7 @@ def test_dpo_settings_reach_trl_and_the_summary_is_recorded(tiny_causal_dir, pai
 
 
 def _context(tmp_path, base_dir, **learning_rates):
-    from finetune.imitate import TrainResult
+    from finetune.runner import TrainResult
     from finetune.objectives import ObjectiveContext
     from programs.critic import Critic
     from programs.tasks import get_task

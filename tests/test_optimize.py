@@ -74,7 +74,7 @@ def test_critic_metrics_score_threshold_and_feedback(lms, dspy_state):
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["mipro", "gepa"])  # bootstrap: through the pipeline, tests/test_student_lm.py
 def test_each_optimizer_runs_against_the_critic(optimizer, lms, tmp_path, dspy_state):
-    from programs.optimize import OptimizeSettings, optimize_teacher
+    from finetune.optimize import OptimizeSettings, optimize_teacher
 
     store = Store(tmp_path / "t.duckdb")
     install(store)

@@ -26,14 +26,14 @@ PROMPTS = [_messages(t) for t in TEXTS]
 
 @pytest.fixture(scope="module")
 def tiny_causal(tiny_causal_dir):
-    from finetune.student import load_student
+    from programs.student_lm import load_student
 
     return load_student(str(tiny_causal_dir))
 
 
 @pytest.fixture(scope="module")
 def tiny_seq2seq(tiny_seq2seq_dir):
-    from finetune.student import load_student
+    from programs.student_lm import load_student
 
     return load_student(str(tiny_seq2seq_dir))
 
@@ -115,7 +115,7 @@ def test_diverse_beam_diversifies(tiny_causal):
 
 def test_plain_string_prompts(tiny_causal):
     model, tok = tiny_causal
-    from finetune.student import format_prompt
+    from programs.student_lm import format_prompt
 
     strings = [format_prompt(tok, INSTRUCTION, t, seq2seq=False) for t in TEXTS]
     assert sample_candidates(model, tok, strings, k=3, method="beam", max_new_tokens=5) == sample_candidates(
@@ -203,7 +203,6 @@ def test_similarity_on_minilm():
     close, far = similarity.meaning_preservation([literal, literal], [paraphrase, unrelated])
     assert close > far + 0.3
     assert similarity.cosine([literal], [literal])[0] == pytest.approx(1.0, abs=1e-5)
-    assert similarity.embedding_distance(literal, unrelated) > similarity.embedding_distance(literal, paraphrase)
     # embedding pair selection: the odd one out is in the pair
     candidates = [paraphrase, "A big gust of wind blew my dress up to my ears.", unrelated]
     pair = select_pair(candidates, method="embedding")

@@ -14,7 +14,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from store.db import ReadOnlyError, Store, StoreError, stable_id
+from store import stable_id
+from store.db import ReadOnlyError, Store, StoreError
 from store.migrations import MIGRATIONS, migrate
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -223,7 +223,7 @@ class _ChatServer:
     server is to a hosted provider): DSPy reaches it under a priced model name, so calls get a price."""
 
     def __init__(self, model_dir: Path):
-        from finetune.student import load_student
+        from programs.student_lm import load_student
 
         self.model, self.tok = load_student(str(model_dir))
         self.requests = 0
@@ -377,7 +377,7 @@ def _compile(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_pipeline_stops_at_max_calls_then_a_rerun_finishes_without_repeating_calls(tmp_path):
-    from programs.compile import EXIT_BUDGET
+    from store.cli import EXIT_BUDGET
 
     db = tmp_path / "t.duckdb"
     first = _compile(tmp_path, "--max-calls", "3")

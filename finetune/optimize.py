@@ -20,11 +20,12 @@ from programs.progress import console
 from programs.tasks import Task
 from programs.teacher import Teacher
 from store import Store, stable_id, to_json
+from store.cli import UserError
 
 OPTIMIZERS = ("bootstrap", "mipro", "gepa")
 
 
-class OptimizeError(Exception):
+class OptimizeError(UserError):
     """A bad optimization setting: one line for the user."""
 
 

@@ -1,4 +1,6 @@
-"""The student: load it, prompt it, sample from it.
+"""The student model: load it, prompt it, generate from it.
+
+Inference (`programs/lm.py` serves a student as a DSPy LM) and training (`finetune/`) both load students from here.
 
 A student spec is a string:
 - an embedded model name (default `smollm2-135m-instruct`): its GGUF is pulled through `programs.models`, converted
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from store.cli import UserError
 
 DEFAULT_STUDENT = "smollm2-135m-instruct"
 
@@ -33,7 +36,7 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 
 
-class StudentError(Exception):
+class StudentError(UserError):
     """A user-facing problem loading a student model (one line, no traceback)."""
 
 
