@@ -9,4 +9,5 @@ configs=("$@"); [ ${#configs[@]} -gt 0 ] || configs=("$here"/*.toml)
 for c in "${configs[@]}"; do
   echo "=== $(date -u +%H:%M:%S) $c"
   /usr/bin/time -f "wall %e s, peak %M KB" python -m programs.compile --config "$c" --db "$db" --out "$out"
+  cp "$out/report.md" "$out/report-$(basename "$c" .toml).md"
 done
