@@ -159,7 +159,9 @@ def build_config(profile: str = "default", toml_path: str | None = None, overrid
             raise ConfigError(f"{p}: not valid TOML ({e})") from e
         data = data.get("pipeline", data)
         if "profile" in data:
-            values.update({"profile": data["profile"], **PROFILES.get(data["profile"], {})})
+            if data["profile"] not in PROFILES:
+                raise ConfigError(f"{p}: unknown profile {data['profile']!r}; choose one of {', '.join(PROFILES)}")
+            values.update({"profile": data["profile"], **PROFILES[data["profile"]]})
         values.update(data)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     known = {f.name: f for f in fields(PipelineConfig)}
@@ -230,6 +232,17 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
 
 def _check_training(cfg: PipelineConfig) -> None:
     """The training and feedback keys, each named in one line when its value cannot work (before any model loads)."""
+    if not (_number(cfg.epochs) and cfg.epochs > 0):
+        raise ConfigError(f"epochs must be a positive number, got {cfg.epochs!r}")
+    for name in ("k_samples", "batch_size", "max_length", "threads", "n_candidates", "student_max_tokens",
+                 "teacher_max_tokens", "critic_max_tokens"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    if isinstance(cfg.ood_inputs, bool) or not isinstance(cfg.ood_inputs, int) or cfg.ood_inputs < 0:
+        raise ConfigError(f"ood_inputs (--ood) must be 0 or a positive integer, got {cfg.ood_inputs!r}")
+    if isinstance(cfg.max_steps, bool) or not isinstance(cfg.max_steps, int) or cfg.max_steps == 0 or cfg.max_steps < -1:
+        raise ConfigError(f"max_steps must be a positive integer (or -1: train by epochs), got {cfg.max_steps!r}")
     for name in ("warmstart_max_steps", "feedback_max_steps"):
         v = getattr(cfg, name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v == 0 or v < -1):

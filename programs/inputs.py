@@ -72,7 +72,7 @@ def load_file(path: str | Path) -> list[dict]:
                     records.append(rec if isinstance(rec, dict) else {"text": rec})
             rows = _rows_from_records(records, p)
         elif suffix == ".csv":
-            with open(p, newline="", encoding="utf-8") as f:
+            with open(p, newline="", encoding="utf-8-sig") as f:  # "CSV UTF-8" from a spreadsheet starts with a BOM
                 rows = _rows_from_records(list(csv.DictReader(f)), p)
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
