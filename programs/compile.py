@@ -176,20 +176,17 @@ def _load_stages() -> None:
     import importlib
 
     for name in ("dspy", "finetune.evaluate", "finetune.feedback", "finetune.objectives", "finetune.imitate",
-                 "finetune.report", "programs.adapter", "programs.critic", "programs.lm", "finetune.optimize", "finetune.runner",
-                 "programs.student", "programs.tasks", "programs.teach", "programs.teacher", "store.db",
-                 "store.budget", "store.callback"):
+                 "finetune.report", "programs.adapter", "programs.critic", "programs.lm", "finetune.optimize",
+                 "finetune.runner", "programs.student", "programs.tasks", "programs.teach", "programs.teacher",
+                 "store.db", "store.budget", "store.callback"):
         importlib.import_module(name)
 
 
 def _check(cfg: PipelineConfig) -> tuple[Any, dict[str, list[dict]]]:
     """The task and its inputs per split, checked before any model loads."""
-    from programs.tasks import TaskError, get_task
+    from programs.tasks import get_task
 
-    try:
-        task = get_task(cfg.task)
-    except TaskError as e:
-        raise ConfigError(str(e)) from e
+    task = get_task(cfg.task)  # a TaskError is a user error: its one line
     if cfg.critic_rubrics > len(task.rubrics):
         raise ConfigError(f"critic_rubrics = {cfg.critic_rubrics}, but task {task.name!r} has {len(task.rubrics)} "
                           "phrasing(s) of its rubric (critic_instruction, critic_rubrics)")

@@ -175,8 +175,13 @@ def build_config(profile: str = "default", toml_path: str | None = None, overrid
             raise ConfigError(f"{name} must be a positive integer, got {v!r}")
     if not (0 <= cfg.teacher_temperature <= 2):
         raise ConfigError(f"teacher_temperature must be in [0, 2], got {cfg.teacher_temperature}")
-    if cfg.n_candidates < 1:
-        raise ConfigError("n_candidates must be at least 1")
+    for name in ("n_candidates", "k_samples", "batch_size", "max_length", "threads", "student_max_tokens",
+                 "teacher_max_tokens", "critic_max_tokens"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    if isinstance(cfg.ood_inputs, bool) or not isinstance(cfg.ood_inputs, int) or cfg.ood_inputs < 0:
+        raise ConfigError(f"ood_inputs (--ood) must be 0 or a positive integer, got {cfg.ood_inputs!r}")
     cfg.length_band = tuple(cfg.length_band)
     if len(cfg.length_band) != 2 or not 0 < cfg.length_band[0] <= 1 <= cfg.length_band[1]:
         raise ConfigError(f"length_band must be [lo, hi] with 0 < lo <= 1 <= hi, got {list(cfg.length_band)}")
@@ -185,7 +190,8 @@ def build_config(profile: str = "default", toml_path: str | None = None, overrid
                           ("eval_split", ("test", "dev"))):
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
-    for name in ("learning_rate", "dpo_learning_rate", "brio_learning_rate", "warmstart_epochs", "feedback_epochs"):
+    for name in ("epochs", "learning_rate", "dpo_learning_rate", "brio_learning_rate", "warmstart_epochs",
+                 "feedback_epochs"):
         v = getattr(cfg, name)
         if v is not None and not (_number(v) and v > 0):
             raise ConfigError(f"{name} must be a positive number, got {v!r}")
@@ -232,18 +238,7 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
 
 def _check_training(cfg: PipelineConfig) -> None:
     """The training and feedback keys, each named in one line when its value cannot work (before any model loads)."""
-    if not (_number(cfg.epochs) and cfg.epochs > 0):
-        raise ConfigError(f"epochs must be a positive number, got {cfg.epochs!r}")
-    for name in ("k_samples", "batch_size", "max_length", "threads", "n_candidates", "student_max_tokens",
-                 "teacher_max_tokens", "critic_max_tokens"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-    if isinstance(cfg.ood_inputs, bool) or not isinstance(cfg.ood_inputs, int) or cfg.ood_inputs < 0:
-        raise ConfigError(f"ood_inputs (--ood) must be 0 or a positive integer, got {cfg.ood_inputs!r}")
-    if isinstance(cfg.max_steps, bool) or not isinstance(cfg.max_steps, int) or cfg.max_steps == 0 or cfg.max_steps < -1:
-        raise ConfigError(f"max_steps must be a positive integer (or -1: train by epochs), got {cfg.max_steps!r}")
-    for name in ("warmstart_max_steps", "feedback_max_steps"):
+    for name in ("max_steps", "warmstart_max_steps", "feedback_max_steps"):
         v = getattr(cfg, name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v == 0 or v < -1):
             raise ConfigError(f"{name} must be a positive integer (or -1: train by epochs), got {v!r}")
