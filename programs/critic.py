@@ -41,9 +41,20 @@ class PointJudgment:
     lm_call_id: str | None
 
 
+def _plain(value):
+    """Plain dicts and lists: a hosted model's log-probabilities arrive through LiteLLM as pydantic objects."""
+    if callable(getattr(value, "model_dump", None)):
+        return _plain(value.model_dump())
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _answer_token(logprobs: dict | None, label: str, options: tuple[str, ...]) -> dict[str, float] | None:
     """Probabilities of `options` at the token that answers `<label>:` (or the first token of a bare answer)."""
-    tokens = (logprobs or {}).get("content") or []
+    tokens = (_plain(logprobs) or {}).get("content") or []
     bare = label + ":" not in "".join(t.get("token") or "" for t in tokens).lower()  # the answer alone, e.g. "1"
     text = ""
     for tok in tokens:

@@ -305,9 +305,38 @@ def resolve_lm(spec: str, *, temperature: float | None = None, max_tokens: int |
                    **settings, **kwargs)
 
 
+# OpenAI-compatible servers LiteLLM reaches by a base URL (vLLM, SGLang, llama.cpp's server, a LiteLLM proxy), and
+# the environment variables that give it
+_SERVER_BASES = {"openai": ("OPENAI_BASE_URL", "OPENAI_API_BASE"), "hosted_vllm": ("HOSTED_VLLM_API_BASE",),
+                 "litellm_proxy": ("LITELLM_PROXY_API_BASE",)}
+
+
+def _serves(lm: dspy.LM, timeout: float) -> bool:
+    """True when the OpenAI-compatible server at the LM's configured base URL lists its model (GET /models): no
+    generation and no cost, so a rerun that the store answers sends the server no completion request at all."""
+    provider, _, name = lm.model.partition("/")
+    envs = _SERVER_BASES.get(provider, ())
+    base = lm.kwargs.get("api_base") or lm.kwargs.get("base_url") or next(
+        (os.environ[e] for e in envs if os.environ.get(e)), None)
+    if not envs or not base:
+        return False
+    key = lm.kwargs.get("api_key") or os.environ.get(f"{provider.upper()}_API_KEY")
+    import httpx
+
+    try:
+        r = httpx.get(base.rstrip("/") + "/models", headers={"Authorization": f"Bearer {key}"} if key else {},
+                      timeout=timeout)
+        r.raise_for_status()
+        return name in {m.get("id") for m in r.json().get("data") or []}
+    except Exception:  # noqa: BLE001 - no listing: the completion probe below decides
+        return False
+
+
 def check_reachable(lm: dspy.LM, timeout: float = 20.0) -> None:
-    """Fail fast with one line when a hosted model cannot be reached (local models load lazily instead)."""
-    if lm.model.startswith(LOCAL_PREFIX):
+    """Fail fast with one line when a hosted model cannot be reached (local models load lazily instead).
+
+    A server at a configured base URL that lists the model is reachable; anything else gets a 1-token completion."""
+    if lm.model.startswith(LOCAL_PREFIX) or _serves(lm, min(timeout, 5.0)):
         return
     probe = lm.copy(num_retries=0, max_tokens=1, cache=False)
     start = time.monotonic()

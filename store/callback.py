@@ -165,10 +165,14 @@ def _texts(record: dict | None, outputs: Any) -> list[str | None]:
     return [o.get("text") if isinstance(o, dict) else (o if isinstance(o, str) else str(o)) for o in outputs]
 
 
-def _logprobs(record: dict | None) -> list | None:
-    if not record or not isinstance(record, dict):
-        return None
-    found = [o.get("logprobs") for o in record.get("outputs") or [] if isinstance(o, dict) and o.get("logprobs")]
+def _logprobs(record: dict | None, outputs: Any) -> list | None:
+    """Each output's log-probabilities: from the cache record, else from what the LM returned (a LiteLLM answer's
+    record is its response object, so a hosted model's log-probabilities are read from the outputs)."""
+    if record and isinstance(record, dict) and record.get("outputs") is not None:
+        outputs = record["outputs"]
+    if not isinstance(outputs, list):
+        outputs = [outputs]
+    found = [o.get("logprobs") for o in outputs if isinstance(o, dict) and o.get("logprobs")]
     return found or None
 
 
@@ -233,7 +237,7 @@ class StoreCallback(BaseCallback):
             "call_id": call_id, "run_id": _run_id.get(), "stage": _stage.get(), "module_call_id": start["module"],
             "cache_key": seen.get("key"), "model": start["model"], "messages": to_json(_plain(_messages(inputs))),
             "kwargs": to_json(_plain(kwargs)), "response": to_json(_texts(record, outputs)),
-            "logprobs": to_json(_logprobs(record)),
+            "logprobs": to_json(_logprobs(record, outputs)),
             "prompt_tokens": None if seen.get("hit") else usage.get("prompt_tokens"),
             "completion_tokens": None if seen.get("hit") else usage.get("completion_tokens"),
             "latency_s": latency, "cost": None if seen.get("hit") else cost,

@@ -19,4 +19,10 @@ def to_json(value: Any) -> str | None:
     """JSON text for a JSON column, with secrets removed (nothing secret ever reaches the file)."""
     if value is None:
         return None
-    return json.dumps(redact(value), default=str, ensure_ascii=False)
+    return json.dumps(redact(value), default=_plain, ensure_ascii=False)
+
+
+def _plain(value: Any) -> Any:
+    """A pydantic object (a hosted model's log-probabilities through LiteLLM) as its fields, anything else as text."""
+    dump = getattr(value, "model_dump", None)
+    return dump() if callable(dump) else str(value)

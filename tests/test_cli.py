@@ -53,6 +53,8 @@ CASES = [
     ("store.__main__", ["query", "DROP TABLE runs", "--db", "{db}"], EXIT_USAGE, "the store is read-only here"),
     ("store.__main__", ["nope"], EXIT_USAGE, "invalid choice: 'nope'"),
     ("programs.models", ["path", "no-such-model"], EXIT_USAGE, "unknown embedded model 'no-such-model'"),
+    ("programs.models", ["serve", "no-such-model"], EXIT_USAGE, "unknown embedded model 'no-such-model'"),
+    ("programs.models", ["serve", "{tmp}/missing.gguf"], EXIT_USAGE, "no GGUF file at"),
 ]
 
 

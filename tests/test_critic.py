@@ -26,6 +26,23 @@ def test_choice_probability_reads_the_answer_token():
     assert abs(p - 0.3 / 0.9) < 1e-9
 
 
+def test_choice_probability_reads_a_hosted_models_logprob_objects():
+    """Through LiteLLM (an OpenAI-compatible server) log-probabilities arrive as pydantic objects, not dicts; the store
+    keeps them as plain JSON, which reads the same after a rerun answers from the cache."""
+    import json
+
+    from litellm.types.utils import ChatCompletionTokenLogprob, ChoiceLogprobs, TopLogprob
+
+    from store.ids import to_json
+
+    top = [TopLogprob(token="1", logprob=math.log(0.6), bytes=None), TopLogprob(token="2", logprob=math.log(0.2),
+                                                                               bytes=None)]
+    hosted = ChoiceLogprobs(content=[ChatCompletionTokenLogprob(token="1", logprob=math.log(0.6), bytes=None,
+                                                                top_logprobs=top)])
+    assert abs(choice_probability(hosted) - 0.75) < 1e-9
+    assert abs(choice_probability(json.loads(to_json(hosted))) - 0.75) < 1e-9
+
+
 def test_choice_probability_ignores_digits_in_the_reason():
     content = [lp("Reason", 0, []), lp(":", 0, []), lp(" 1", math.log(0.9), [(" 1", math.log(0.9)), (" 2", math.log(0.1))]),
                lp(" wins", 0, []), lp("\nChoice", 0, []), lp(":", 0, []), lp(" 1", math.log(0.8), [(" 1", math.log(0.8)), (" 2", math.log(0.2))])]
