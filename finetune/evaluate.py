@@ -12,6 +12,7 @@ from datetime import datetime
 
 import dspy
 
+from finetune.model_card import refresh_cards
 from metrics.judge import judge_verdicts
 from metrics.winrate import Estimate, win_tie_rate
 from programs.critic import DEFAULT, PAPER, Critic
@@ -101,6 +102,7 @@ def _store_evaluation(store: Store, *, student: str, reference: str, judge: str,
         "details": to_json(details), "created_at": datetime.now(),
     }
     store.insert("evaluations", [row], replace=True)
+    refresh_cards(store, checkpoint_id)  # the student's model card now carries this win rate
     return row["evaluation_id"]
 
 

@@ -73,14 +73,21 @@ def check_query(store: Store, kind: str, sql: str, params: dict[str, Any], *, na
                            f"(it returns {columns})")
 
 
-def sql_dataset(store: Store, kind: str, sql: str, params: dict[str, Any], *, name: str, run_id: str) -> tuple[list[dict], str]:
-    """Rows of a dataset query (checked for the columns `kind` needs), recorded in `datasets`; returns (rows, id)."""
+def sql_dataset(store: Store, kind: str, sql: str, params: dict[str, Any], *, name: str, run_id: str,
+                task: Task | None = None) -> tuple[list[dict], str]:
+    """Rows of a dataset query (checked for the columns `kind` needs), recorded in `datasets`; returns (rows, id).
+    With `task`, each row's training prompt (`training_prompt`) is recorded beside it (`datasets.prompts`), so the
+    dataset can be exported as exactly what the student read (`python -m store export`)."""
     check_query(store, kind, sql, params, name=name)
     used = _used(sql, params)
     rows = store.query(sql, used)
     dataset_id = stable_id("dataset", name, sql, to_json(used), to_json(rows))
+    prompts = to_json([training_prompt(task, r["input"]) for r in rows]) if task is not None else None
     store.insert("datasets", [{"dataset_id": dataset_id, "name": name, "sql": sql, "n_rows": len(rows),
-                               "rows": to_json(rows), "run_id": run_id, "created_at": datetime.now()}])
+                               "rows": to_json(rows), "prompts": prompts, "run_id": run_id,
+                               "created_at": datetime.now()}])
+    if prompts is not None:  # a dataset recorded before prompts were (its id is the same): add them
+        store.execute("UPDATE datasets SET prompts = ? WHERE dataset_id = ? AND prompts IS NULL", [prompts, dataset_id])
     return rows, dataset_id
 
 
@@ -172,7 +179,7 @@ def _feedback_rounds(ctx: ObjectiveContext, name: str, start: TrainResult) -> Tr
         rows = []
         if judged["pairs"] or "$pairs" not in sql:
             rows, dataset_id = sql_dataset(ctx.store, kind, sql, ctx.params(producer, judged["pairs"]),
-                                           name=f"{name}-round{i}", run_id=ctx.run_id)
+                                           name=f"{name}-round{i}", run_id=ctx.run_id, task=ctx.task)
         if not rows:
             raise DatasetError(
                 f"{name}: no usable feedback pairs in round {i} ({len(judged['pairs'])} judged, "
@@ -205,7 +212,8 @@ def _brio(ctx: ObjectiveContext, base: TrainResult) -> TrainResult:
     from finetune.brio import BRIOTrainConfig, train_brio
 
     rank_teacher_outputs(ctx)
-    rows, dataset_id = sql_dataset(ctx.store, "brio", ctx.brio_sql, ctx.params(), name="brio", run_id=ctx.run_id)
+    rows, dataset_id = sql_dataset(ctx.store, "brio", ctx.brio_sql, ctx.params(), name="brio", run_id=ctx.run_id,
+                                   task=ctx.task)
     groups: dict[str, dict] = {}
     for r in rows:
         g = groups.setdefault(r["input_id"], {"input": r["input"], "prompt": training_prompt(ctx.task, r["input"]),
@@ -224,7 +232,8 @@ def _brio(ctx: ObjectiveContext, base: TrainResult) -> TrainResult:
 def run_objective(name: str, ctx: ObjectiveContext) -> TrainResult:
     """Train `name` from the warm start; returns the final model (a merged full-model folder)."""
     if name == "ft":
-        rows, dataset_id = sql_dataset(ctx.store, "sft", ctx.sft_sql, ctx.params(), name="ft", run_id=ctx.run_id)
+        rows, dataset_id = sql_dataset(ctx.store, "sft", ctx.sft_sql, ctx.params(), name="ft", run_id=ctx.run_id,
+                                       task=ctx.task)
         return _imitation(ctx, ctx.warm, rows, dataset_id, "ft", float(ctx.train_settings.get("epochs", 1.0)))
     if name in ("sd", "dpo"):
         return _feedback_rounds(ctx, name, ctx.warm)

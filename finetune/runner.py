@@ -11,7 +11,8 @@ brings its data and its Trainer; the driver runs the stage around it, in order:
    removed after it;
 6. record the result (`training_runs` finished with the log history and a summary, one `checkpoints` row);
 7. with `merge_lora`, merge the adapter into its base as a full model in `output_dir/merged` (`merge_adapter`: a
-   step after training, so a finished run asked for a merged model is merged, never trained again).
+   step after training, so a finished run asked for a merged model is merged, never trained again);
+8. write the model card, `README.md`, into `final` and `merged` (`finetune.model_card`; rewritten after evaluation).
 
 A run's training id, and so its output folder, is a hash of its config's identity (`config_identity`): the settings
 below are declared once in `TrainConfig`, which every stage's config extends. Under `accelerate launch`/torchrun
@@ -37,6 +38,7 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from finetune.model_card import MARKER, write_card
 from store.ids import stable_id  # not store.db: a run without a store never loads DuckDB
 from store.ids import to_json
 from programs.student_lm import DEFAULT_STUDENT, is_seq2seq, load_student, user_message
@@ -46,7 +48,6 @@ if TYPE_CHECKING:
     from store.db import Store
 
 DEFAULT_INSTRUCTION = "Rewrite the sentence as a humorous paraphrase with the same meaning."
-MARKER = "train_result.json"
 
 
 class TrainingError(UserError):
@@ -521,6 +522,7 @@ def _train(
             _write_json_atomic(output_dir / MARKER, {
                 "result": asdict(result), "objective": objective, "config": asdict(config), "dataset_id": dataset_id,
                 "run_id": run_id, "merged": merged is not None, "world_size": int(trainer.args.world_size),
+                "n_examples": kept,
                 "started_at": started_at.isoformat(), "finished_at": finished_at.isoformat(),
             })
             _remove_checkpoints(output_dir)
@@ -574,4 +576,9 @@ def run_training(
             dataset_id=dataset_id, progress=progress, description=description,
         )
     # 7. Merge, when asked.
-    return merge_adapter(result, config, store=store) if config.merge_lora else result
+    if config.merge_lora:
+        result = merge_adapter(result, config, store=store)
+    # 8. The model card in each model folder (a finished run found without one gets it now).
+    if is_main_process():
+        write_card(config.output_dir, store)
+    return result

@@ -329,7 +329,7 @@ def _imitate(p: Pipeline, teacher: Teaching) -> tuple[Any, list[dict]]:
     with p.stage("imitate"):
         params = {"teacher": teacher.name, "inputs": [r["input_id"] for r in p.chosen["train"]]}
         rows, dataset_id = sql_dataset(p.store, "sft", cfg.sft_sql or SFT_SQL, params, name="imitation",
-                                       run_id=p.run_id)
+                                       run_id=p.run_id, task=p.task)
         if not rows:
             raise InputError("the teacher produced no usable training pairs (see failed calls: "
                              "python -m store query \"SELECT error, response FROM lm_calls WHERE stage='teach'\")")

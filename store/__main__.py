@@ -3,8 +3,11 @@
     python -m store query "SELECT stage, sum(cost) FROM lm_calls GROUP BY stage" [--db PATH] [--format table|csv|json]
     python -m store tables [--db PATH]
     python -m store schema [--db PATH]
+    python -m store export NAME -o DEST [--format jsonl|parquet|hf] [--force] [--raw] [--db PATH]
+    python -m store export --sql "SELECT ..." -o DEST [...]
+    python -m store export --traces DIR [--force] [--db PATH]
 
-Read-only: a write statement is refused (exit 2). A missing file or a SQL error is one line on stderr (exit 1; the
+Read-only: a write statement is refused (exit 2); `export` writes only its destination (`store.export`). A missing file or a SQL error is one line on stderr (exit 1; the
 exit codes of every command are in `store.cli`).
 Every command opens the file only for as long as it reads, so it works while a pipeline is writing to it.
 """
@@ -18,7 +21,7 @@ import sys
 from decimal import Decimal
 from typing import Any
 
-from store.cli import ArgumentParser, entry_point
+from store.cli import ArgumentParser, UserError, entry_point, say
 from store.db import Store, StoreError, default_path
 
 CELL_CHARS = 120  # table cells are cut here; use --format csv or json for whole values
@@ -33,9 +36,11 @@ def main(argv: list[str] | None = None) -> int:
             _print_rows(store.query(args.sql), args.format)
         elif args.command == "tables":
             _print_tables(store.tables())
+        elif args.command == "export":
+            _export(store, args)
         else:
             _print_schema(store)
-    except (StoreError, BrokenPipeError):
+    except (UserError, BrokenPipeError):
         raise
     except Exception as exc:  # a DuckDB error the store did not translate: still one line, never a traceback
         raise StoreError(f"{type(exc).__name__}: {exc}") from exc
@@ -54,7 +59,33 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--format", "-f", choices=["table", "csv", "json"], default="table")
     sub.add_parser("tables", parents=[db], help="list tables and views with their row counts")
     sub.add_parser("schema", parents=[db], help="print the CREATE statement of every table, view and index")
+    export = sub.add_parser("export", parents=[db], help="write a dataset or a query's rows as chat JSONL, Parquet or "
+                                                         "a Hugging Face datasets folder; or every table as Parquet")
+    export.add_argument("dataset", nargs="?", help="a dataset's name (the newest of that name) or id (datasets table)")
+    export.add_argument("--sql", help="a read-only query instead of a dataset")
+    export.add_argument("--out", "-o", metavar="DEST", help="the file or folder to write")
+    export.add_argument("--format", "-f", choices=["jsonl", "parquet", "hf"],
+                        help="default: from DEST's extension (.jsonl, .parquet; none: a datasets folder)")
+    export.add_argument("--traces", metavar="DIR", help="write every table as DIR/<table>.parquet instead")
+    export.add_argument("--force", action="store_true", help="replace DEST if it exists")
+    export.add_argument("--raw", action="store_true", help="the rows as they are, not in chat format")
     return parser
+
+
+def _export(store: Store, args: argparse.Namespace) -> None:
+    from store.export import ExportError, export, export_traces
+
+    if args.traces:
+        if args.dataset or args.sql or args.out:
+            raise ExportError("--traces writes every table: give it no dataset, --sql or --out")
+        paths = export_traces(store, args.traces, force=args.force)
+        say(f"wrote {len(paths)} tables to {args.traces}/ as Parquet")
+        return
+    if not args.out:
+        raise ExportError("pass --out DEST (a .jsonl or .parquet file, or a folder for a datasets folder)")
+    dest, n, what = export(store, args.out, dataset=args.dataset, sql=args.sql, fmt=args.format, force=args.force,
+                           raw=args.raw)
+    say(f"wrote {n} rows of {what} to {dest}")
 
 
 # -- output ----------------------------------------------------------------------------------------------------

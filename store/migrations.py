@@ -351,9 +351,16 @@ def m007_critic_methods(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m008_dataset_prompts(con: duckdb.DuckDBPyConnection) -> None:
+    """Each dataset row's prompt as the student was trained on it (the task's chat messages), so `python -m store
+    export` writes exactly what training read without knowing the task. Not part of `dataset_id`: ids stay."""
+    con.execute("ALTER TABLE datasets ADD COLUMN prompts JSON")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_views, m003_audits,
                                                                    m004_feedback_views, m005_usage_views,
-                                                                   m006_optimization, m007_critic_methods]
+                                                                   m006_optimization, m007_critic_methods,
+                                                                   m008_dataset_prompts]
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
