@@ -150,8 +150,11 @@ class Results:
 
 def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     """Run (or finish) the pipeline for `cfg`; returns the evaluation summary."""
+    from store.db import check_path
+
     _load_stages()
     task, chosen = _check(cfg)  # a bad task or bad inputs fail here, before any model is loaded
+    check_path(db)  # so does a --db that cannot be a store (nothing created yet)
     lms = _models(cfg)
     p = _start(cfg, task, chosen, lms, db=db, out=out, command=command)
     with _recorded(p):
@@ -194,11 +197,14 @@ def _check(cfg: PipelineConfig) -> tuple[Any, dict[str, list[dict]]]:
 
 
 def _models(cfg: PipelineConfig) -> LMs:
-    """Resolve the teacher, the critic, the second judge and the reflection LM, check the student spec, then reach
-    each model: a spec that is wrong, or a hosted model that does not answer, fails here, before any work."""
+    """Reach each hosted model (its key, then an answer), then resolve the teacher, the critic, the second judge and
+    the reflection LM (pulling a local one not cached yet) and check the student spec: a spec that is wrong, or a
+    hosted model that does not answer, fails here, before any work and before any download."""
     from programs.student_lm import _resolve as resolve_student
-    from programs.lm import check_reachable, resolve_lm
+    from programs.lm import check_hosted, resolve_lm
 
+    optimizing = cfg.optimize in ("mipro", "gepa")
+    check_hosted(cfg.teacher, cfg.critic, cfg.judge, (cfg.reflection_lm or cfg.teacher) if optimizing else None)
     lms = LMs(
         teacher=resolve_lm(cfg.teacher, temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p,
                            max_tokens=cfg.teacher_max_tokens, seed=cfg.seed),
@@ -206,14 +212,8 @@ def _models(cfg: PipelineConfig) -> LMs:
         judge=(resolve_lm(cfg.judge, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed)
                if cfg.judge else None),
         reflection=(resolve_lm(cfg.reflection_lm or cfg.teacher, temperature=0.7, max_tokens=512, seed=cfg.seed)
-                    if cfg.optimize in ("mipro", "gepa") else None))
+                    if optimizing else None))
     resolve_student(cfg.student)
-    check_reachable(lms.teacher)
-    check_reachable(lms.critic)
-    if lms.judge is not None:
-        check_reachable(lms.judge)
-    if cfg.reflection_lm and lms.reflection is not None:
-        check_reachable(lms.reflection)
     return lms
 
 

@@ -316,3 +316,35 @@ def check_reachable(lm: dspy.LM, timeout: float = 20.0) -> None:
     except Exception as e:  # noqa: BLE001 - any failure here means "not usable", reported in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelSpecError(f"cannot reach {lm.model} ({time.monotonic() - start:.0f}s): {first[:300]}") from e
+
+
+def check_hosted(*specs: str | None) -> None:
+    """Every hosted model's API key, then its answer, before any local model is pulled or loaded: a missing key is
+    one line at once, not after a 491 MB download. Keys are checked first (no network), by LiteLLM's own table of
+    what each provider needs; a provider that can work without one (a base URL, cloud credentials) is left to the
+    reachability probe."""
+    hosted = [s for s in dict.fromkeys(specs) if s and isinstance(s, str) and not s.startswith(LOCAL_PREFIX)]
+    for spec in hosted:
+        if "/" not in spec:
+            raise ModelSpecError(f"model spec {spec!r} needs a provider prefix (e.g. openai/{spec}) or local/<name>")
+        missing = _missing_keys(spec)
+        if missing:
+            raise ModelSpecError(f"no API key for {spec}: set {' or '.join(missing)} (or use a local/ model)")
+    for spec in hosted:
+        check_reachable(resolve_lm(spec, cache=False))
+
+
+def _missing_keys(spec: str) -> list[str]:
+    """The API-key variables LiteLLM says `spec` needs and the environment lacks; [] when it needs something else too
+    (a base URL, a region) or cannot tell."""
+    import litellm
+
+    litellm.suppress_debug_info = True  # an unknown provider prints a banner otherwise; the probe reports it
+    try:
+        env = litellm.validate_environment(model=spec)
+    except Exception:  # noqa: BLE001 - LiteLLM cannot tell: the probe will
+        return []
+    missing = list(env.get("missing_keys") or [])
+    if env.get("keys_in_environment") or not missing or not all(k.endswith("_API_KEY") for k in missing):
+        return []
+    return missing

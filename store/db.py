@@ -51,6 +51,27 @@ def default_path() -> str:
     return os.environ.get("CRITIC_DISTILL_DB") or DEFAULT_DB
 
 
+def check_path(path: str | os.PathLike) -> None:
+    """Fail in one line, before any model loads and without creating anything, when `path` cannot be a store: a
+    folder, a file that is not a DuckDB database, or a new file whose folder cannot be created there."""
+    path = str(path)
+    if path.startswith("md:"):
+        return
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise StoreError(f"--db {p} is a folder; pass a file path such as {p / DEFAULT_DB}")
+    if p.exists():
+        with Store(p, create=False).connect(read_only=True):  # not a DuckDB file: "cannot open ..."
+            return
+    folder = p.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise StoreError(f"cannot create the store {p}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot create the store {p}: no permission to write in {folder}")
+
+
 _WRITE = re.compile(
     r"^\s*(insert|update|delete|create|drop|alter|copy|attach|detach|install|load|pragma|set|call|checkpoint|"
     r"vacuum|truncate|merge|export|import|begin|commit|rollback|use)\b",
@@ -99,6 +120,18 @@ def _defer_checkpoint(con: duckdb.DuckDBPyConnection) -> None:
         pass
 
 
+# A read-only connection reaches the store's own tables and views and nothing else: no file on the machine
+# (`read_csv('/etc/passwd')`, `glob`, `COPY`), no URL, no extension installed or loaded on the fly; and no statement
+# can undo it. The settings die with the connection's database instance, which closes with the connection.
+_LOCK_DOWN = ("SET enable_external_access = false", "SET autoinstall_known_extensions = false",
+              "SET autoload_known_extensions = false", "SET lock_configuration = true")
+
+
+def _lock_down(con: duckdb.DuckDBPyConnection) -> None:
+    for statement in _LOCK_DOWN:
+        con.execute(statement)
+
+
 _path_locks: dict[str, threading.RLock] = {}
 _path_locks_guard = threading.Lock()
 
@@ -130,7 +163,10 @@ class Store:
             raise StoreError(f"no store at {self.path} (run the pipeline first, or pass --db PATH)")
         if create:
             if not self.path.startswith("md:"):
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(f"cannot create the store {self.path}: {exc.strerror or exc}") from exc
             with self.connect() as con:
                 migrate(con)
 
@@ -142,6 +178,8 @@ class Store:
         with _path_lock(self.path), self._connect(read_only) as con:
             if not read_only:
                 _defer_checkpoint(con)
+            elif not self.path.startswith("md:"):  # a remote store is itself external access
+                _lock_down(con)
             yield con
 
     def checkpoint(self) -> None:
@@ -188,6 +226,9 @@ class Store:
             except duckdb.Error as exc:
                 if read_only and "read-only" in str(exc).lower():
                     raise ReadOnlyError(f"the store is read-only here: {str(exc).splitlines()[0]}") from exc
+                if read_only and "disabled by configuration" in str(exc):
+                    raise ReadOnlyError("a query here reads the store's own tables and views only, no file or URL "
+                                        f"({str(exc).splitlines()[0]})") from exc
                 raise StoreError(str(exc).splitlines()[0]) from exc
             if cur.description is None:
                 return []
