@@ -6,6 +6,7 @@ without its key): one line on stderr, no traceback, the shared exit code, no mod
 from __future__ import annotations
 
 import importlib
+import os
 
 import pytest
 
@@ -91,6 +92,18 @@ COMMANDS = [
      "reads the store's own tables and views only"),
     ("store-query-a-url", "store.__main__", ["query", "FROM 'https://example.com/t.parquet'", "--db", "{db}"], {}, 2,
      "reads the store's own tables and views only"),
+    ("compile-jsonl-text-a-list", "programs.compile",
+     ["--profile", "tiny", "--inputs", "{tmp}/list.jsonl", "--db", "{tmp}/e.duckdb"], {}, 2,
+     "{tmp}/list.jsonl:2: field 'text' is a list, not text"),
+    ("compile-jsonl-line-a-number", "programs.compile",
+     ["--profile", "tiny", "--inputs", "{tmp}/number.jsonl", "--db", "{tmp}/e.duckdb"], {}, 2,
+     "{tmp}/number.jsonl:3: field 'text' is a number, not text (42)"),
+    ("evaluate-jsonl-reference-an-object", "finetune.evaluate",
+     ["--student", STUDENT, "--inputs", "{tmp}/object.jsonl", "--critic", TINY_CRITIC, "--db", "{tmp}/e.duckdb"], {},
+     2, "{tmp}/object.jsonl:1: field 'reference' is an object, not text"),
+    ("compile-inputs-name-too-long", "programs.compile",
+     ["--profile", "tiny", "--inputs", "{tmp}/" + "i" * 300 + ".txt", "--db", "{tmp}/e.duckdb"], {}, 2,
+     "File name too long"),
     ("compile-hosted-critic-no-key", "programs.compile",
      ["--profile", "tiny", "--critic", "openai/gpt-4o-mini", "--db", "{tmp}/e.duckdb"], {}, 2,
      "no API key for openai/gpt-4o-mini: set OPENAI_API_KEY"),
@@ -113,6 +126,9 @@ def test_every_command_says_one_line_and_pulls_nothing(module, argv, env, code, 
     (tmp_path / "notdb.duckdb").write_text("not a database\n")
     (tmp_path / "in.txt").write_text("I lost my keys again.\n")
     (tmp_path / "cache").mkdir()
+    (tmp_path / "list.jsonl").write_text('{"text": "I lost my keys."}\n{"text": ["My tea", "went cold."]}\n')
+    (tmp_path / "number.jsonl").write_text('"I lost my keys."\n\n42\n')
+    (tmp_path / "object.jsonl").write_text('{"text": "I lost my keys.", "reference": {"joke": "keys"}}\n')
     names = {"tmp": tmp_path, "file": tmp_path / "file", "notdb": tmp_path / "notdb.duckdb", "db": tmp_path / "s.duckdb"}
     if any("{db}" in a for a in argv):
         from store import Store
@@ -152,3 +168,88 @@ def test_a_read_only_query_cannot_reach_outside_the_store_nor_unlock_itself(tmp_
     assert store.query("SUMMARIZE runs") and store.query("PIVOT runs ON status USING count(*)")
     store.insert("runs", [{"run_id": "r2", "status": "running"}])
     assert store.scalar("SELECT count(*) FROM runs") == 2
+
+
+# -- nothing lost: an LM call that returned is in the store after a kill -9 ------------------------------------------
+KILLED = """
+import sys
+from store import Store
+from store.callback import install, last_lm_call_id, trace_context
+from programs.lm import resolve_lm
+
+store = Store(sys.argv[1], flush_seconds=3600)  # no flush by age: only what the callback makes durable survives
+install(store)
+lm = resolve_lm("local/qwen2.5-coder-0.5b-instruct", temperature=0.0, max_tokens=4)
+with trace_context(run_id="killed", stage="teach"):
+    for i in range(50):
+        lm(f"Say the number {i}.")
+        print("returned", last_lm_call_id(), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_call_that_returned_survives_kill_minus_9(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from store import Store
+
+    db = tmp_path / "k.duckdb"
+    env = {**os.environ, "CRITIC_DISTILL_LLAMA_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(db)], stdout=subprocess.PIPE, text=True, env=env,
+                            cwd=Path(__file__).resolve().parent.parent)
+    returned = []
+    try:
+        for line in proc.stdout:
+            returned.append(line.split()[1])
+            if len(returned) == 3:
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL and len(returned) == 3
+    store = Store(db)  # a writer opening the file puts the dead process's journal into it
+    rows = store.query("SELECT call_id, prompt_tokens, completion_tokens, cache_key FROM lm_calls WHERE run_id = "
+                       "'killed'")
+    got = {r["call_id"]: r for r in rows}
+    assert set(returned) <= set(got), (returned, rows)
+    assert all(got[c]["prompt_tokens"] > 0 and got[c]["completion_tokens"] > 0 for c in returned)
+    keys = {r["cache_key"] for r in store.query("SELECT cache_key FROM lm_cache")}
+    assert {got[c]["cache_key"] for c in returned} <= keys  # a rerun answers them from the store: no call made again
+    usage = store.query("SELECT calls, prompt_tokens FROM usage_per_stage WHERE run_id = 'killed'")
+    assert usage and usage[0]["calls"] >= 3 and usage[0]["prompt_tokens"] > 0
+    assert not list(tmp_path.glob("k.duckdb.journal-*"))  # replayed, then removed
+    store.close()
+
+
+# -- the same text in train and in the evaluation split ------------------------------------------------------------
+
+
+def test_an_evaluation_input_also_in_train_is_dropped_with_a_warning_and_reported(tmp_path, capsys):
+    from dataclasses import asdict
+
+    from finetune.report import write_report
+    from programs.compile import select_inputs, split_inputs
+    from programs.config import PipelineConfig
+    from programs.tasks import get_task
+
+    f = tmp_path / "in.jsonl"
+    f.write_text("".join(f'{{"text": "{t}", "split": "{s}"}}\n' for t, s in [
+        ("I lost my keys.", "train"), ("My tea went cold.", "train"), ("I lost my keys.", "test"),
+        ("The bus was late.", "test"), ("My  tea went   cold.", "test")]))  # the same text, spaced otherwise
+    cfg = PipelineConfig(inputs=str(f))
+    chosen, dropped = split_inputs(cfg, get_task("humor"))
+    assert dropped == 2 and [r["text"] for r in chosen["test"]] == ["The bus was late."]
+    assert "warning: 2 test input(s) also in train were dropped from test" in capsys.readouterr().err
+    report = write_report(tmp_path / "out", config=asdict(cfg), counts={"dropped_overlap": dropped}, evaluations=[],
+                          log_history=[], examples=[], command="c", db="d").read_text()
+    assert "- 2 test inputs also in train were dropped" in report
+
+    bundled = PipelineConfig()  # no overlap: nothing dropped, the same inputs (and ids) as before
+    chosen, dropped = split_inputs(bundled, get_task("humor"))
+    assert dropped == 0 and chosen == select_inputs(bundled, get_task("humor"))
+    assert not {r["text"] for r in chosen["train"]} & {r["text"] for r in chosen["test"]}
