@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from programs.student_lm import _resolve as resolve_student
     from programs.inputs import InputError, load_file
-    from programs.lm import check_hosted, resolve_lm
+    from programs.lm import check_context, check_hosted, resolve_lm
     from programs.progress import console
     from programs.tasks import get_task
     from store.db import check_path, default_path
@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError("--limit must be a positive integer")
     task = get_task(args.task)
     rows = load_file(args.inputs)[: args.limit]
+    check_context([r["text"] for r in rows], [args.critic, args.judge, args.teacher], answer_tokens=96,
+                  judged_tokens=160)  # this command's critic and teacher max_tokens
     student_spec, producer = _student_spec(args.student)
     check_path(args.db or default_path())  # a --db that cannot be a store: one line, nothing created or pulled
     teacher_spec = args.teacher or args.critic

@@ -211,7 +211,13 @@ def _check(cfg: PipelineConfig) -> tuple[Any, dict[str, list[dict]], int]:
     if cfg.critic_rubrics > len(task.rubrics):
         raise ConfigError(f"critic_rubrics = {cfg.critic_rubrics}, but task {task.name!r} has {len(task.rubrics)} "
                           "phrasing(s) of its rubric (critic_instruction, critic_rubrics)")
-    return task, *split_inputs(cfg, task)
+    chosen, dropped = split_inputs(cfg, task)
+    from programs.lm import check_context
+
+    check_context([r["text"] for rows in chosen.values() for r in rows], [cfg.teacher, cfg.critic, cfg.judge],
+                  answer_tokens=cfg.critic_max_tokens,
+                  judged_tokens=max(cfg.teacher_max_tokens, cfg.student_max_tokens))
+    return task, chosen, dropped
 
 
 def _models(cfg: PipelineConfig) -> LMs:

@@ -104,6 +104,12 @@ COMMANDS = [
     ("compile-inputs-name-too-long", "programs.compile",
      ["--profile", "tiny", "--inputs", "{tmp}/" + "i" * 300 + ".txt", "--db", "{tmp}/e.duckdb"], {}, 2,
      "File name too long"),
+    ("compile-input-past-the-context", "programs.compile",
+     ["--profile", "tiny", "--inputs", "{tmp}/long.jsonl", "--db", "{tmp}/e.duckdb"], {}, 2,
+     "has 2000 words, more than a local model's 2048-token context holds"),
+    ("evaluate-input-past-the-context", "finetune.evaluate",
+     ["--student", STUDENT, "--inputs", "{tmp}/long.jsonl", "--critic", TINY_CRITIC, "--db", "{tmp}/e.duckdb"], {},
+     2, "has 2000 words, more than a local model's 2048-token context holds"),
     ("compile-hosted-critic-no-key", "programs.compile",
      ["--profile", "tiny", "--critic", "openai/gpt-4o-mini", "--db", "{tmp}/e.duckdb"], {}, 2,
      "no API key for openai/gpt-4o-mini: set OPENAI_API_KEY"),
@@ -128,6 +134,8 @@ def test_every_command_says_one_line_and_pulls_nothing(module, argv, env, code, 
     (tmp_path / "cache").mkdir()
     (tmp_path / "list.jsonl").write_text('{"text": "I lost my keys."}\n{"text": ["My tea", "went cold."]}\n')
     (tmp_path / "number.jsonl").write_text('"I lost my keys."\n\n42\n')
+    (tmp_path / "long.jsonl").write_text('{"text": "My tea went cold.", "split": "train"}\n'
+                                         f'{{"text": "{"cold " * 2000}", "split": "test"}}\n')
     (tmp_path / "object.jsonl").write_text('{"text": "I lost my keys.", "reference": {"joke": "keys"}}\n')
     names = {"tmp": tmp_path, "file": tmp_path / "file", "notdb": tmp_path / "notdb.duckdb", "db": tmp_path / "s.duckdb"}
     if any("{db}" in a for a in argv):
