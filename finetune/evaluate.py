@@ -173,25 +173,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from programs.student_lm import _resolve as resolve_student
     from programs.inputs import InputError, load_file
-    from programs.lm import check_reachable, resolve_lm
+    from programs.lm import check_context, check_hosted, resolve_lm
     from programs.progress import console
     from programs.tasks import get_task
+    from store.db import check_path, default_path
 
     quiet_libraries()
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be a positive integer")
     task = get_task(args.task)
     rows = load_file(args.inputs)[: args.limit]
+    check_context([r["text"] for r in rows], [args.critic, args.judge, args.teacher], answer_tokens=96,
+                  judged_tokens=160)  # this command's critic and teacher max_tokens
     student_spec, producer = _student_spec(args.student)
-    resolve_student(student_spec[len("local/"):])
+    check_path(args.db or default_path())  # a --db that cannot be a store: one line, nothing created or pulled
     teacher_spec = args.teacher or args.critic
+    need_teacher = any("reference" not in r for r in rows)
+    check_hosted(args.critic, args.judge, teacher_spec if need_teacher else None)  # keys, answers: before any pull
+    resolve_student(student_spec[len("local/"):])
     critic_lm = resolve_lm(args.critic, temperature=0.0, max_tokens=96)
     judge_lm = resolve_lm(args.judge, temperature=0.0, max_tokens=96) if args.judge else None
-    need_teacher = any("reference" not in r for r in rows)
     teacher_lm = resolve_lm(teacher_spec, temperature=0.8, max_tokens=160, seed=0) if need_teacher else None
-    for lm in (critic_lm, judge_lm, teacher_lm):
-        if lm is not None:
-            check_reachable(lm)
     summary = _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, critic_lm, judge_lm, teacher_lm)
     for name, result in summary.items():
         console.print(f"[bold]{name}[/]: WTR mean P {result['wtr_prob']} · decisions {result['wtr_decision']}",

@@ -189,7 +189,9 @@ def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dic
         f"{config.get('critic_mode', 'reason-first')}, {config.get('critic_aggregate', 'mean')})",
         f"- student: `{config['student']}` ({'LoRA' if config['lora'] else 'full fine-tuning'}, {config['epochs']} epoch(s))",
         f"- train inputs: {counts.get('train_inputs')}, teacher pairs: {counts.get('pairs')}, "
-        f"{split} inputs: {counts.get(f'{split}_inputs')}", "",
+        f"{split} inputs: {counts.get(f'{split}_inputs')}",
+        *([f"- {counts['dropped_overlap']} {split} inputs also in train were dropped (the same text: a student is "
+           "not evaluated on what it was trained on)"] if counts.get("dropped_overlap") else []), "",
         *(_lift_lines(lift, split) if lift else []),
         "## Win-tie rate vs the teacher", "",
         "| student | judge | split | n | WTR (mean P) ×100 [95% CI] | WTR (decisions) ×100 [95% CI] | meaning | length ratio |",

@@ -64,11 +64,14 @@ class PairFile:
 def load_pairs(path: str | os.PathLike) -> PairFile:
     """Read and check a pairs file; every problem is an AuditError that names the file and line."""
     p = Path(path).expanduser()
-    if not p.exists():
-        raise AuditError(f"pairs file not found: {p}")
-    if p.is_dir():
-        raise AuditError(f"{p} is a folder; pass a .jsonl file with one pair per line")
-    raw = p.read_bytes()
+    try:
+        if not p.exists():
+            raise AuditError(f"pairs file not found: {p}")
+        if p.is_dir():
+            raise AuditError(f"{p} is a folder; pass a .jsonl file with one pair per line")
+        raw = p.read_bytes()
+    except OSError as e:  # no permission, a name too long, a device that cannot be read
+        raise AuditError(f"cannot read the pairs file {p}: {e.strerror or e}") from e
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -475,18 +478,19 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
     from programs.adapter import LabeledAdapter
     from programs.critic import PAPER
-    from programs.lm import check_reachable
+    from programs.lm import check_hosted
     from programs.progress import console
     from store import Store, stable_id, to_json
     from store.callback import install
-    from store.db import default_path
+    from store.db import check_path, default_path
 
     critic = critic_from_args(args, task)
     settings = critic.settings
     quiet_libraries()
-    critic_lm = resolve_lm(args.critic, temperature=0.0, max_tokens=CRITIC_MAX_TOKENS, seed=0)
-    check_reachable(critic_lm)
     db = args.db or default_path()
+    check_path(db)  # a --db that cannot be a store: one line, nothing created, no model pulled
+    check_hosted(args.critic)  # a hosted critic's key and answer before a local model is pulled
+    critic_lm = resolve_lm(args.critic, temperature=0.0, max_tokens=CRITIC_MAX_TOKENS, seed=0)
     store = Store(db)
     install(store)
     dspy.configure(adapter=LabeledAdapter())

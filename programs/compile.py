@@ -42,12 +42,27 @@ from store.cli import ArgumentParser, code_version, entry_point, quiet_libraries
 
 def select_inputs(cfg: PipelineConfig, task) -> dict[str, list[dict]]:
     """The run's inputs per split (input_id = hash of task + text, so a rerun finds the same rows)."""
+    return split_inputs(cfg, task)[0]
+
+
+def split_inputs(cfg: PipelineConfig, task) -> tuple[dict[str, list[dict]], int]:
+    """The run's inputs per split, and how many evaluation inputs were dropped because the same text is among the
+    train inputs (a student evaluated on what it was trained on; a file's split column can do that). Inputs without
+    such overlap, the bundled ones included, are chosen exactly as before."""
     from store import stable_id
 
     rows = load_inputs(cfg.inputs, task)
     chosen: dict[str, list[dict]] = {}
+    dropped = 0
     for split in ("train", cfg.eval_split):
         items = [r for r in rows if r["split"] == split]
+        if split != "train":
+            trained = {r["text"] for r in chosen["train"]}
+            kept = [r for r in items if r["text"] not in trained]
+            dropped, items = len(items) - len(kept), kept
+            if dropped:
+                console.print(f"warning: {dropped} {split} input(s) also in train were dropped from {split}",
+                              highlight=False, soft_wrap=True)
         limit = cfg.split_limit(split)
         items = items[:limit] if limit else items
         if not items:
@@ -64,7 +79,7 @@ def select_inputs(cfg: PipelineConfig, task) -> dict[str, list[dict]]:
                              "with split 'ood'); pass --ood 0")
         chosen["ood"] = [{"input_id": stable_id("input", task.name, r["text"]), "text": r["text"], "split": "ood"}
                          for r in ood[: cfg.ood_inputs]]
-    return chosen
+    return chosen, dropped
 
 
 def store_inputs(store, cfg: PipelineConfig, task, chosen: dict[str, list[dict]]) -> None:
@@ -101,6 +116,7 @@ class Pipeline:
     db: str
     command: str
     started: float
+    dropped: int = 0  # evaluation inputs left out because train has the same text
 
     @property
     def run_id(self) -> str:
@@ -150,10 +166,14 @@ class Results:
 
 def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     """Run (or finish) the pipeline for `cfg`; returns the evaluation summary."""
+    from store.db import check_path
+
     _load_stages()
-    task, chosen = _check(cfg)  # a bad task or bad inputs fail here, before any model is loaded
+    task, chosen, dropped = _check(cfg)  # a bad task or bad inputs fail here, before any model is loaded
+    check_path(db)  # so does a --db that cannot be a store (nothing created yet)
     lms = _models(cfg)
     p = _start(cfg, task, chosen, lms, db=db, out=out, command=command)
+    p.dropped = dropped
     with _recorded(p):
         _inputs(p)
         teacher = _optimize(p)
@@ -182,23 +202,33 @@ def _load_stages() -> None:
         importlib.import_module(name)
 
 
-def _check(cfg: PipelineConfig) -> tuple[Any, dict[str, list[dict]]]:
-    """The task and its inputs per split, checked before any model loads."""
+def _check(cfg: PipelineConfig) -> tuple[Any, dict[str, list[dict]], int]:
+    """The task, its inputs per split and how many evaluation inputs overlapping train were dropped, checked before
+    any model loads."""
     from programs.tasks import get_task
 
     task = get_task(cfg.task)  # a TaskError is a user error: its one line
     if cfg.critic_rubrics > len(task.rubrics):
         raise ConfigError(f"critic_rubrics = {cfg.critic_rubrics}, but task {task.name!r} has {len(task.rubrics)} "
                           "phrasing(s) of its rubric (critic_instruction, critic_rubrics)")
-    return task, select_inputs(cfg, task)
+    chosen, dropped = split_inputs(cfg, task)
+    from programs.lm import check_context
+
+    check_context([r["text"] for rows in chosen.values() for r in rows], [cfg.teacher, cfg.critic, cfg.judge],
+                  answer_tokens=cfg.critic_max_tokens,
+                  judged_tokens=max(cfg.teacher_max_tokens, cfg.student_max_tokens))
+    return task, chosen, dropped
 
 
 def _models(cfg: PipelineConfig) -> LMs:
-    """Resolve the teacher, the critic, the second judge and the reflection LM, check the student spec, then reach
-    each model: a spec that is wrong, or a hosted model that does not answer, fails here, before any work."""
+    """Reach each hosted model (its key, then an answer), then resolve the teacher, the critic, the second judge and
+    the reflection LM (pulling a local one not cached yet) and check the student spec: a spec that is wrong, or a
+    hosted model that does not answer, fails here, before any work and before any download."""
     from programs.student_lm import _resolve as resolve_student
-    from programs.lm import check_reachable, resolve_lm
+    from programs.lm import check_hosted, resolve_lm
 
+    optimizing = cfg.optimize in ("mipro", "gepa")
+    check_hosted(cfg.teacher, cfg.critic, cfg.judge, (cfg.reflection_lm or cfg.teacher) if optimizing else None)
     lms = LMs(
         teacher=resolve_lm(cfg.teacher, temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p,
                            max_tokens=cfg.teacher_max_tokens, seed=cfg.seed),
@@ -206,14 +236,8 @@ def _models(cfg: PipelineConfig) -> LMs:
         judge=(resolve_lm(cfg.judge, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed)
                if cfg.judge else None),
         reflection=(resolve_lm(cfg.reflection_lm or cfg.teacher, temperature=0.7, max_tokens=512, seed=cfg.seed)
-                    if cfg.optimize in ("mipro", "gepa") else None))
+                    if optimizing else None))
     resolve_student(cfg.student)
-    check_reachable(lms.teacher)
-    check_reachable(lms.critic)
-    if lms.judge is not None:
-        check_reachable(lms.judge)
-    if cfg.reflection_lm and lms.reflection is not None:
-        check_reachable(lms.reflection)
     return lms
 
 
@@ -453,7 +477,7 @@ def _report(p: Pipeline, warm, pairs: list[dict], results: Results) -> Path:
     return write_report(
         p.out_dir, config=asdict(cfg), command=p.command, db=p.db, log_history=warm.log_history, examples=examples,
         counts={"train_inputs": len(p.chosen["train"]), f"{cfg.eval_split}_inputs": len(p.evaluated),
-                "pairs": len(pairs)},
+                "pairs": len(pairs), "dropped_overlap": p.dropped},
         evaluations=[dict(e, length_ratio=_mean(e["length_ratios"])) for e in results.evaluations], usage=usage,
         teacher_quality=results.teacher_quality, lift=results.lift,
     )

@@ -28,7 +28,17 @@ def hash_split(text: str) -> str:
     return "test" if bucket < 15 else "dev" if bucket < 30 else "train"
 
 
-def _rows_from_records(records: list[dict], path: Path) -> list[dict]:
+def _check_text(value: object, path: Path, where: str, field: str) -> None:
+    """A text field holds a string (or nothing): a list, an object, a number or a boolean would become its Python
+    text silently, so it is refused in one line that names the file, the line (or row) and the field."""
+    if value is not None and not isinstance(value, str):
+        kind = {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}.get(
+            type(value), f"a {type(value).__name__}")
+        raise InputError(f"{path}:{where}: field {field!r} is {kind}, not text ({str(value)[:60]})")
+
+
+def _rows_from_records(records: list[dict], path: Path, where: list[str] | None = None) -> list[dict]:
+    """Rows from records; `where` names each record's place for errors (`3` for line 3, `row 3`)."""
     if not records:
         return []
     keys = {k.lower(): k for k in records[0]}
@@ -38,7 +48,10 @@ def _rows_from_records(records: list[dict], path: Path) -> list[dict]:
     split_col = keys.get("split")
     ref_col = next((keys[c] for c in REFERENCE_COLUMNS if c in keys and keys[c] != col), None)
     rows = []
-    for r in records:
+    for i, r in enumerate(records):
+        for field in (col, split_col, ref_col):
+            if field is not None:
+                _check_text(r.get(field), path, where[i] if where else f"row {i + 1}", field)
         text = r.get(col)
         if text is None or not str(text).strip():
             continue
@@ -52,8 +65,11 @@ def _rows_from_records(records: list[dict], path: Path) -> list[dict]:
 
 def load_file(path: str | Path) -> list[dict]:
     p = Path(path).expanduser()
-    if not p.exists():
-        raise InputError(f"input file not found: {p}")
+    try:
+        if not p.exists():
+            raise InputError(f"input file not found: {p}")
+    except OSError as e:  # a name too long, a folder that cannot be searched
+        raise InputError(f"cannot read {p}: {e.strerror or e}") from e
     if p.is_dir():
         raise InputError(f"{p} is a folder; pass a .txt, .jsonl, .csv or .parquet file")
     suffix = p.suffix.lower()
@@ -62,7 +78,7 @@ def load_file(path: str | Path) -> list[dict]:
             lines = p.read_text(encoding="utf-8").splitlines()
             rows = [{"text": " ".join(t.split()), "split": hash_split(" ".join(t.split()))} for t in lines if t.strip()]
         elif suffix in (".jsonl", ".json"):
-            records = []
+            records, where = [], []
             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
                 if line.strip():
                     try:
@@ -70,10 +86,11 @@ def load_file(path: str | Path) -> list[dict]:
                     except json.JSONDecodeError as e:
                         raise InputError(f"{p}:{i}: not valid JSON ({e.msg})") from e
                     records.append(rec if isinstance(rec, dict) else {"text": rec})
-            rows = _rows_from_records(records, p)
+                    where.append(str(i))
+            rows = _rows_from_records(records, p, where)
         elif suffix == ".csv":
             with open(p, newline="", encoding="utf-8-sig") as f:  # "CSV UTF-8" from a spreadsheet starts with a BOM
-                rows = _rows_from_records(list(csv.DictReader(f)), p)
+                rows = _rows_from_records(list(csv.DictReader(f)), p)  # every CSV value is text
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
 

@@ -28,6 +28,8 @@ from programs import models  # noqa: E402
 from store.cli import UserError
 
 LOCAL_PREFIX = "local/"
+LOCAL_CONTEXT = 2048  # tokens: the context llama.cpp is given for the embedded teacher and critic
+PROMPT_TOKENS = 256  # the critic's instruction, labels and chat template around the texts, with room to spare
 
 
 class ModelSpecError(UserError):
@@ -98,7 +100,7 @@ def load_llama(path: str, *, n_ctx: int = 2048, logits_all: bool = False, n_thre
 class LlamaCppEngine:
     """DSPy engine over llama-cpp-python. Log-probabilities need `logits_all`, so a separate instance serves them."""
 
-    def __init__(self, model_path: str, *, n_ctx: int = 2048, n_threads: int | None = None, name: str | None = None,
+    def __init__(self, model_path: str, *, n_ctx: int = LOCAL_CONTEXT, n_threads: int | None = None, name: str | None = None,
                  reuse_prefix: bool = True):
         self.model_path = str(model_path)
         self.n_ctx = n_ctx
@@ -345,3 +347,57 @@ def check_reachable(lm: dspy.LM, timeout: float = 20.0) -> None:
     except Exception as e:  # noqa: BLE001 - any failure here means "not usable", reported in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelSpecError(f"cannot reach {lm.model} ({time.monotonic() - start:.0f}s): {first[:300]}") from e
+
+
+def check_hosted(*specs: str | None) -> None:
+    """Every hosted model's API key, then its answer, before any local model is pulled or loaded: a missing key is
+    one line at once, not after a 491 MB download. Keys are checked first (no network), by LiteLLM's own table of
+    what each provider needs; a provider that can work without one (a base URL, cloud credentials) is left to the
+    reachability probe."""
+    hosted = [s for s in dict.fromkeys(specs) if s and isinstance(s, str) and not s.startswith(LOCAL_PREFIX)]
+    for spec in hosted:
+        if "/" not in spec:
+            raise ModelSpecError(f"model spec {spec!r} needs a provider prefix (e.g. openai/{spec}) or local/<name>")
+        missing = _missing_keys(spec)
+        if missing:
+            raise ModelSpecError(f"no API key for {spec}: set {' or '.join(missing)} (or use a local/ model)")
+    for spec in hosted:
+        check_reachable(resolve_lm(spec, cache=False))
+
+
+def _missing_keys(spec: str) -> list[str]:
+    """The API-key variables LiteLLM says `spec` needs and the environment lacks; [] when it needs something else too
+    (a base URL, a region) or cannot tell."""
+    import litellm
+
+    litellm.suppress_debug_info = True  # an unknown provider prints a banner otherwise; the probe reports it
+    try:
+        env = litellm.validate_environment(model=spec)
+    except Exception:  # noqa: BLE001 - LiteLLM cannot tell: the probe will
+        return []
+    missing = list(env.get("missing_keys") or [])
+    if env.get("keys_in_environment") or not missing or not all(k.endswith("_API_KEY") for k in missing):
+        return []
+    return missing
+
+
+def check_context(texts: list[str], specs: list[str | None], *, answer_tokens: int, judged_tokens: int) -> None:
+    """Refuse, in one line and before any model loads, an input that cannot fit a local model's context beside the
+    critic's prompt: the instruction, two candidates of up to `judged_tokens` each and an answer of `answer_tokens`.
+
+    Counted in words, not tokens: the tokenizer would need the model file, but the byte-level BPE tokenizers of the
+    embedded models (Qwen2.5, SmolLM2) never join two words into one token, so an input's word count is a lower
+    bound on its tokens. An input refused here surely does not fit (no false refusal); one just under the bound may
+    still fail its calls, which are then recorded as errors. Hosted models' contexts are far larger and not
+    checked."""
+    if not any(s and s.startswith(LOCAL_PREFIX) for s in specs):
+        return
+    room = LOCAL_CONTEXT - PROMPT_TOKENS - 2 * judged_tokens - answer_tokens
+    for text in texts:
+        words = len(text.split())
+        if words > room:
+            from programs.inputs import InputError
+
+            raise InputError(f"the input {' '.join(text.split()[:8])!r}... has {words} words, more than a local "
+                             f"model's {LOCAL_CONTEXT}-token context holds beside the critic's prompt (at most {room}"
+                             " words): shorten it, or use hosted models")

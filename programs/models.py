@@ -186,6 +186,15 @@ def pull(name: str, *, quiet: bool = False) -> Path:
     final = cached_path(model)
     if final.exists():
         return final
+    try:
+        return _pull(model, final, quiet=quiet)
+    except OSError as e:  # a cache folder that cannot be written (read-only, under a file, a full disk)
+        where = e.filename or final.parent
+        raise ModelError(f"cannot write the model cache at {where}: {e.strerror or e} (set CRITIC_DISTILL_CACHE to a "
+                         "writable folder)") from e
+
+
+def _pull(model: EmbeddedModel, final: Path, *, quiet: bool) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".pull-") as tmp, Progress(*columns, disable=quiet) as progress:

@@ -51,15 +51,19 @@ def _converted_dir(gguf: Path, name: str) -> Path:
     target = models.cache_dir() / "models" / f"{name}-hf"
     if (target / "config.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # The weights are dequantized already; without this, save_pretrained refuses (or writes a GGUF-tagged config).
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-hf-"))
+    try:  # before the model loads: a cache that cannot be written is one line
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-hf-"))
+    except OSError as e:
+        raise StudentError(f"cannot write the model cache at {target.parent}: {e.strerror or e} (set "
+                           "CRITIC_DISTILL_CACHE to a writable folder)") from e
     try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        # The weights are dequantized already; without this, save_pretrained refuses (or writes a GGUF-tagged config).
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         try:

@@ -243,6 +243,8 @@ class StoreCallback(BaseCallback):
             "latency_s": latency, "cost": None if seen.get("hit") else cost,
             "cache_hit": bool(seen.get("hit")), "error": _error(exception), "created_at": datetime.now(),
         })
+        if not seen.get("hit"):  # a call the model answered: its row, its cache entry, its tokens survive a kill -9
+            self.store.sync()
         self.seconds += time.perf_counter() - t0
 
 

@@ -8,12 +8,15 @@ transaction and closes it, retrying while another process holds the lock. That i
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,27 @@ def default_path() -> str:
     return os.environ.get("CRITIC_DISTILL_DB") or DEFAULT_DB
 
 
+def check_path(path: str | os.PathLike) -> None:
+    """Fail in one line, before any model loads and without creating anything, when `path` cannot be a store: a
+    folder, a file that is not a DuckDB database, or a new file whose folder cannot be created there."""
+    path = str(path)
+    if path.startswith("md:"):
+        return
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise StoreError(f"--db {p} is a folder; pass a file path such as {p / DEFAULT_DB}")
+    if p.exists():
+        with Store(p, create=False).connect(read_only=True):  # not a DuckDB file: "cannot open ..."
+            return
+    folder = p.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise StoreError(f"cannot create the store {p}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot create the store {p}: no permission to write in {folder}")
+
+
 _WRITE = re.compile(
     r"^\s*(insert|update|delete|create|drop|alter|copy|attach|detach|install|load|pragma|set|call|checkpoint|"
     r"vacuum|truncate|merge|export|import|begin|commit|rollback|use)\b",
@@ -80,6 +104,30 @@ def _refuse_writes(sql: str) -> None:
             raise ReadOnlyError(refusal)
 
 
+JOURNAL = ".journal-"  # + the writing process's id and the Store's: `traces.duckdb.journal-1234-7f3a...`
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"$datetime": value.isoformat()}
+    return str(value)
+
+
+def _decode(obj: dict) -> Any:
+    return datetime.fromisoformat(obj["$datetime"]) if obj.keys() == {"$datetime"} else obj
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (its journal is its own business while it does)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc).lower()
     # "different configuration": this process already has the file open the other way (a read-only query in one
@@ -97,6 +145,18 @@ def _defer_checkpoint(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("PRAGMA disable_checkpoint_on_shutdown")
     except duckdb.Error:  # a server that manages its own storage (a remote store)
         pass
+
+
+# A read-only connection reaches the store's own tables and views and nothing else: no file on the machine
+# (`read_csv('/etc/passwd')`, `glob`, `COPY`), no URL, no extension installed or loaded on the fly; and no statement
+# can undo it. The settings die with the connection's database instance, which closes with the connection.
+_LOCK_DOWN = ("SET enable_external_access = false", "SET autoinstall_known_extensions = false",
+              "SET autoload_known_extensions = false", "SET lock_configuration = true")
+
+
+def _lock_down(con: duckdb.DuckDBPyConnection) -> None:
+    for statement in _LOCK_DOWN:
+        con.execute(statement)
 
 
 _path_locks: dict[str, threading.RLock] = {}
@@ -126,13 +186,19 @@ class Store:
         self._last_flush = time.monotonic()
         self._lock = threading.RLock()
         self._schemas: dict[str, pa.Schema] = {}
+        self._unsynced: list[tuple[str, dict]] = []  # buffered rows not yet in this process's journal
+        self._journal = None if self.path.startswith("md:") else f"{self.path}{JOURNAL}{os.getpid()}-{id(self):x}"
         if not self.path.startswith("md:") and not Path(self.path).exists() and not create:
             raise StoreError(f"no store at {self.path} (run the pipeline first, or pass --db PATH)")
         if create:
             if not self.path.startswith("md:"):
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(f"cannot create the store {self.path}: {exc.strerror or exc}") from exc
             with self.connect() as con:
                 migrate(con)
+            self._replay()
 
     # -- connections -------------------------------------------------------------------------------------------
 
@@ -142,6 +208,8 @@ class Store:
         with _path_lock(self.path), self._connect(read_only) as con:
             if not read_only:
                 _defer_checkpoint(con)
+            elif not self.path.startswith("md:"):  # a remote store is itself external access
+                _lock_down(con)
             yield con
 
     def checkpoint(self) -> None:
@@ -188,6 +256,9 @@ class Store:
             except duckdb.Error as exc:
                 if read_only and "read-only" in str(exc).lower():
                     raise ReadOnlyError(f"the store is read-only here: {str(exc).splitlines()[0]}") from exc
+                if read_only and "disabled by configuration" in str(exc):
+                    raise ReadOnlyError("a query here reads the store's own tables and views only, no file or URL "
+                                        f"({str(exc).splitlines()[0]})") from exc
                 raise StoreError(str(exc).splitlines()[0]) from exc
             if cur.description is None:
                 return []
@@ -239,9 +310,51 @@ class Store:
         with self._lock:
             self._buffers.setdefault(table, []).append(row)
             self._buffered += 1
+            if self._journal is not None:
+                self._unsynced.append((table, row))
             due = self._buffered >= self.batch_rows or time.monotonic() - self._last_flush > self.flush_seconds
         if due:
             self.flush()
+
+    def sync(self) -> None:
+        """Make every buffered row survive a crash, a `kill -9` included, without a flush: append the rows to this
+        process's journal beside the file (one write of JSON lines, microseconds where a flush takes tens of
+        milliseconds). The next `Store` opened on the file for writing puts a dead process's journal into the store;
+        a flush empties the process's own. A remote (`md:`) store flushes instead."""
+        if self._journal is None:
+            return self.flush()
+        t0 = time.perf_counter()
+        with self._lock:
+            rows, self._unsynced = self._unsynced, []
+            if rows:
+                data = "".join(json.dumps({"t": table, "r": row}, default=_encode) + "\n" for table, row in rows)
+                fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, data.encode())
+                finally:
+                    os.close(fd)
+        self.flush_seconds_total += time.perf_counter() - t0
+
+    def _replay(self) -> None:
+        """Put the rows of journals left by processes that died before their flush into the store (ids make it
+        idempotent: a row already there is skipped), then remove those journals."""
+        for journal in Path(self.path).parent.glob(f"{glob.escape(Path(self.path).name)}{JOURNAL}*"):
+            pid = journal.name.rsplit(JOURNAL, 1)[-1].split("-")[0]
+            if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+                continue
+            buffers: dict[str, list[dict]] = {}
+            for line in journal.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line, object_hook=_decode)
+                except json.JSONDecodeError:  # the last line of a process killed mid-write
+                    continue
+                buffers.setdefault(entry["t"], []).append(entry["r"])
+            with self.connect() as con:
+                con.execute("BEGIN TRANSACTION")
+                for table, rows in buffers.items():
+                    self._insert(con, table, rows, False)
+                con.execute("COMMIT")
+            journal.unlink(missing_ok=True)
 
     def flush(self) -> None:
         t0 = time.perf_counter()
@@ -253,6 +366,7 @@ class Store:
     def _flush(self) -> None:
         with self._lock:
             buffers, self._buffers, self._buffered = self._buffers, {}, 0
+            unsynced, self._unsynced = self._unsynced, []
             self._last_flush = time.monotonic()
             if not any(buffers.values()):
                 return
@@ -264,11 +378,14 @@ class Store:
                     for table, rows in buffers.items():
                         self._insert(con, table, rows, False)
                     con.execute("COMMIT")
+                if self._journal is not None and os.path.exists(self._journal):
+                    os.remove(self._journal)  # every row it held is in the store now
             except BaseException:
                 if not opened:  # the file could not be opened: keep the rows for the next flush instead of losing them
                     for table, rows in buffers.items():
                         self._buffers[table] = rows + self._buffers.get(table, [])
                     self._buffered += sum(len(rows) for rows in buffers.values())
+                    self._unsynced = unsynced + self._unsynced
                 raise
 
     def _arrow_schema(self, con: duckdb.DuckDBPyConnection, table: str) -> pa.Schema:
