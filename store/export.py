@@ -230,8 +230,10 @@ def _arrow(records: list[dict]):
 
 
 def export_traces(store: Store, dest: str | os.PathLike, *, force: bool = False) -> list[Path]:
-    """Every table of the store as `<dest>/<table>.parquet` (DuckDB's COPY), written to a temporary folder and
-    renamed into place."""
+    """Every table of the store as `<dest>/<table>.parquet`, written to a temporary folder and renamed into place.
+    Through Arrow, not DuckDB's COPY: a read-only connection may not touch files (`store.db._LOCK_DOWN`)."""
+    import pyarrow.parquet as pq
+
     dest = Path(dest)
     tmp = _staging(dest, force)
     tables = [name for name, kind, _ in store.tables() if kind == "table"]
@@ -239,8 +241,9 @@ def export_traces(store: Store, dest: str | os.PathLike, *, force: bool = False)
         store.flush()
         with store.connect(read_only=True) as con:
             for name in tables:
-                target = str(tmp / f"{name}.parquet").replace("'", "''")
-                con.execute(f"COPY (SELECT * FROM \"{name}\") TO '{target}' (FORMAT parquet)")
+                cur = con.execute(f'SELECT * FROM "{name}"')
+                table = cur.to_arrow_table() if hasattr(cur, "to_arrow_table") else cur.fetch_arrow_table()  # 2.x, 1.x
+                pq.write_table(table, tmp / f"{name}.parquet")
         _place(tmp, dest)
     except OSError as exc:
         raise ExportError(f"cannot write {dest}: {exc.strerror or exc}") from exc
