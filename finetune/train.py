@@ -9,6 +9,8 @@ One JSON object a line:
     imitation {"input": ..., "output": ..., "prompt"?: [chat messages]}
     dpo   {"input": ..., "prompt"?: [...], "chosen": ..., "rejected": ...}
     brio  {"input": ..., "prompt"?: [...], "candidates": [best, ..., worst], "reference"?: ...}
+or TRL's conversational format, as `python -m store export` writes it: {"messages": [..., assistant]} for imitation,
+{"prompt": [...], "chosen": [assistant], "rejected": [assistant]} for dpo.
 
 Several processes (DDP; gloo on CPU), the same command under a launcher:
     torchrun --nproc-per-node 2 -m finetune.train ...
@@ -29,6 +31,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -57,10 +60,33 @@ def read_rows(path: str) -> list[dict]:
                 raise UsageError(f"{path}:{number} is not JSON ({exc.msg}): one JSON object a line") from exc
             if not isinstance(row, dict):
                 raise UsageError(f"{path}:{number} is not a JSON object: one object a line")
-            rows.append(row)
+            rows.append(from_chat(row, f"{path}:{number}"))
     if not rows:
         raise UsageError(f"{path} holds no rows")
     return rows
+
+
+def _last(messages: Any, role: str, where: str) -> str:
+    if not (isinstance(messages, list) and messages and isinstance(messages[-1], dict)
+            and messages[-1].get("role") == role and isinstance(messages[-1].get("content"), str)):
+        raise UsageError(f"{where}: expected chat messages ending in a {role} message")
+    return messages[-1]["content"]
+
+
+def from_chat(row: dict, where: str) -> dict:
+    """A row in TRL's conversational format (what `python -m store export` writes: `messages`, or `prompt` /
+    `chosen` / `rejected` as messages) as this CLI's columns, the prompt messages kept so training reads them."""
+    row = dict(row)
+    if "messages" in row:
+        messages = row.pop("messages")
+        row["output"] = _last(messages, "assistant", where)
+        row["prompt"] = messages[:-1]
+    for key in ("chosen", "rejected"):
+        if isinstance(row.get(key), list):
+            row[key] = _last(row[key], "assistant", where)
+    if "input" not in row and isinstance(row.get("prompt"), list):
+        row["input"] = _last(row["prompt"], "user", where)
+    return row
 
 
 def _positive(kind):

@@ -175,3 +175,25 @@ def test_force_replaces_and_raw_keeps_rows(built, tmp_path):
     rows = pq.read_table(dest).to_pylist()
     assert [{"input": r["input"], "output": r["output"]} for r in rows] == built["sft"]
     assert {r["run_id"] for r in rows} == {"run1"} and "messages" not in rows[0]
+
+
+def test_exported_jsonl_trains_with_finetune_train(built, tmp_path, tiny_causal_dir, capsys):
+    """The scale-out recipe: `store export` then `finetune.train` (as under `accelerate launch`) reads the chat records
+    back as the rows and prompts the pipeline trained on, and trains on them."""
+    from finetune.train import main as train_main, read_rows
+
+    for name, dest in (("imitation", "sft.jsonl"), ("dpo-round0", "pairs.jsonl")):
+        assert export(built, name, "-o", str(tmp_path / dest)).returncode == 0
+    sft, pairs = read_rows(str(tmp_path / "sft.jsonl")), read_rows(str(tmp_path / "pairs.jsonl"))
+    assert [(r["input"], r["output"]) for r in sft] == [(s["input"], s["output"]) for s in built["sft"]]
+    assert [(r["input"], r["chosen"], r["rejected"]) for r in pairs] == [
+        (s["input"], s["chosen"], s["rejected"]) for s in built["pairs"]]
+    assert all(r["prompt"] == training_prompt(built["task"], r["input"]) for r in sft + pairs)
+
+    base = ["--base", str(tiny_causal_dir), "--max-steps", "1", "--batch-size", "2", "--no-progress"]
+    assert train_main(["--objective", "imitation", "--data", str(tmp_path / "sft.jsonl"), "--out",
+                       str(tmp_path / "ft"), *base]) == 0
+    assert train_main(["--objective", "dpo", "--data", str(tmp_path / "pairs.jsonl"), "--out", str(tmp_path / "dpo"),
+                       *base]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "ft" / "final").is_dir() and (tmp_path / "dpo" / "final").is_dir()
