@@ -30,7 +30,7 @@ def student_outputs(store: Store, student: Student, student_lm: dspy.LM, inputs:
     have = {r["input_id"]: r for r in store.query(
         "SELECT input_id, candidate_id, text FROM candidates WHERE role = 'student' AND producer = ?", [producer])}
     todo = [i for i in inputs if i["input_id"] not in have]
-    with stage_progress("generate", total=len(inputs), done=len(inputs) - len(todo)) as advance, \
+    with stage_progress("generate", total=len(inputs), done=len(inputs) - len(todo), unit="inputs") as advance, \
             dspy.context(lm=student_lm):
         def one(item: dict) -> tuple[str, str | None]:
             try:
