@@ -10,7 +10,8 @@ Both sides go through `finetune.evaluate.student_outputs`, the evaluation's own 
 that neither side answers from the other's calls:
 
 batched:        the engine gathers the concurrent calls of `student_outputs` (its default: as many threads as the
-                engine batches) into one `generate` of up to `--batch-size` prompts (`programs.student_lm.generate_ids`);
+                engine batches) into one `generate` of up to `--batch-size` prompts
+                (`programs.student_lm.generate_ids`);
 one-at-a-time:  the engine with batch size 1 and one thread: one `generate` per input, as evaluation ran before.
 
 Each side warms up once; then, batch by batch, the batched side and the same inputs one at a time run in turn (so a

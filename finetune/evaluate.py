@@ -1,9 +1,9 @@
 """Evaluate a student against the teacher: the critic judges student vs the teacher's reference in both orders.
 
 Student outputs come from the student *as a DSPy LM* (`local/<checkpoint>`, greedy; its engine generates concurrent
-calls as one batch), so every output is an LM call in the store, cached like any other. Judgments are stored per order (`metrics.judge`); an item counts only when both orders
-gave an answer (one order alone carries the critic's position lean); the win-tie rate (both readings) with its
-bootstrap interval goes into `evaluations`.
+calls as one batch), so every output is an LM call in the store, cached like any other. Judgments are stored per
+order (`metrics.judge`); an item counts only when both orders gave an answer (one order alone carries the critic's
+position lean); the win-tie rate (both readings) with its bootstrap interval goes into `evaluations`.
 """
 
 from __future__ import annotations

