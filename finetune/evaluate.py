@@ -1,9 +1,9 @@
 """Evaluate a student against the teacher: the critic judges student vs the teacher's reference in both orders.
 
-Student outputs come from the student *as a DSPy LM* (`local/<checkpoint>`), so every output is an LM call in the
-store, cached like any other. Judgments are stored per order (`metrics.judge`); an item counts only when both orders
-gave an answer (one order alone carries the critic's position lean); the win-tie rate (both readings) with its
-bootstrap interval goes into `evaluations`.
+Student outputs come from the student *as a DSPy LM* (`local/<checkpoint>`, greedy; its engine generates concurrent
+calls as one batch), so every output is an LM call in the store, cached like any other. Judgments are stored per
+order (`metrics.judge`); an item counts only when both orders gave an answer (one order alone carries the critic's
+position lean); the win-tie rate (both readings) with its bootstrap interval goes into `evaluations`.
 """
 
 from __future__ import annotations
@@ -26,12 +26,17 @@ from store.cli import ArgumentParser, code_version, entry_point, quiet_libraries
 
 
 def student_outputs(store: Store, student: Student, student_lm: dspy.LM, inputs: list[dict], *, producer: str,
-                    run_id: str, threads: int = 1) -> dict[str, dict]:
-    """input_id -> {candidate_id, text} of the student's output, generating only what the store lacks."""
+                    run_id: str, threads: int | None = None) -> dict[str, dict]:
+    """input_id -> {candidate_id, text} of the student's output, generating only what the store lacks.
+
+    Each output is one DSPy call (cached and recorded like any other); `threads` of them at a time, by default as many
+    as the student's engine batches (a local transformers student generates them together), else one."""
+    if threads is None:
+        threads = getattr(getattr(student_lm, "engine", None), "batch_size", 1)
     have = {r["input_id"]: r for r in store.query(
         "SELECT input_id, candidate_id, text FROM candidates WHERE role = 'student' AND producer = ?", [producer])}
     todo = [i for i in inputs if i["input_id"] not in have]
-    with stage_progress("generate", total=len(inputs), done=len(inputs) - len(todo)) as advance, \
+    with stage_progress("generate", total=len(inputs), done=len(inputs) - len(todo), unit="inputs") as advance, \
             dspy.context(lm=student_lm):
         def one(item: dict) -> tuple[str, str | None]:
             try:
@@ -60,7 +65,7 @@ def evaluate(store: Store, *, student: Student, student_lm: dspy.LM, student_nam
     refs = {r["input_id"]: r for r in store.query(
         "SELECT input_id, candidate_id, text FROM candidates WHERE role = 'teacher' AND producer = ? AND rank = 0",
         [teacher_name])}
-    outputs = student_outputs(store, student, student_lm, inputs, producer=student_name, run_id=run_id)  # one local model
+    outputs = student_outputs(store, student, student_lm, inputs, producer=student_name, run_id=run_id)
     items = [{"input_id": i["input_id"], "text": i["text"], "a_id": outputs[i["input_id"]]["candidate_id"],
               "a": outputs[i["input_id"]]["text"], "b_id": refs[i["input_id"]]["candidate_id"],
               "b": refs[i["input_id"]]["text"]}

@@ -88,7 +88,7 @@ def sample_round(store: Store, task: Task, student_path: str, producer: str, inp
     if not todo and not greedy_todo:
         return have
     model, tokenizer = load_student(student_path)
-    with stage_progress("sample", total=len(todo) + len(greedy_todo)) as advance:
+    with stage_progress("sample", total=len(todo) + len(greedy_todo), unit="inputs") as advance:
         for jobs, method, k in ((greedy_todo, "greedy", 1), (todo, cfg.method, cfg.k)):
             for start in range(0, len(jobs), cfg.batch_size):
                 chunk = jobs[start:start + cfg.batch_size]

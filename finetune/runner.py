@@ -41,6 +41,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from finetune.model_card import MARKER, write_card
 from store.ids import stable_id  # not store.db: a run without a store never loads DuckDB
 from store.ids import to_json
+from programs.progress import StageProgress, stage_progress
 from programs.student_lm import DEFAULT_STUDENT, is_seq2seq, load_student, user_message
 from store.cli import UserError
 
@@ -236,35 +237,33 @@ def with_adapter(model: Any, config: TrainConfig, task_type: str) -> Any:
 
 
 class RichProgress(TrainerCallback):
-    """One rich progress bar over the optimizer steps, with the latest loss."""
+    """The optimizer steps as a stage's progress (`programs.progress`): a bar in a terminal, a line a minute
+    elsewhere, with the latest loss."""
 
     def __init__(self, description: str = "train"):
         self.description = description
-        self.progress = None
-        self.task = None
+        self.progress: StageProgress | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), TextColumn("{task.fields[loss]}"),
-        )
-        self.progress.start()
-        self.task = self.progress.add_task(self.description, total=state.max_steps, completed=state.global_step, loss="")
+        self.progress = stage_progress(self.description, total=state.max_steps, done=state.global_step,
+                                       unit="steps").start()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is not None:
-            self.progress.update(self.task, completed=state.global_step)
+            self.progress.update(completed=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.progress is not None and logs and "loss" in logs:
-            self.progress.update(self.task, loss=f"loss {logs['loss']:.3f}")
+            self.progress.update(note=f"loss {logs['loss']:.3f}")
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.close(state.global_step)
+
+    def close(self, step: int | None = None, *, ok: bool = True) -> None:
+        """End the bar (and its lines): at the end of training, or when training fails."""
         if self.progress is not None:
-            self.progress.update(self.task, completed=state.global_step)
-            self.progress.stop()
+            self.progress.update(completed=step)
+            self.progress.stop(ok=ok)
             self.progress = None
 
 
@@ -500,7 +499,11 @@ def _train(
         trainer.remove_callback(PrinterCallback)  # the log history goes to the store, not to stdout
         last = get_last_checkpoint(str(output_dir))
         t0 = time.monotonic()
-        trainer.train(resume_from_checkpoint=last)
+        try:
+            trainer.train(resume_from_checkpoint=last)
+        finally:
+            for callback in callbacks:  # a failed or interrupted run ends its progress too
+                callback.close(ok=False)
         seconds = time.monotonic() - t0
 
         # 5. The model, then the marker, last (first process only; the others wait for it).

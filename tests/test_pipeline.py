@@ -83,6 +83,13 @@ def test_tiny_pipeline_end_to_end_then_rerun_makes_no_new_calls(tmp_path):
     assert re.search(r"DPO vs warm start \(imitation\), test, judge \S+: paired difference [+-][\d.]+ \[[+-][\d.]+, "
                      r"[+-][\d.]+\] \(n=\d\) points of WTR \(mean P\) · .* direct comparison WTR [\d.]+", first.stderr)
     check_store(tmp_path / "t.duckdb", tmp_path / "out")
+    # piped, not a terminal: every stage says when it starts and ends, with counts, on stderr and in the log file
+    log = (tmp_path / "out" / "progress.log").read_text()
+    for stage in ("teach", r"imitate \S+", "sample", "judge", "generate"):
+        for text in (first.stderr, log):
+            assert re.search(rf"\d\d:\d\d:\d\d {stage}: start, \d+ ", text), stage
+            assert re.search(rf"\d\d:\d\d:\d\d {stage}: done, \d+/\d+ \w+ in ", text), stage
+    assert re.search(r"run \w+: done in ", log) and "━" not in first.stderr
     before, calls = counts(tmp_path / "t.duckdb"), real_calls(tmp_path / "t.duckdb")
 
     again = run(compile_cmd(tmp_path))
