@@ -137,9 +137,10 @@ def tiny_seq2seq_dir(tiny_tokenizer, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def dspy_state():
-    """`store.callback.install` replaces dspy.cache and the global callbacks: put them back afterwards."""
+    """`store.callback.install` replaces dspy.cache and the global callbacks, and tests configure an adapter: put
+    them back after every test, so no test sees another's DSPy settings."""
     import dspy
 
     cache, callbacks, lm, adapter = dspy.cache, dspy.settings.callbacks, dspy.settings.lm, dspy.settings.adapter
