@@ -40,7 +40,7 @@ def student_outputs(store: Store, student: Student, student_lm: dspy.LM, inputs:
             dspy.context(lm=student_lm):
         def one(item: dict) -> tuple[str, str | None]:
             try:
-                text = (student(text=item["text"]).paraphrase or "").strip()
+                text = (getattr(student(text=item["text"]), student.task.output_name) or "").strip()
             except Exception:  # noqa: BLE001 - recorded as a failed call; the item is left out of the evaluation
                 text = ""
             return text, last_lm_call_id()
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be a positive integer")
     task = get_task(args.task)
-    rows = load_file(args.inputs)[: args.limit]
+    rows = load_file(args.inputs, task)[: args.limit]
     check_context([r["text"] for r in rows], [args.critic, args.judge, args.teacher], answer_tokens=96,
                   judged_tokens=160)  # this command's critic and teacher max_tokens
     student_spec, producer = _student_spec(args.student)

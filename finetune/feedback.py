@@ -104,12 +104,14 @@ def sample_round(store: Store, task: Task, student_path: str, producer: str, inp
     return _stored(store, producer)
 
 
-def pick_pair(cands: list[dict], text: str, cfg: FeedbackConfig, embed=None) -> tuple[tuple[dict, dict] | None, str]:
-    """The pair to judge among one input's candidates, and why: candidates outside the length band are dropped
+def pick_pair(cands: list[dict], text: str | None, cfg: FeedbackConfig, embed=None
+              ) -> tuple[tuple[dict, dict] | None, str]:
+    """The pair to judge among one input's candidates, and why: candidates outside the length band (relative to the
+    input `text`; no band when None, for a task whose output is not a rewrite of one input text) are dropped
     first, then the pair is chosen among those that pass ('anchored' on the greedy output, or the most 'different'
     pair); 'length' / 'identical' when fewer than two distinct candidates pass / differ."""
     texts = [c["text"] for c in cands]
-    in_band = [i for i, t in enumerate(texts) if within_length(t, text, cfg.length_lo, cfg.length_hi)]
+    in_band = [i for i, t in enumerate(texts) if text is None or within_length(t, text, cfg.length_lo, cfg.length_hi)]
     greedy = next((i for i, c in enumerate(cands) if c["rank"] == GREEDY_RANK), None)
     if cfg.anchor == "greedy" and greedy is not None:
         pair = select_pair(texts, method=cfg.pair_selection, embed=embed, allowed=in_band, anchor=greedy)
@@ -136,7 +138,8 @@ def judge_round(store: Store, critic: Critic, critic_lm: dspy.LM, critic_name: s
         from metrics.similarity import embed
     items, why = [], {"anchored": 0, "different": 0, "length": 0, "identical": 0}
     for item in inputs:
-        pair, reason = pick_pair(samples.get(item["input_id"], []), item["text"], cfg, embed)
+        band = item["text"] if len(critic.task.inputs) == 1 else None  # several input fields: no one text to match
+        pair, reason = pick_pair(samples.get(item["input_id"], []), band, cfg, embed)
         why[reason] += 1
         if pair is not None:
             a, b = pair

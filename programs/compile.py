@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -39,6 +39,9 @@ from programs.inputs import InputError, load_inputs  # noqa: E402
 from programs import progress  # noqa: E402
 from programs.progress import console  # noqa: E402
 from store.cli import ArgumentParser, code_version, entry_point, quiet_libraries  # noqa: E402
+
+if TYPE_CHECKING:
+    from programs.tasks import Task
 
 
 def select_inputs(cfg: PipelineConfig, task) -> dict[str, list[dict]]:
@@ -74,7 +77,7 @@ def split_inputs(cfg: PipelineConfig, task) -> tuple[dict[str, list[dict]], int]
         from programs.inputs import load_file
 
         # the task's out-of-distribution file, else the inputs' rows whose split is 'ood'
-        ood = load_file(task.ood_inputs) if task.ood_inputs else [r for r in rows if r["split"] == "ood"]
+        ood = load_file(task.ood_inputs, task) if task.ood_inputs else [r for r in rows if r["split"] == "ood"]
         if not ood:
             raise InputError(f"task {task.name} has no out-of-distribution inputs (no ood_inputs file, no rows "
                              "with split 'ood'); pass --ood 0")
@@ -413,7 +416,7 @@ def _evaluate(p: Pipeline, teacher: Teaching, students: list[tuple[str, Any]]) -
     linked as `<out>/student`; the optimized teacher against the one as written."""
     cfg = p.cfg
     evaluations = _judge_students(p, teacher, students)
-    _checks(evaluations)
+    _checks(evaluations, p.task)
     lift = []
     if len(students) > 1:
         with p.stage("evaluate"):
@@ -550,7 +553,7 @@ def _warm_start_dir(out_dir: Path, icfg, dataset_id: str) -> Path:
     return earlier if not (folder / MARKER).exists() and (earlier / MARKER).exists() else folder
 
 
-def _checks(evaluations: list[dict]) -> None:
+def _checks(evaluations: list[dict], task: Task) -> None:
     """Critic-independent checks per student and split (`metrics.checks`), against the warm start's outputs on the
     same inputs; added to each evaluation as `checks`."""
     from metrics.checks import student_checks
@@ -564,7 +567,7 @@ def _checks(evaluations: list[dict]) -> None:
             warm = next((w for w in evaluations if w["label"] == first and w["split"] == e["split"]), None)
             before = {it["input_id"]: it["a"] for it in (warm["items"] if warm else [])}
             items = [it for it in e["items"] if it["input_id"] in before] if e["label"] != first else e["items"]
-            done[key] = student_checks([it["text"] for it in items], [it["a"] for it in items],
+            done[key] = student_checks([task.input_text(it["text"]) for it in items], [it["a"] for it in items],
                                        before=None if e["label"] == first else [before[it["input_id"]] for it in items],
                                        similarity=meaning_preservation)
         e["checks"] = done[key]

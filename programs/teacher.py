@@ -32,12 +32,15 @@ class Teacher(dspy.Module):
     def __init__(self, task: Task, n: int = 3):
         super().__init__()
         self.n = n
+        self.task = task
         self.generate = dspy.Predict(task.teacher_signature(n))
         self.generate.demos = [
-            dspy.Example(text=d["text"], paraphrases=numbered(d["outputs"][:n])).with_inputs("text")
+            dspy.Example(**{k: d[k] for k in task.inputs}, **{task.teacher_output: numbered(d["outputs"][:n])})
+            .with_inputs(*task.inputs)
             for d in task.teacher_demos
         ]
 
     def forward(self, text: str) -> dspy.Prediction:
-        pred = self.generate(text=text)
-        return dspy.Prediction(candidates=parse_numbered(pred.paraphrases, self.n), raw=pred.paraphrases)
+        """`text`: one stored input (a JSON object of the fields for a task of several input fields)."""
+        raw = getattr(self.generate(**self.task.input_values(text)), self.task.teacher_output)
+        return dspy.Prediction(candidates=parse_numbered(raw, self.n), raw=raw)
