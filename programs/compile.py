@@ -121,6 +121,7 @@ class Pipeline:
     command: str
     started: float
     dropped: int = 0  # evaluation inputs left out because train has the same text
+    teacher_program: Any = None  # a user's DSPy program as the teacher (`programs.distill`); None: the task's teacher
 
     @property
     def run_id(self) -> str:
@@ -168,8 +169,9 @@ class Results:
     teacher_quality: dict | None  # the optimized teacher against the one as written
 
 
-def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
-    """Run (or finish) the pipeline for `cfg`; returns the evaluation summary."""
+def run(cfg: PipelineConfig, *, db: str, out: str, command: str, teacher_program: Any = None) -> dict:
+    """Run (or finish) the pipeline for `cfg`; returns the evaluation summary. `teacher_program`: any DSPy program
+    that teaches instead of the task's own teacher, N runs of it per input (`CriticDistill.compile`)."""
     from store.db import check_path
 
     _load_stages()
@@ -177,7 +179,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
     check_path(db)  # so does a --db that cannot be a store (nothing created yet)
     lms = _models(cfg)
     p = _start(cfg, task, chosen, lms, db=db, out=out, command=command)
-    p.dropped = dropped
+    p.dropped, p.teacher_program = dropped, teacher_program
     with _recorded(p), progress.log_to(p.out_dir / "progress.log"):
         progress.emit(f"run {p.run_id[:12]}: start, profile {cfg.profile}, store {db}, command {command}")
         _inputs(p)
@@ -317,6 +319,8 @@ def _optimize(p: Pipeline) -> Teaching:
     from programs.teacher import Teacher
 
     cfg = p.cfg
+    if p.teacher_program is not None:
+        return _program_teaching(p)
     if not cfg.optimize:
         return Teaching(Teacher(p.task, n=cfg.n_candidates), cfg.teacher)
     from finetune.optimize import OptimizeSettings, optimize_teacher
@@ -331,6 +335,20 @@ def _optimize(p: Pipeline) -> Teaching:
             critic_lm=p.lms.critic, reflection_lm=p.lms.reflection, train=p.chosen["train"], run_id=p.run_id,
             out_dir=p.out_dir)
     return Teaching(optimized.program, optimized.producer, optimized)
+
+
+def _program_teaching(p: Pipeline) -> Teaching:
+    """A user's program as the teacher; its candidates carry the program's state in their producer name, so an edited
+    program (new instructions, new demos) teaches afresh instead of reusing the candidates of the one before."""
+    from programs.teacher import ProgramTeacher
+    from store import stable_id, to_json
+
+    if p.cfg.optimize:
+        raise ConfigError("optimize the teacher program before distilling it (e.g. dspy.GEPA with the critic as "
+                          "metric), not with optimize = ...")
+    program = p.teacher_program
+    state = stable_id("teacher-program", type(program).__qualname__, to_json(program.dump_state()))
+    return Teaching(ProgramTeacher(program, p.task, n=p.cfg.n_candidates), f"{p.cfg.teacher}#program-{state[:10]}")
 
 
 def _teach(p: Pipeline, teacher: Teaching) -> dict:

@@ -1,0 +1,105 @@
+"""`CriticDistill`: a user's DSPy program (two input fields) distilled through `compile`, end to end on the tiny
+profile: teacher runs and judgments in the store, a trained student, the returned program answering through it on
+the prompts it was trained on, `save`/`load`, and a rerun that asks no model anything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dspy
+import pytest
+
+from programs.adapter import LabeledAdapter
+from programs.distill import CriticDistill, DistillError, PairwiseCritic, task_from_program
+
+ROOT = Path(__file__).resolve().parent.parent
+RUBRIC = "Choose the better answer: the one that answers the question correctly from the context, briefly."
+
+
+class QA(dspy.Module):
+    def __init__(self):
+        super().__init__()
+        self.answer = dspy.Predict(dspy.Signature(
+            "question, context -> answer", "Answer the question using only the context, in one short sentence."))
+
+    def forward(self, question: str, context: str) -> dspy.Prediction:
+        return self.answer(question=question, context=context)
+
+
+class TwoSteps(dspy.Module):
+    def __init__(self):
+        super().__init__()
+        self.angle = dspy.Predict("question -> angle")
+        self.answer = dspy.Predict("question, angle -> answer")
+
+
+def _examples(split: str, n: int) -> list[dspy.Example]:
+    rows = [json.loads(line) for line in (ROOT / "examples" / "tasks" / "qa_inputs.jsonl").read_text().splitlines()]
+    return [dspy.Example(question=r["question"], context=r["context"]).with_inputs("question", "context")
+            for r in rows if r["split"] == split][:n]
+
+
+def test_a_program_becomes_a_task_of_its_signature():
+    task = task_from_program(QA(), PairwiseCritic(RUBRIC))
+    assert task.name == "qa" and list(task.inputs) == ["question", "context"] and task.output_name == "answer"
+    assert task.student_instruction == "Answer the question using only the context, in one short sentence."
+    assert task.critic_instruction == RUBRIC
+
+
+@pytest.mark.parametrize("program, trainset, message", [
+    (TwoSteps(), [dspy.Example(question="q")], "has 2 predictors"),
+    (dspy.Predict("question -> answer: int"), [dspy.Example(question="q")], "answer are not str"),
+    (QA(), [], "trainset is empty"),
+    (QA(), [dspy.Example(question="q")], "trainset[0] has no 'context'"),
+    (QA(), [{"question": "q", "context": "c"}], "not a dspy.Example"),
+])
+def test_programs_and_data_it_cannot_use_are_one_line(tmp_path, program, trainset, message):
+    distill = CriticDistill(critic=RUBRIC, profile="tiny", store=str(tmp_path / "t.duckdb"), out=str(tmp_path / "o"))
+    with pytest.raises(DistillError) as e:
+        distill.compile(program, trainset=trainset)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "t.duckdb").exists()  # nothing created, no model loaded
+
+
+@pytest.mark.slow
+def test_compile_distills_a_two_input_program_end_to_end(tmp_path):
+    from store import Store
+
+    db, out = tmp_path / "t.duckdb", tmp_path / "out"
+    distill = CriticDistill(critic=PairwiseCritic(RUBRIC), objective="dpo", profile="tiny", store=str(db),
+                            out=str(out), config={"max_steps": 2})
+    train, test = _examples("train", 4), _examples("test", 2)
+    small = distill.compile(QA(), teacher=QA(), trainset=train, valset=test)
+
+    s = Store(db, create=False)
+    assert s.scalar("SELECT status FROM runs") == "finished"
+    producers = {r["producer"] for r in s.query("SELECT DISTINCT producer FROM candidates WHERE role = 'teacher'")}
+    assert len(producers) == 1 and "#program-" in producers.pop()  # the teacher program's runs, N per input
+    assert s.scalar("SELECT count(*) FROM candidates WHERE role = 'teacher'") >= 6
+    assert s.scalar("SELECT count(*) FROM judgments") > 0
+    assert s.scalar("SELECT count(*) FROM training_runs WHERE status = 'finished'") == 2  # imitation, then DPO
+
+    # the returned program: a copy of QA whose predictor answers through the distilled model
+    assert isinstance(small, QA) and small.answer.lm.model == f"local/{(out / 'student').resolve()}"
+    pred = small(question=test[0].question, context=test[0].context)
+    assert isinstance(pred.answer, str) and pred.answer.strip()
+    # ... on the very messages its training data recorded
+    inputs = {"question": train[0].question, "context": train[0].context}
+    dataset = s.query("SELECT rows, prompts FROM datasets WHERE name = 'imitation'")[0]
+    recorded = {json.dumps(json.loads(r["input"])): p
+                for r, p in zip(json.loads(dataset["rows"]), json.loads(dataset["prompts"]))}
+    assert LabeledAdapter().format(small.answer.signature, [], inputs) == recorded[json.dumps(inputs)]
+
+    # save / load: the distilled LM comes back with the program
+    small.save(str(tmp_path / "small.json"))
+    loaded = QA()
+    loaded.load(str(tmp_path / "small.json"), allow_unsafe_lm_state=True)
+    assert loaded.answer.lm.model == small.answer.lm.model
+    assert loaded(question=test[0].question, context=test[0].context).answer == pred.answer
+
+    # a rerun asks no model anything (the pipeline's calls: the ones above ran outside any stage)
+    pipeline_calls = "SELECT count(*) FROM lm_calls WHERE NOT cache_hit AND stage IS NOT NULL"
+    calls = s.scalar(pipeline_calls)
+    distill.compile(QA(), teacher=QA(), trainset=train, valset=test)
+    assert Store(db, create=False).scalar(pipeline_calls) == calls
