@@ -17,14 +17,17 @@ ROOT = Path(__file__).resolve().parent.parent
 RUBRIC = "Choose the better answer: the one that answers the question correctly from the context, briefly."
 
 
-class QA(dspy.Module):
-    def __init__(self):
-        super().__init__()
-        self.answer = dspy.Predict(dspy.Signature(
-            "question, context -> answer", "Answer the question using only the context, in one short sentence."))
+def _example_module():
+    """examples/python/qa_distill.py, the program docs/python-api.md shows: tested here, so it keeps working."""
+    import importlib.util
 
-    def forward(self, question: str, context: str) -> dspy.Prediction:
-        return self.answer(question=question, context=context)
+    spec = importlib.util.spec_from_file_location("qa_distill", ROOT / "examples" / "python" / "qa_distill.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+QA = _example_module().QA
 
 
 class TwoSteps(dspy.Module):
@@ -35,9 +38,7 @@ class TwoSteps(dspy.Module):
 
 
 def _examples(split: str, n: int) -> list[dspy.Example]:
-    rows = [json.loads(line) for line in (ROOT / "examples" / "tasks" / "qa_inputs.jsonl").read_text().splitlines()]
-    return [dspy.Example(question=r["question"], context=r["context"]).with_inputs("question", "context")
-            for r in rows if r["split"] == split][:n]
+    return _example_module().examples(split)[:n]
 
 
 def test_a_program_becomes_a_task_of_its_signature():
