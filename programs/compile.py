@@ -179,7 +179,7 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str, teacher_program
     check_path(db)  # so does a --db that cannot be a store (nothing created yet)
     lms = _models(cfg)
     p = _start(cfg, task, chosen, lms, db=db, out=out, command=command)
-    p.dropped, p.teacher_program = dropped, teacher_program
+    p.dropped, p.teacher_program = dropped, teacher_program or task.program  # a task file's program teaches
     with _recorded(p), progress.log_to(p.out_dir / "progress.log"):
         progress.emit(f"run {p.run_id[:12]}: start, profile {cfg.profile}, store {db}, command {command}")
         _inputs(p)

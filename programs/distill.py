@@ -27,7 +27,6 @@ from typing import Any
 import dspy
 from dspy.teleprompt import Teleprompter
 
-from programs.adapter import describe
 from programs.config import build_config
 from programs.tasks import Task, TaskError
 from store.cli import UserError
@@ -48,30 +47,12 @@ class PairwiseCritic:
 
 
 def task_from_program(program: dspy.Module, critic: PairwiseCritic, name: str | None = None) -> Task:
-    """The task a one-predictor program defines: its signature's fields and instructions, the critic's rubric."""
-    predictors = program.named_predictors()
-    if len(predictors) != 1:
-        raise DistillError(f"{type(program).__name__} has {len(predictors)} predictors; CriticDistill distills a "
-                           "program of one predictor for now (issue 11: several predictors)")
-    (_, predictor), = predictors
-    signature = predictor.signature
-    fields = {**signature.input_fields, **signature.output_fields}
-    odd = [n for n, f in fields.items() if f.annotation is not str]
-    if odd:
-        raise DistillError(f"{type(program).__name__}: field(s) {', '.join(odd)} are not str; CriticDistill "
-                           "distills text fields for now")
-    instructions = signature.instructions.strip()
+    """The task a one-predictor program defines (`Task.from_program`), with the critic's rubric."""
     try:
-        return Task(
-            name=name or type(program).__name__.lower(),
-            teacher_instruction=instructions.replace("{", "{{").replace("}", "}}"),  # the teacher is the program
-            critic_instruction=critic.rubric, critic_rubrics=tuple(critic.rephrasings),
-            student_instruction=instructions,
-            input_fields=tuple((n, describe(f, n.replace("_", " "))) for n, f in signature.input_fields.items()),
-            # as LabeledAdapter shows them, so the student's training prompt is the program's own
-            output_fields=tuple((n, describe(f)) for n, f in signature.output_fields.items()))
+        return Task.from_program(program, critic_instruction=critic.rubric, critic_rubrics=critic.rephrasings,
+                                 name=name)
     except TaskError as e:
-        raise DistillError(f"{type(program).__name__}: {e}") from e
+        raise DistillError(str(e)) from e
 
 
 def _rows(examples: list, task: Task, split: str, what: str) -> list[dict]:

@@ -15,7 +15,7 @@ import re
 import importlib.util
 import sys
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -51,6 +51,9 @@ class Task:
     # (input_desc) and one output `paraphrase` (output_desc), the built-in tasks' fields and prompts
     input_fields: tuple[tuple[str, str], ...] = ()
     output_fields: tuple[tuple[str, str], ...] = ()
+    # the DSPy program the task was made from (`Task.from_program`): it teaches, N runs per input; not part of the
+    # task's value (its state names the teacher's candidates instead)
+    program: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if isinstance(self.bundled_inputs, str):
@@ -124,6 +127,39 @@ class Task:
                 fields = "a text" if list(self.inputs) == ["text"] else " and ".join(self.inputs)
                 raise TaskError(f"{where}: teacher demo {i} needs {fields} and a non-empty list of output strings")
         return self
+
+    @classmethod
+    def from_program(cls, program: Any, *, critic_instruction: str, critic_rubrics: tuple[str, ...] = (),
+                     name: str | None = None, keep_program: bool = False, **more: Any) -> Task:
+        """The task a one-predictor DSPy program defines: its signature's fields and instructions, with the critic's
+        rubric; `keep_program` keeps the program as the task's teacher."""
+        from programs.adapter import describe
+
+        what = type(program).__name__
+        predictors = program.named_predictors() if hasattr(program, "named_predictors") else None
+        if predictors is None:
+            raise TaskError(f"{getattr(program, '__name__', what)} is a {what}, not a DSPy program (a dspy.Module)")
+        if len(predictors) != 1:
+            raise TaskError(f"{what} has {len(predictors)} predictors; a program of one predictor can be distilled "
+                            "for now (issue 11: several predictors)")
+        (_, predictor), = predictors
+        signature = predictor.signature
+        odd = [n for n, f in {**signature.input_fields, **signature.output_fields}.items() if f.annotation is not str]
+        if odd:
+            raise TaskError(f"{what}: field(s) {', '.join(odd)} are not str; text fields can be distilled for now")
+        instructions = signature.instructions.strip()
+        try:
+            return cls(
+                name=name or what.lower(),
+                teacher_instruction=instructions.replace("{", "{{").replace("}", "}}"),  # the program teaches
+                critic_instruction=critic_instruction, critic_rubrics=tuple(critic_rubrics),
+                student_instruction=instructions,
+                input_fields=tuple((n, describe(f, n.replace("_", " "))) for n, f in signature.input_fields.items()),
+                # as LabeledAdapter shows them, so the student's training prompt is the program's own
+                output_fields=tuple((n, describe(f)) for n, f in signature.output_fields.items()),
+                program=program if keep_program else None, **more)
+        except TaskError as e:
+            raise TaskError(f"{what}: {e}") from e
 
     # -- fields ------------------------------------------------------------------------------------------------------
 
@@ -301,7 +337,10 @@ FORMAL = Task(
 TASKS: dict[str, Task] = {HUMOR.name: HUMOR, FORMAL.name: FORMAL}
 
 REQUIRED_KEYS = ("teacher_instruction", "critic_instruction", "student_instruction", "input_desc", "output_desc")
-OPTIONAL_KEYS = ("name", "inputs", "ood_inputs", "demos", "critic_rubrics", "signature", "fields")
+OPTIONAL_KEYS = ("name", "inputs", "ood_inputs", "demos", "critic_rubrics", "signature", "fields", "program")
+# a task file naming a program takes the fields and the instructions from it: these keys would say them twice
+PROGRAM_DEFINES = ("signature", "fields", "teacher_instruction", "student_instruction", "input_desc", "output_desc",
+                   "demos")
 SIGNATURE_KEYS = ("signature", "fields")  # with a signature, input_desc and output_desc give way to [fields]
 
 
@@ -345,6 +384,8 @@ def load_toml_task(path: str | Path) -> Task:
     unknown = sorted(set(data) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
     if unknown:
         raise TaskError(f"{p}: unknown key(s) {', '.join(unknown)}; known: {', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}")
+    if "program" in data:
+        return _program_task(p, data)
     if "fields" in data and "signature" not in data:
         raise TaskError(f"{p}: [fields] describes a signature's fields; add signature = \"question, context -> "
                         "answer\"")
@@ -362,14 +403,7 @@ def load_toml_task(path: str | Path) -> Task:
             values["input_fields"], values["output_fields"] = parse_signature(data["signature"], fields)
         except TaskError as e:
             raise TaskError(f"{p}: {e}") from e
-    for k, field in (("inputs", "bundled_inputs"), ("ood_inputs", "ood_inputs")):
-        if k in data:
-            if not isinstance(data[k], str) or not data[k].strip():
-                raise TaskError(f"{p}: {k} must be a file path (relative to the task file)")
-            f = (p.parent / Path(data[k]).expanduser()).resolve()
-            if not f.is_file():
-                raise TaskError(f"{p}: {k} file not found: {f}")
-            values[field] = f
+    values |= _files(p, data)
     demos = data.get("demos", [])
     if not isinstance(demos, list) or not all(isinstance(d, dict) for d in demos):
         raise TaskError(f"{p}: demos must be [[demos]] tables with text and outputs")
@@ -383,18 +417,75 @@ def load_toml_task(path: str | Path) -> Task:
         if lacking:
             raise TaskError(f"{p}: [[demos]] {i} lacks {' and '.join(lacking)}")
     values["teacher_demos"] = tuple(dict(d) for d in demos)
-    rubrics = data.get("critic_rubrics", [])
-    if not isinstance(rubrics, list) or not all(isinstance(r, str) and r.strip() for r in rubrics):
-        raise TaskError(f"{p}: critic_rubrics must be a list of non-empty strings")
-    values["critic_rubrics"] = tuple(rubrics)
+    values["critic_rubrics"] = _rubrics(p, data)
     try:
         return Task(**values)
     except TaskError as e:
         raise TaskError(f"{p}: {e}") from e
 
 
+def _files(p: Path, data: dict) -> dict[str, Path]:
+    """`inputs` and `ood_inputs` of a task file, relative to it."""
+    values = {}
+    for k, field_name in (("inputs", "bundled_inputs"), ("ood_inputs", "ood_inputs")):
+        if k in data:
+            if not isinstance(data[k], str) or not data[k].strip():
+                raise TaskError(f"{p}: {k} must be a file path (relative to the task file)")
+            f = (p.parent / Path(data[k]).expanduser()).resolve()
+            if not f.is_file():
+                raise TaskError(f"{p}: {k} file not found: {f}")
+            values[field_name] = f
+    return values
+
+
+def _rubrics(p: Path, data: dict) -> tuple[str, ...]:
+    rubrics = data.get("critic_rubrics", [])
+    if not isinstance(rubrics, list) or not all(isinstance(r, str) and r.strip() for r in rubrics):
+        raise TaskError(f"{p}: critic_rubrics must be a list of non-empty strings")
+    return tuple(rubrics)
+
+
+def _program_task(p: Path, data: dict) -> Task:
+    """A task file that names a DSPy program (`program = "file.py:ATTR"`, relative to the file): the program gives
+    the fields and instructions and teaches; the file gives the critic's rubric and the inputs."""
+    twice = [k for k in PROGRAM_DEFINES if k in data]
+    if twice:
+        raise TaskError(f"{p}: {', '.join(twice)} come from the program ({data['program']}); leave them out")
+    if "critic_instruction" not in data:
+        raise TaskError(f"{p}: missing required key critic_instruction (the critic's rubric)")
+    spec = data["program"]
+    if not isinstance(spec, str) or ":" not in spec:
+        raise TaskError(f"{p}: program must be path/to/file.py:ATTR or package.module:ATTR, got {spec!r}")
+    target, _, attr = spec.rpartition(":")
+    if target.endswith(".py"):
+        spec = f"{(p.parent / Path(target).expanduser()).resolve()}:{attr}"
+    obj = load_python_object(spec)
+    if isinstance(obj, type):
+        try:
+            obj = obj()
+        except Exception as e:  # noqa: BLE001 - the user's class failed to build: say so in one line
+            raise TaskError(f"{p}: cannot build {attr}() ({type(e).__name__}: {_file_error(e)})") from e
+    try:
+        return Task.from_program(obj, critic_instruction=data["critic_instruction"], critic_rubrics=_rubrics(p, data),
+                                 name=data.get("name", p.stem), keep_program=True, **_files(p, data))
+    except TaskError as e:
+        raise TaskError(f"{p}: {e}") from e
+
+
 def load_python_task(spec: str) -> Task:
     """A `Task` object named by `package.module:ATTR` (importable from the current folder) or `path/to/file.py:ATTR`."""
+    obj = load_python_object(spec)
+    if hasattr(obj, "named_predictors"):  # a dspy.Module, or its class
+        raise TaskError(f"{spec} is a DSPy program: name it in a task file with the critic's rubric "
+                        f"(program = \"{spec}\", critic_instruction = \"...\"; docs/tasks.md), or distill it in "
+                        "Python with CriticDistill (docs/python-api.md)")
+    if not isinstance(obj, Task):
+        raise TaskError(f"{spec} is a {type(obj).__name__}, not a programs.tasks.Task")
+    return obj.validate()
+
+
+def load_python_object(spec: str) -> Any:
+    """The object `package.module:ATTR` or `path/to/file.py:ATTR` names (a file is loaded once per content)."""
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
         raise TaskError(f"bad task reference {spec!r}: use package.module:ATTR or path/to/file.py:ATTR")
@@ -426,9 +517,7 @@ def load_python_task(spec: str) -> Task:
         if not hasattr(obj, part):
             raise TaskError(f"{target} has no attribute {attr!r} (task {spec!r})")
         obj = getattr(obj, part)
-    if not isinstance(obj, Task):
-        raise TaskError(f"{spec} is a {type(obj).__name__}, not a programs.tasks.Task")
-    return obj.validate()
+    return obj
 
 
 def _module_name(path: Path) -> str:

@@ -468,3 +468,55 @@ def test_tiny_pipeline_end_to_end_on_a_two_input_task(tmp_path):
     assert s.scalar("SELECT count(*) FROM evaluations") >= 2
     prompts = json.loads(s.scalar("SELECT prompts FROM datasets WHERE name = 'imitation'"))
     assert prompts and prompts[0][-1]["content"].startswith("Question: ")
+
+
+QA_PROGRAM = ROOT / "examples" / "tasks" / "qa_program.toml"
+
+
+def test_a_task_file_can_name_a_dspy_program():
+    from programs.student import training_prompt
+
+    task = get_task(str(QA_PROGRAM))
+    assert type(task.program).__name__ == "QA" and task.name == "qa-program"
+    assert list(task.inputs) == ["question", "context"] and task.output_name == "answer"
+    assert task.student_instruction == task.program.answer.signature.instructions
+    text = load_inputs("bundled", task)[0]["text"]
+    # the student is trained on the program's own prompt
+    assert training_prompt(task, text) == LabeledAdapter().format(task.program.answer.signature, [],
+                                                                  task.input_values(text))
+
+
+@pytest.mark.parametrize("body, message", [
+    ('program = "{py}:QA"\nsignature = "a -> b"\ncritic_instruction = "c"\n', "signature come from the program"),
+    ('program = "{py}:QA"\n', "missing required key critic_instruction"),
+    ('program = "{py}"\ncritic_instruction = "c"\n', "program must be path/to/file.py:ATTR"),
+    ('program = "{py}:Nope"\ncritic_instruction = "c"\n', "has no attribute 'Nope'"),
+    ('program = "{py}:examples"\ncritic_instruction = "c"\n', "examples is a function, not a DSPy program"),
+])
+def test_bad_program_task_files_are_one_line(tmp_path, body, message):
+    f = tmp_path / "t.toml"
+    f.write_text(body.format(py=ROOT / "examples" / "python" / "qa_distill.py"))
+    with pytest.raises(TaskError) as e:
+        get_task(str(f))
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_program_named_as_a_task_asks_for_its_rubric():
+    with pytest.raises(TaskError, match="is a DSPy program: name it in a task file with the critic's rubric"):
+        get_task(f"{ROOT / 'examples' / 'python' / 'qa_distill.py'}:QA")
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_runs_a_program_named_in_a_task_file(tmp_path):
+    from store import Store
+
+    db = tmp_path / "t.duckdb"
+    cmd = [sys.executable, "-m", "programs.compile", "--task", str(QA_PROGRAM), "--profile", "tiny", "--limit", "2",
+           "--max-steps", "2", "--objective", "none", "--db", str(db), "--out", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=1800, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    s = Store(db, create=False)
+    assert s.scalar("SELECT status FROM runs") == "finished"
+    producers = [r["producer"] for r in s.query("SELECT DISTINCT producer FROM candidates WHERE role = 'teacher'")]
+    assert len(producers) == 1 and "#program-" in producers[0]  # the program taught, N runs per input
+    assert s.scalar("SELECT count(*) FROM evaluations") >= 1
