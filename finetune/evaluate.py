@@ -40,7 +40,7 @@ def student_outputs(store: Store, student: Student, student_lm: dspy.LM, inputs:
             dspy.context(lm=student_lm):
         def one(item: dict) -> tuple[str, str | None]:
             try:
-                text = (getattr(student(text=item["text"]), student.task.output_name) or "").strip()
+                text = student.task.encode_outputs(student(text=item["text"])) or ""
             except Exception:  # noqa: BLE001 - recorded as a failed call; the item is left out of the evaluation
                 text = ""
             return text, last_lm_call_id()
@@ -74,7 +74,8 @@ def evaluate(store: Store, *, student: Student, student_lm: dspy.LM, student_nam
                               threads=threads)
     items = [it for it in items if it["input_id"] in p]
     prob, decision = win_tie_rate([p[it["input_id"]] for it in items])
-    ratios = [len(it["a"].split()) / max(1, len(it["text"].split())) for it in items]
+    task = student.task
+    ratios = [len(task.output_text(it["a"]).split()) / max(1, len(task.input_text(it["text"]).split())) for it in items]
     details = {"items": [{"input_id": it["input_id"], "p_student": p[it["input_id"]],
                           "length_ratio": r} for it, r in zip(items, ratios)],
                "skipped": len(inputs) - len(items), "one_order_only": dropped, "method": critic.method}

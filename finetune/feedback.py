@@ -23,7 +23,7 @@ from finetune.sample import sample_candidates
 from programs.student_lm import load_student
 from programs.critic import Critic
 from programs.progress import stage_progress
-from programs.student import training_prompt
+from programs.student import parse_completion, training_prompt
 from programs.tasks import Task
 from programs.teach import candidate_id
 from store import Store, stable_id
@@ -97,8 +97,9 @@ def sample_round(store: Store, task: Task, student_path: str, producer: str, inp
                                          batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
                                          seed=cfg.seed + start)
                 ranks = [GREEDY_RANK] if method == "greedy" else range(k)
-                rows = [_row(item, producer, rank, text, run_id)
-                        for item, texts in zip(chunk, outs) for rank, text in zip(ranks, texts)]
+                rows = [_row(item, producer, rank, stored, run_id)  # several output fields: parsed, as JSON
+                        for item, texts in zip(chunk, outs) for rank, text in zip(ranks, texts)
+                        if (stored := parse_completion(task, text)) is not None]
                 store.insert("candidates", rows)
                 advance(len(chunk))
     return _stored(store, producer)
@@ -138,7 +139,8 @@ def judge_round(store: Store, critic: Critic, critic_lm: dspy.LM, critic_name: s
         from metrics.similarity import embed
     items, why = [], {"anchored": 0, "different": 0, "length": 0, "identical": 0}
     for item in inputs:
-        band = item["text"] if len(critic.task.inputs) == 1 else None  # several input fields: no one text to match
+        one_to_one = len(critic.task.inputs) == len(critic.task.outputs) == 1
+        band = item["text"] if one_to_one else None  # several fields: no one text an output should match in length
         pair, reason = pick_pair(samples.get(item["input_id"], []), band, cfg, embed)
         why[reason] += 1
         if pair is not None:

@@ -105,7 +105,8 @@ class CriticScore:
 
     def judge(self, example: Any, pred: Any, *, reasons: bool) -> tuple[float, list[str]]:
         """(score, the critic's reasons); reasons cost the critic a sentence per order, so they are opt-in."""
-        texts = outputs_of(pred, self.task.output_name)
+        texts = outputs_of(pred, self.task.output_name) if len(self.task.outputs) == 1 else [
+            t for t in [self.task.encode_outputs(pred)] if t]
         if not texts:
             return 0.0, ["no output to judge (empty or unparsable prediction)"]
         source = example.get("text") if hasattr(example, "get") else getattr(example, "text", None)
@@ -128,7 +129,8 @@ class CriticScore:
     def _rubric_score(self, source: str, output: str, reasons: bool) -> tuple[float, list[str]]:
         config = dict(temperature=0.0, max_tokens=8, logprobs=True, top_logprobs=20)
         try:
-            pred = self._verdict(**self.task.input_values(source), output=output, config=config)
+            pred = self._verdict(**self.task.input_values(source), output=self.task.render_output(output),
+                                 config=config)
             p = _label_probability(getattr(pred, "logprobs", None), "verdict", "yes", "no")
             if p is None:
                 word = (pred.verdict or "").strip().lower()
@@ -140,7 +142,7 @@ class CriticScore:
         if not reasons:
             return p, []
         try:
-            critique = self._critique(**self.task.input_values(source), output=output,
+            critique = self._critique(**self.task.input_values(source), output=self.task.render_output(output),
                                       config=dict(temperature=0.0, max_tokens=self.max_tokens)).critique
         except (AdapterParseError, ValueError):
             critique = None

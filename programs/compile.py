@@ -177,6 +177,8 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str, teacher_program
     _load_stages()
     task, chosen, dropped = _check(cfg)  # a bad task or bad inputs fail here, before any model is loaded
     check_path(db)  # so does a --db that cannot be a store (nothing created yet)
+    if teacher_program is None and task.program is None:
+        task.check_list_teacher()  # a task of several output fields needs a program to teach
     lms = _models(cfg)
     p = _start(cfg, task, chosen, lms, db=db, out=out, command=command)
     p.dropped, p.teacher_program = dropped, teacher_program or task.program  # a task file's program teaches
@@ -372,7 +374,7 @@ def _imitate(p: Pipeline, teacher: Teaching) -> tuple[Any, list[dict]]:
     from finetune.imitate import ImitationConfig, train_imitation
     from finetune.objectives import SFT_SQL, sql_dataset
     from programs.config import objectives
-    from programs.student import training_prompt
+    from programs.student import training_completion, training_prompt
 
     cfg = p.cfg
     with p.stage("imitate"):
@@ -382,8 +384,8 @@ def _imitate(p: Pipeline, teacher: Teaching) -> tuple[Any, list[dict]]:
         if not rows:
             raise InputError("the teacher produced no usable training pairs (see failed calls: "
                              "python -m store query \"SELECT error, response FROM lm_calls WHERE stage='teach'\")")
-        pairs = [{"input": r["input"], "output": r["output"], "prompt": training_prompt(p.task, r["input"])}
-                 for r in rows]
+        pairs = [{"input": r["input"], "output": training_completion(p.task, r["output"]),
+                  "prompt": training_prompt(p.task, r["input"])} for r in rows]
         icfg = ImitationConfig(base_model=cfg.student, merge_lora=False, instruction=p.task.student_instruction,
                                **_warmstart_settings(cfg))
         icfg.output_dir = str(_warm_start_dir(p.out_dir, icfg, dataset_id))
@@ -471,7 +473,7 @@ def _judge_students(p: Pipeline, teacher: Teaching, students: list[tuple[str, An
                                  teacher_name=teacher.name, split=split, run_id=p.run_id,
                                  threads=p.threads(judge_name))
                     evaluations.append({"label": label, "judge": judge_name, "split": split, **r,
-                                        "meaning": _meaning(r["items"]), "log_history": model.log_history})
+                                        "meaning": _meaning(r["items"], p.task), "log_history": model.log_history})
     return evaluations
 
 
@@ -585,8 +587,10 @@ def _checks(evaluations: list[dict], task: Task) -> None:
             warm = next((w for w in evaluations if w["label"] == first and w["split"] == e["split"]), None)
             before = {it["input_id"]: it["a"] for it in (warm["items"] if warm else [])}
             items = [it for it in e["items"] if it["input_id"] in before] if e["label"] != first else e["items"]
-            done[key] = student_checks([task.input_text(it["text"]) for it in items], [it["a"] for it in items],
-                                       before=None if e["label"] == first else [before[it["input_id"]] for it in items],
+            done[key] = student_checks([task.input_text(it["text"]) for it in items],
+                                       [task.output_text(it["a"]) for it in items],
+                                       before=None if e["label"] == first else [task.output_text(before[it["input_id"]])
+                                                                               for it in items],
                                        similarity=meaning_preservation)
         e["checks"] = done[key]
 
@@ -619,13 +623,14 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def _meaning(items: list[dict]) -> float:
+def _meaning(items: list[dict], task: Task) -> float:
     """Mean sentence-embedding similarity of input and student output (the bundled MiniLM)."""
     if not items:
         return float("nan")
     from metrics.similarity import meaning_preservation
 
-    return _mean(meaning_preservation([it["text"] for it in items], [it["a"] for it in items]))
+    return _mean(meaning_preservation([task.input_text(it["text"]) for it in items],
+                                      [task.output_text(it["a"]) for it in items]))
 
 
 def _link_student(out_dir: Path, models: list, evaluations: list[dict], critic: str, split: str) -> str:

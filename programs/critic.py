@@ -142,7 +142,7 @@ class Critic(dspy.Module):
     def score_one(self, text: str, output: str) -> PointJudgment:
         """The pointwise rubric score of one output (used when `pointwise_weight` > 0)."""
         try:
-            pred = self._call(self.scorer, **self.task.input_values(text), output=output)
+            pred = self._call(self.scorer, **self.task.input_values(text), output=self.task.render_output(output))
         except (AdapterParseError, ValueError):
             return PointJudgment(None, None, "failed", last_lm_call_id())
         score = expected_score(getattr(pred, "logprobs", None))

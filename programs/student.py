@@ -17,6 +17,22 @@ def training_prompt(task: Task, text: str) -> list[dict[str, str]]:
     return LabeledAdapter().format(student_signature(task), demos=[], inputs=task.input_values(text))
 
 
+def training_completion(task: Task, text: str) -> str:
+    """A stored output as the student's answer to `training_prompt`: the adapter's own rendering (the value itself
+    for a task of one output field; a `Label: value` line a field for several)."""
+    return LabeledAdapter().format_assistant_message_content(student_signature(task), task.output_values(text))
+
+
+def parse_completion(task: Task, completion: str) -> str | None:
+    """A student's raw answer as a stored output (`training_completion` undone), None when it cannot be read."""
+    if len(task.outputs) == 1:
+        return completion
+    try:
+        return task.encode_outputs(LabeledAdapter().parse(student_signature(task), completion))
+    except Exception:  # noqa: BLE001 - an answer missing a field is no candidate
+        return None
+
+
 class Student(dspy.Module):
     def __init__(self, task: Task):
         super().__init__()

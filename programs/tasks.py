@@ -95,9 +95,7 @@ class Task:
         names = [n for n, _ in self.input_fields + self.output_fields]
         if len(set(names)) != len(names):
             raise TaskError(f"{where}: a field name is used twice ({', '.join(names)})")
-        if len(self.outputs) != 1:
-            raise TaskError(f"{where}: {len(self.outputs)} output fields; a task has one output field for now "
-                            "(issue 11: several outputs)")
+
         if "\n" in self.name or len(self.name) > 100:
             raise TaskError(f"{where}: name must be one short line")
         try:
@@ -195,6 +193,39 @@ class Task:
             raise TaskError(f"task {self.name!r}: the input {text[:60]!r} is not a JSON object of "
                             f"{', '.join(self.inputs)}") from e
 
+    def encode_outputs(self, values: Any) -> str | None:
+        """One output (a dict or a prediction) as the store's text, like `encode_inputs`; None when a field is
+        missing or empty (nothing to learn from or to judge)."""
+        get = values.get if isinstance(values, dict) else lambda n: getattr(values, n, None)
+        fields = {n: get(n) for n in self.outputs}
+        if not all(isinstance(v, str) and v.strip() for v in fields.values()):
+            return None
+        if len(fields) == 1:
+            return next(iter(fields.values())).strip()
+        return json.dumps({n: v.strip() for n, v in fields.items()}, ensure_ascii=False)
+
+    def output_values(self, text: str) -> dict[str, str]:
+        """The fields of a stored output (`encode_outputs` undone)."""
+        if len(self.outputs) == 1:
+            return {self.output_name: text}
+        try:
+            data = json.loads(text)
+            return {name: data[name] for name in self.outputs}
+        except (ValueError, TypeError, KeyError) as e:
+            raise TaskError(f"task {self.name!r}: the output {text[:60]!r} is not a JSON object of "
+                            f"{', '.join(self.outputs)}") from e
+
+    def render_output(self, text: str) -> str:
+        """A stored output as the critic reads one candidate: the value itself, or a `Label: value` line a field."""
+        from programs.adapter import label
+
+        values = self.output_values(text)
+        return text if len(values) == 1 else "\n".join(f"{label(n)}: {v}" for n, v in values.items())
+
+    def output_text(self, text: str) -> str:
+        """A stored output as plain words (its fields' values joined), for the critic-free checks."""
+        return "\n".join(self.output_values(text).values())
+
     def input_text(self, text: str) -> str:
         """A stored input as plain words, its fields' values joined: what the critic-free checks (length ratio,
         meaning) compare an output with, rather than the JSON around them."""
@@ -213,6 +244,13 @@ class Task:
             name="TeacherSignature",
         )
 
+    def check_list_teacher(self) -> None:
+        """The task's own teacher writes a numbered list of one output each: a task of several output fields needs
+        a DSPy program to teach instead."""
+        if len(self.outputs) > 1:
+            raise TaskError(f"task {self.name!r} has {len(self.outputs)} output fields: its teacher is a DSPy program "
+                            "(program = ... in its task file, or CriticDistill's teacher), not a numbered list")
+
     @property
     def teacher_output(self) -> str:
         """The teacher's numbered-list field: the output's name made plural (`paraphrase` -> `paraphrases`)."""
@@ -229,23 +267,32 @@ class Task:
         outputs = {"reason": (str, "one short sentence"), "choice": (Literal["1", "2"], "1 or 2")}
         if mode == "choice-first":
             outputs.pop("reason")
-        (out, desc), = self.outputs.items()
+        name, desc = self._candidate
         return _make(
             self.rubrics[rubric],
-            inputs=self._input_spec() | {f"{out}_1": (str, desc), f"{out}_2": (str, desc)},
+            inputs=self._input_spec() | {f"{name}_1": (str, desc), f"{name}_2": (str, desc)},
             outputs=outputs,
             name="CriticSignature",
         )
 
+    @property
+    def _candidate(self) -> tuple[str, str]:
+        """The critic's name and description for one candidate: the output field, or `response` for several."""
+        if len(self.outputs) == 1:
+            return next(iter(self.outputs.items()))
+        return "response", "the response, field by field: " + ", ".join(self.outputs)
+
     def candidate_fields(self, first: str, second: str) -> dict[str, str]:
-        """The critic's two candidate fields (`paraphrase_1`, `paraphrase_2` for the built-in tasks)."""
-        return {f"{self.output_name}_1": first, f"{self.output_name}_2": second}
+        """The critic's two candidate fields (`paraphrase_1`, `paraphrase_2` for the built-in tasks), every output
+        field of each rendered."""
+        name = self._candidate[0]
+        return {f"{name}_1": self.render_output(first), f"{name}_2": self.render_output(second)}
 
     def pointwise_signature(self) -> type[dspy.Signature]:
         """input, one candidate -> a 1-5 score: no second candidate, so no position to lean to."""
         return _make(
             f"Rate the output from 1 (poor) to 5 (excellent). The standard: {self.critic_instruction}",
-            inputs=self._input_spec() | {"output": (str, next(iter(self.outputs.values())))},
+            inputs=self._input_spec() | {"output": (str, self._candidate[1])},
             outputs={"score": (Literal["1", "2", "3", "4", "5"], "1, 2, 3, 4 or 5")},
             name="PointwiseSignature",
         )
@@ -253,7 +300,7 @@ class Task:
 
 _FIELD = re.compile(r"^[a-z][a-z0-9_]*$")
 # names the prompts use for something else: the critic's candidates and score, the teacher's list
-RESERVED_FIELDS = ("output", "outputs", "reason", "choice", "score", "candidates")
+RESERVED_FIELDS = ("output", "outputs", "reason", "choice", "score", "candidates", "response")
 
 
 def parse_signature(spec: str, descriptions: dict[str, str] | None = None) -> tuple[tuple, tuple]:

@@ -33,6 +33,7 @@ def numbered(items: list[str]) -> str:
 class Teacher(dspy.Module):
     def __init__(self, task: Task, n: int = 3):
         super().__init__()
+        task.check_list_teacher()
         self.n = n
         self.task = task
         self.generate = dspy.Predict(task.teacher_signature(n))
@@ -74,9 +75,9 @@ class ProgramTeacher(dspy.Module):
                     p.lm = lm
 
     def forward(self, text: str) -> dspy.Prediction:
-        inputs, out, candidates = self.task.input_values(text), self.task.output_name, []
+        inputs, candidates = self.task.input_values(text), []
         for i in range(self.n):
-            value = getattr(self._rollout(i, inputs), out, None)
-            if isinstance(value, str) and value.strip() and value.strip() not in candidates:
-                candidates.append(value.strip())
+            value = self.task.encode_outputs(self._rollout(i, inputs))  # every output field, or None
+            if value is not None and value not in candidates:
+                candidates.append(value)
         return dspy.Prediction(candidates=candidates, raw=None)

@@ -104,3 +104,41 @@ def test_compile_distills_a_two_input_program_end_to_end(tmp_path):
     calls = s.scalar(pipeline_calls)
     distill.compile(QA(), teacher=QA(), trainset=train, valset=test)
     assert Store(db, create=False).scalar(pipeline_calls) == calls
+
+
+class Explain(dspy.Module):
+    """Two output fields, as `dspy.ChainOfThought` gives a signature (`reasoning`, then the answer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.answer = dspy.ChainOfThought(dspy.Signature(
+            "question, context -> answer", "Answer the question using only the context, in one short sentence."))
+
+    def forward(self, question: str, context: str) -> dspy.Prediction:
+        return self.answer(question=question, context=context)
+
+
+def test_chain_of_thought_is_a_task_of_two_outputs():
+    task = task_from_program(Explain(), PairwiseCritic(RUBRIC))
+    assert list(task.outputs) == ["reasoning", "answer"] and list(task.inputs) == ["question", "context"]
+
+
+@pytest.mark.slow
+def test_compile_distills_a_program_of_two_output_fields(tmp_path):
+    """reasoning and answer: the teacher's runs stored as JSON of both, the critic reading both, the student trained
+    on both and answering with both."""
+    from store import Store
+
+    db, out = tmp_path / "t.duckdb", tmp_path / "out"
+    distill = CriticDistill(critic=RUBRIC, objective="imitation", profile="tiny", store=str(db), out=str(out),
+                            config={"max_steps": 2})
+    train, test = _examples("train", 4), _examples("test", 2)
+    small = distill.compile(Explain(), trainset=train, valset=test)
+    s = Store(db, create=False)
+    outputs = [json.loads(r["text"]) for r in s.query("SELECT text FROM candidates WHERE role = 'teacher'")]
+    assert outputs and all(set(o) == {"reasoning", "answer"} for o in outputs)
+    judged = [str(r["messages"]) for r in s.query(
+        "SELECT messages FROM lm_calls WHERE stage = 'evaluate' AND CAST(messages AS VARCHAR) LIKE '%Response 1:%'")]
+    assert judged and all("Reasoning: " in m and "Answer: " in m for m in judged)
+    pred = small(question=test[0].question, context=test[0].context)
+    assert isinstance(pred.answer, str) and isinstance(pred.reasoning, str)

@@ -412,7 +412,6 @@ def test_a_two_input_signature_task_from_toml():
     ('signature = "question context answer"\n', "must look like"),
     ('signature = "question ->"\n', "needs at least one input and one output field"),
     ('signature = "q -> a"\n[fields]\nz = "zed"\n', "field description(s) for z"),
-    ('signature = "q -> a, b"\n', "2 output fields; a task has one output field for now"),
     ('signature = "Question -> a"\n', "bad field name 'Question'"),
     ('signature = "q, output -> a"\n', "bad field name 'output'"),
     ('signature = "q, q -> a"\n', "a field name is used twice"),
@@ -520,3 +519,22 @@ def test_tiny_pipeline_runs_a_program_named_in_a_task_file(tmp_path):
     producers = [r["producer"] for r in s.query("SELECT DISTINCT producer FROM candidates WHERE role = 'teacher'")]
     assert len(producers) == 1 and "#program-" in producers[0]  # the program taught, N runs per input
     assert s.scalar("SELECT count(*) FROM evaluations") >= 1
+
+
+def test_a_task_of_several_outputs_needs_a_program_to_teach(tmp_path):
+    f = tmp_path / "t.toml"
+    f.write_text('teacher_instruction = "t"\ncritic_instruction = "c"\nstudent_instruction = "s"\n'
+                 'signature = "question -> reasoning, answer"\n')
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps({"question": f"q{i}?", "split": s}) + "\n"
+                              for i, s in enumerate(["train", "test"])))
+    task = get_task(str(f))
+    assert list(task.outputs) == ["reasoning", "answer"]
+    assert task.candidate_fields(task.encode_outputs({"reasoning": "r", "answer": "a"}), '{"reasoning": "x", '
+                                 '"answer": "y"}') == {"response_1": "Reasoning: r\nAnswer: a",
+                                                       "response_2": "Reasoning: x\nAnswer: y"}
+    cmd = [sys.executable, "-m", "programs.compile", "--task", str(f), "--inputs", str(inputs), "--db",
+           str(tmp_path / "t.duckdb"), "--out", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert done.returncode == 2 and "its teacher is a DSPy program" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "t.duckdb").exists()
