@@ -124,9 +124,12 @@ def test_chain_of_thought_is_a_task_of_two_outputs():
 
 
 @pytest.mark.slow
-def test_compile_distills_a_program_of_two_output_fields(tmp_path):
-    """reasoning and answer: the teacher's runs stored as JSON of both, the critic reading both, the student trained
-    on both and answering with both."""
+def test_compile_distills_a_program_of_two_output_fields(tmp_path, dspy_state):
+    """reasoning and answer: the teacher's runs stored as JSON of both, the student trained on the adapter's rendering
+    of both, the critic reading both (a 2-step student rarely writes both yet, so the critic is asked directly)."""
+    from programs.critic import Critic
+    from programs.lm import resolve_lm
+    from programs.student import training_completion
     from store import Store
 
     db, out = tmp_path / "t.duckdb", tmp_path / "out"
@@ -135,10 +138,19 @@ def test_compile_distills_a_program_of_two_output_fields(tmp_path):
     train, test = _examples("train", 4), _examples("test", 2)
     small = distill.compile(Explain(), trainset=train, valset=test)
     s = Store(db, create=False)
-    outputs = [json.loads(r["text"]) for r in s.query("SELECT text FROM candidates WHERE role = 'teacher'")]
+    rows = s.query("SELECT input_id, text FROM candidates WHERE role = 'teacher' ORDER BY input_id, rank")
+    outputs = [json.loads(r["text"]) for r in rows]
     assert outputs and all(set(o) == {"reasoning", "answer"} for o in outputs)
-    judged = [str(r["messages"]) for r in s.query(
-        "SELECT messages FROM lm_calls WHERE stage = 'evaluate' AND CAST(messages AS VARCHAR) LIKE '%Response 1:%'")]
-    assert judged and all("Reasoning: " in m and "Answer: " in m for m in judged)
-    pred = small(question=test[0].question, context=test[0].context)
-    assert isinstance(pred.answer, str) and isinstance(pred.reasoning, str)
+    task = task_from_program(Explain(), PairwiseCritic(RUBRIC))
+    trained = json.loads(s.scalar("SELECT rows FROM datasets WHERE name = 'imitation'"))
+    assert trained and all(training_completion(task, r["output"]).startswith("Reasoning: ") and
+                           "\nAnswer: " in training_completion(task, r["output"]) for r in trained)
+    assert small.answer.predict.lm.model.startswith("local/")  # the returned program's predictor: the student
+
+    text = s.scalar("SELECT text FROM inputs WHERE split = 'train' LIMIT 1")
+    critic_lm = resolve_lm("local/qwen2.5-coder-0.5b-instruct", temperature=0.0, max_tokens=8)
+    with dspy.context(lm=critic_lm, adapter=LabeledAdapter()):
+        judged = Critic(task).judge_order(text, rows[0]["text"], rows[-1]["text"])
+    assert judged.choice in (1, 2, None)
+    prompt = critic_lm.history[-1]["messages"][-1]["content"]
+    assert "Response 1: Reasoning: " in prompt and "\nAnswer: " in prompt and "Response 2: Reasoning: " in prompt
