@@ -40,7 +40,7 @@ def student_outputs(store: Store, student: Student, student_lm: dspy.LM, inputs:
             dspy.context(lm=student_lm):
         def one(item: dict) -> tuple[str, str | None]:
             try:
-                text = (student(text=item["text"]).paraphrase or "").strip()
+                text = student.task.encode_outputs(student(text=item["text"])) or ""
             except Exception:  # noqa: BLE001 - recorded as a failed call; the item is left out of the evaluation
                 text = ""
             return text, last_lm_call_id()
@@ -74,7 +74,8 @@ def evaluate(store: Store, *, student: Student, student_lm: dspy.LM, student_nam
                               threads=threads)
     items = [it for it in items if it["input_id"] in p]
     prob, decision = win_tie_rate([p[it["input_id"]] for it in items])
-    ratios = [len(it["a"].split()) / max(1, len(it["text"].split())) for it in items]
+    task = student.task
+    ratios = [len(task.output_text(it["a"]).split()) / max(1, len(task.input_text(it["text"]).split())) for it in items]
     details = {"items": [{"input_id": it["input_id"], "p_student": p[it["input_id"]],
                           "length_ratio": r} for it, r in zip(items, ratios)],
                "skipped": len(inputs) - len(items), "one_order_only": dropped, "method": critic.method}
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be a positive integer")
     task = get_task(args.task)
-    rows = load_file(args.inputs)[: args.limit]
+    rows = load_file(args.inputs, task)[: args.limit]
     check_context([r["text"] for r in rows], [args.critic, args.judge, args.teacher], answer_tokens=96,
                   judged_tokens=160)  # this command's critic and teacher max_tokens
     student_spec, producer = _student_spec(args.student)

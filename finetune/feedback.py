@@ -23,7 +23,7 @@ from finetune.sample import sample_candidates
 from programs.student_lm import load_student
 from programs.critic import Critic
 from programs.progress import stage_progress
-from programs.student import training_prompt
+from programs.student import parse_completion, training_prompt
 from programs.tasks import Task
 from programs.teach import candidate_id
 from store import Store, stable_id
@@ -97,19 +97,22 @@ def sample_round(store: Store, task: Task, student_path: str, producer: str, inp
                                          batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
                                          seed=cfg.seed + start)
                 ranks = [GREEDY_RANK] if method == "greedy" else range(k)
-                rows = [_row(item, producer, rank, text, run_id)
-                        for item, texts in zip(chunk, outs) for rank, text in zip(ranks, texts)]
+                rows = [_row(item, producer, rank, stored, run_id)  # several output fields: parsed, as JSON
+                        for item, texts in zip(chunk, outs) for rank, text in zip(ranks, texts)
+                        if (stored := parse_completion(task, text)) is not None]
                 store.insert("candidates", rows)
                 advance(len(chunk))
     return _stored(store, producer)
 
 
-def pick_pair(cands: list[dict], text: str, cfg: FeedbackConfig, embed=None) -> tuple[tuple[dict, dict] | None, str]:
-    """The pair to judge among one input's candidates, and why: candidates outside the length band are dropped
+def pick_pair(cands: list[dict], text: str | None, cfg: FeedbackConfig, embed=None
+              ) -> tuple[tuple[dict, dict] | None, str]:
+    """The pair to judge among one input's candidates, and why: candidates outside the length band (relative to the
+    input `text`; no band when None, for a task whose output is not a rewrite of one input text) are dropped
     first, then the pair is chosen among those that pass ('anchored' on the greedy output, or the most 'different'
     pair); 'length' / 'identical' when fewer than two distinct candidates pass / differ."""
     texts = [c["text"] for c in cands]
-    in_band = [i for i, t in enumerate(texts) if within_length(t, text, cfg.length_lo, cfg.length_hi)]
+    in_band = [i for i, t in enumerate(texts) if text is None or within_length(t, text, cfg.length_lo, cfg.length_hi)]
     greedy = next((i for i, c in enumerate(cands) if c["rank"] == GREEDY_RANK), None)
     if cfg.anchor == "greedy" and greedy is not None:
         pair = select_pair(texts, method=cfg.pair_selection, embed=embed, allowed=in_band, anchor=greedy)
@@ -136,7 +139,9 @@ def judge_round(store: Store, critic: Critic, critic_lm: dspy.LM, critic_name: s
         from metrics.similarity import embed
     items, why = [], {"anchored": 0, "different": 0, "length": 0, "identical": 0}
     for item in inputs:
-        pair, reason = pick_pair(samples.get(item["input_id"], []), item["text"], cfg, embed)
+        one_to_one = len(critic.task.inputs) == len(critic.task.outputs) == 1
+        band = item["text"] if one_to_one else None  # several fields: no one text an output should match in length
+        pair, reason = pick_pair(samples.get(item["input_id"], []), band, cfg, embed)
         why[reason] += 1
         if pair is not None:
             a, b = pair

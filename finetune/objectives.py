@@ -24,7 +24,7 @@ from metrics.judge import judge_pairs
 from finetune.feedback import FeedbackConfig, judge_round, sample_producer, sample_round
 from finetune.runner import TrainResult, changed_settings
 from programs.critic import Critic
-from programs.student import training_prompt
+from programs.student import training_completion, training_prompt
 from programs.tasks import Task
 from store import Store, stable_id, to_json
 from store.cli import UserError
@@ -150,7 +150,8 @@ def _imitation(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], datas
     cfg = ImitationConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
                           **{**ctx.train_settings, "epochs": epochs})
     cfg.output_dir = _out(ctx, name, cfg, base.checkpoint_id, dataset_id, epochs, skip=("epochs",))
-    pairs = [{"input": r["input"], "output": r["output"], "prompt": training_prompt(ctx.task, r["input"])} for r in rows]
+    pairs = [{"input": r["input"], "output": training_completion(ctx.task, r["output"]),
+              "prompt": training_prompt(ctx.task, r["input"])} for r in rows]
     return train_imitation(pairs, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id, objective=name)
 
 
@@ -161,8 +162,9 @@ def _dpo(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], dataset_id:
     cfg = DPOTrainConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
                          **{**settings, "epochs": epochs, "batch_size": max(1, settings.get("batch_size", 8) // 2)})
     cfg.output_dir = _out(ctx, name, cfg, base.checkpoint_id, dataset_id, epochs, skip=("epochs",))
-    pairs = [{"input": r["input"], "chosen": r["chosen"], "rejected": r["rejected"],
-              "prompt": training_prompt(ctx.task, r["input"])} for r in rows]
+    pairs = [{"input": r["input"], "chosen": training_completion(ctx.task, r["chosen"]),
+              "rejected": training_completion(ctx.task, r["rejected"]), "prompt": training_prompt(ctx.task, r["input"])}
+             for r in rows]
     return train_dpo(pairs, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id, objective=name)
 
 
@@ -218,7 +220,7 @@ def _brio(ctx: ObjectiveContext, base: TrainResult) -> TrainResult:
     for r in rows:
         g = groups.setdefault(r["input_id"], {"input": r["input"], "prompt": training_prompt(ctx.task, r["input"]),
                                               "candidates": []})
-        g["candidates"].append(r["text"])
+        g["candidates"].append(training_completion(ctx.task, r["text"]))
     usable = [dict(g, reference=g["candidates"][0]) for g in groups.values() if len(g["candidates"]) >= 2]
     if not usable:
         raise DatasetError("brio: no input has two or more ranked teacher candidates (the teacher wrote too few?)")

@@ -21,26 +21,31 @@ from programs.critic import DEFAULT, Critic, CriticSettings
 from programs.tasks import Task
 
 
-def outputs_of(pred: Any) -> list[str]:
-    """The texts a prediction offers: the teacher's candidates, or a student's single output."""
+def outputs_of(pred: Any, name: str = "paraphrase") -> list[str]:
+    """The texts a prediction offers: the teacher's candidates, or a student's single output (field `name`)."""
     if isinstance(pred, str):
         return [pred]
     candidates = getattr(pred, "candidates", None)
     if candidates is not None:
         return [c for c in candidates if c and c.strip()]
-    for name in ("paraphrase", "output", "answer"):
-        value = getattr(pred, name, None)
+    for field in (name, "paraphrase", "output", "answer"):
+        value = getattr(pred, field, None)
         if isinstance(value, str):
             return [value] if value.strip() else []
     return []
+
+
+def _inputs(task: Task) -> dict:
+    """The task's input fields, then the one output judged."""
+    fields = {n: (str, dspy.InputField(desc=d)) for n, d in task.inputs.items()}
+    return fields | {"output": (str, dspy.InputField(desc=next(iter(task.outputs.values()))))}
 
 
 def _rubric_signature(task: Task) -> type[dspy.Signature]:
     rubric = getattr(task, "rubric", None) or (
         f"Judge whether the output is a good one for the input. The standard: {task.critic_instruction}")
     return dspy.Signature({
-        "text": (str, dspy.InputField(desc=task.input_desc)),
-        "output": (str, dspy.InputField(desc=task.output_desc)),
+        **_inputs(task),
         # a plain string read leniently ("Yes", "no."): small critics do not keep to the case of a Literal
         "verdict": (str, dspy.OutputField(desc="yes if it meets the standard, else no")),
     }, rubric, signature_name="RubricSignature")
@@ -49,8 +54,7 @@ def _rubric_signature(task: Task) -> type[dspy.Signature]:
 def _reason_signature(task: Task) -> type[dspy.Signature]:
     rubric = getattr(task, "rubric", None) or task.critic_instruction
     return dspy.Signature({
-        "text": (str, dspy.InputField(desc=task.input_desc)),
-        "output": (str, dspy.InputField(desc=task.output_desc)),
+        **_inputs(task),
         "critique": (str, dspy.OutputField(desc="one or two sentences: what is good, what to improve")),
     }, f"Critique the output for the input. The standard: {rubric}", signature_name="CritiqueSignature")
 
@@ -101,7 +105,8 @@ class CriticScore:
 
     def judge(self, example: Any, pred: Any, *, reasons: bool) -> tuple[float, list[str]]:
         """(score, the critic's reasons); reasons cost the critic a sentence per order, so they are opt-in."""
-        texts = outputs_of(pred)
+        texts = outputs_of(pred, self.task.output_name) if len(self.task.outputs) == 1 else [
+            t for t in [self.task.encode_outputs(pred)] if t]
         if not texts:
             return 0.0, ["no output to judge (empty or unparsable prediction)"]
         source = example.get("text") if hasattr(example, "get") else getattr(example, "text", None)
@@ -124,7 +129,8 @@ class CriticScore:
     def _rubric_score(self, source: str, output: str, reasons: bool) -> tuple[float, list[str]]:
         config = dict(temperature=0.0, max_tokens=8, logprobs=True, top_logprobs=20)
         try:
-            pred = self._verdict(text=source, output=output, config=config)
+            pred = self._verdict(**self.task.input_values(source), output=self.task.render_output(output),
+                                 config=config)
             p = _label_probability(getattr(pred, "logprobs", None), "verdict", "yes", "no")
             if p is None:
                 word = (pred.verdict or "").strip().lower()
@@ -136,7 +142,7 @@ class CriticScore:
         if not reasons:
             return p, []
         try:
-            critique = self._critique(text=source, output=output,
+            critique = self._critique(**self.task.input_values(source), output=self.task.render_output(output),
                                       config=dict(temperature=0.0, max_tokens=self.max_tokens)).critique
         except (AdapterParseError, ValueError):
             critique = None

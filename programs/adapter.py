@@ -23,12 +23,13 @@ def label(name: str, field: Any = None) -> str:
     return re.sub(r"_(\d+)$", r" \1", name).replace("_", " ").capitalize()
 
 
-def _desc(field: Any) -> str:
+def describe(field: Any, default: str = "the answer") -> str:
+    """A field's description as the prompt shows it (DSPy's `${name}` placeholder is no description)."""
     extra = getattr(field, "json_schema_extra", None) or {}
     desc = extra.get("desc") if isinstance(extra, dict) else None
     if desc and not desc.startswith("${"):
         return desc
-    return getattr(field, "description", None) or "the answer"
+    return getattr(field, "description", None) or default
 
 
 class LabeledAdapter(ChatAdapter):
@@ -42,9 +43,9 @@ class LabeledAdapter(ChatAdapter):
         outputs = signature.output_fields
         if len(outputs) == 1:
             (name, field), = outputs.items()
-            shape = f"Answer with the {label(name).lower()} only: {_desc(field).rstrip('.')}."
+            shape = f"Answer with the {label(name).lower()} only: {describe(field).rstrip('.')}."
         else:
-            lines = "\n".join(f"{label(n, f)}: <{_desc(f)}>" for n, f in outputs.items())
+            lines = "\n".join(f"{label(n, f)}: <{describe(f)}>" for n, f in outputs.items())
             shape = f"Answer in exactly this format:\n{lines}"
         return f"{signature.instructions.strip()}\n\n{shape}"
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -39,6 +39,9 @@ from programs.inputs import InputError, load_inputs  # noqa: E402
 from programs import progress  # noqa: E402
 from programs.progress import console  # noqa: E402
 from store.cli import ArgumentParser, code_version, entry_point, quiet_libraries  # noqa: E402
+
+if TYPE_CHECKING:
+    from programs.tasks import Task
 
 
 def select_inputs(cfg: PipelineConfig, task) -> dict[str, list[dict]]:
@@ -74,7 +77,7 @@ def split_inputs(cfg: PipelineConfig, task) -> tuple[dict[str, list[dict]], int]
         from programs.inputs import load_file
 
         # the task's out-of-distribution file, else the inputs' rows whose split is 'ood'
-        ood = load_file(task.ood_inputs) if task.ood_inputs else [r for r in rows if r["split"] == "ood"]
+        ood = load_file(task.ood_inputs, task) if task.ood_inputs else [r for r in rows if r["split"] == "ood"]
         if not ood:
             raise InputError(f"task {task.name} has no out-of-distribution inputs (no ood_inputs file, no rows "
                              "with split 'ood'); pass --ood 0")
@@ -118,6 +121,7 @@ class Pipeline:
     command: str
     started: float
     dropped: int = 0  # evaluation inputs left out because train has the same text
+    teacher_program: Any = None  # a user's DSPy program as the teacher (`programs.distill`); None: the task's teacher
 
     @property
     def run_id(self) -> str:
@@ -165,16 +169,19 @@ class Results:
     teacher_quality: dict | None  # the optimized teacher against the one as written
 
 
-def run(cfg: PipelineConfig, *, db: str, out: str, command: str) -> dict:
-    """Run (or finish) the pipeline for `cfg`; returns the evaluation summary."""
+def run(cfg: PipelineConfig, *, db: str, out: str, command: str, teacher_program: Any = None) -> dict:
+    """Run (or finish) the pipeline for `cfg`; returns the evaluation summary. `teacher_program`: any DSPy program
+    that teaches instead of the task's own teacher, N runs of it per input (`CriticDistill.compile`)."""
     from store.db import check_path
 
     _load_stages()
     task, chosen, dropped = _check(cfg)  # a bad task or bad inputs fail here, before any model is loaded
     check_path(db)  # so does a --db that cannot be a store (nothing created yet)
+    if teacher_program is None and task.program is None:
+        task.check_list_teacher()  # a task of several output fields needs a program to teach
     lms = _models(cfg)
     p = _start(cfg, task, chosen, lms, db=db, out=out, command=command)
-    p.dropped = dropped
+    p.dropped, p.teacher_program = dropped, teacher_program or task.program  # a task file's program teaches
     with _recorded(p), progress.log_to(p.out_dir / "progress.log"):
         progress.emit(f"run {p.run_id[:12]}: start, profile {cfg.profile}, store {db}, command {command}")
         _inputs(p)
@@ -314,6 +321,8 @@ def _optimize(p: Pipeline) -> Teaching:
     from programs.teacher import Teacher
 
     cfg = p.cfg
+    if p.teacher_program is not None:
+        return _program_teaching(p)
     if not cfg.optimize:
         return Teaching(Teacher(p.task, n=cfg.n_candidates), cfg.teacher)
     from finetune.optimize import OptimizeSettings, optimize_teacher
@@ -328,6 +337,20 @@ def _optimize(p: Pipeline) -> Teaching:
             critic_lm=p.lms.critic, reflection_lm=p.lms.reflection, train=p.chosen["train"], run_id=p.run_id,
             out_dir=p.out_dir)
     return Teaching(optimized.program, optimized.producer, optimized)
+
+
+def _program_teaching(p: Pipeline) -> Teaching:
+    """A user's program as the teacher; its candidates carry the program's state in their producer name, so an edited
+    program (new instructions, new demos) teaches afresh instead of reusing the candidates of the one before."""
+    from programs.teacher import ProgramTeacher
+    from store import stable_id, to_json
+
+    if p.cfg.optimize:
+        raise ConfigError("optimize the teacher program before distilling it (e.g. dspy.GEPA with the critic as "
+                          "metric), not with optimize = ...")
+    program = p.teacher_program
+    state = stable_id("teacher-program", type(program).__qualname__, to_json(program.dump_state()))
+    return Teaching(ProgramTeacher(program, p.task, n=p.cfg.n_candidates), f"{p.cfg.teacher}#program-{state[:10]}")
 
 
 def _teach(p: Pipeline, teacher: Teaching) -> dict:
@@ -351,7 +374,7 @@ def _imitate(p: Pipeline, teacher: Teaching) -> tuple[Any, list[dict]]:
     from finetune.imitate import ImitationConfig, train_imitation
     from finetune.objectives import SFT_SQL, sql_dataset
     from programs.config import objectives
-    from programs.student import training_prompt
+    from programs.student import training_completion, training_prompt
 
     cfg = p.cfg
     with p.stage("imitate"):
@@ -361,8 +384,8 @@ def _imitate(p: Pipeline, teacher: Teaching) -> tuple[Any, list[dict]]:
         if not rows:
             raise InputError("the teacher produced no usable training pairs (see failed calls: "
                              "python -m store query \"SELECT error, response FROM lm_calls WHERE stage='teach'\")")
-        pairs = [{"input": r["input"], "output": r["output"], "prompt": training_prompt(p.task, r["input"])}
-                 for r in rows]
+        pairs = [{"input": r["input"], "output": training_completion(p.task, r["output"]),
+                  "prompt": training_prompt(p.task, r["input"])} for r in rows]
         icfg = ImitationConfig(base_model=cfg.student, merge_lora=False, instruction=p.task.student_instruction,
                                **_warmstart_settings(cfg))
         icfg.output_dir = str(_warm_start_dir(p.out_dir, icfg, dataset_id))
@@ -413,7 +436,7 @@ def _evaluate(p: Pipeline, teacher: Teaching, students: list[tuple[str, Any]]) -
     linked as `<out>/student`; the optimized teacher against the one as written."""
     cfg = p.cfg
     evaluations = _judge_students(p, teacher, students)
-    _checks(evaluations)
+    _checks(evaluations, p.task)
     lift = []
     if len(students) > 1:
         with p.stage("evaluate"):
@@ -450,7 +473,7 @@ def _judge_students(p: Pipeline, teacher: Teaching, students: list[tuple[str, An
                                  teacher_name=teacher.name, split=split, run_id=p.run_id,
                                  threads=p.threads(judge_name))
                     evaluations.append({"label": label, "judge": judge_name, "split": split, **r,
-                                        "meaning": _meaning(r["items"]), "log_history": model.log_history})
+                                        "meaning": _meaning(r["items"], p.task), "log_history": model.log_history})
     return evaluations
 
 
@@ -550,7 +573,7 @@ def _warm_start_dir(out_dir: Path, icfg, dataset_id: str) -> Path:
     return earlier if not (folder / MARKER).exists() and (earlier / MARKER).exists() else folder
 
 
-def _checks(evaluations: list[dict]) -> None:
+def _checks(evaluations: list[dict], task: Task) -> None:
     """Critic-independent checks per student and split (`metrics.checks`), against the warm start's outputs on the
     same inputs; added to each evaluation as `checks`."""
     from metrics.checks import student_checks
@@ -564,8 +587,10 @@ def _checks(evaluations: list[dict]) -> None:
             warm = next((w for w in evaluations if w["label"] == first and w["split"] == e["split"]), None)
             before = {it["input_id"]: it["a"] for it in (warm["items"] if warm else [])}
             items = [it for it in e["items"] if it["input_id"] in before] if e["label"] != first else e["items"]
-            done[key] = student_checks([it["text"] for it in items], [it["a"] for it in items],
-                                       before=None if e["label"] == first else [before[it["input_id"]] for it in items],
+            done[key] = student_checks([task.input_text(it["text"]) for it in items],
+                                       [task.output_text(it["a"]) for it in items],
+                                       before=None if e["label"] == first else [task.output_text(before[it["input_id"]])
+                                                                               for it in items],
                                        similarity=meaning_preservation)
         e["checks"] = done[key]
 
@@ -598,13 +623,14 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def _meaning(items: list[dict]) -> float:
+def _meaning(items: list[dict], task: Task) -> float:
     """Mean sentence-embedding similarity of input and student output (the bundled MiniLM)."""
     if not items:
         return float("nan")
     from metrics.similarity import meaning_preservation
 
-    return _mean(meaning_preservation([it["text"] for it in items], [it["a"] for it in items]))
+    return _mean(meaning_preservation([task.input_text(it["text"]) for it in items],
+                                      [task.output_text(it["a"]) for it in items]))
 
 
 def _link_student(out_dir: Path, models: list, evaluations: list[dict], critic: str, split: str) -> str:

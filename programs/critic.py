@@ -127,7 +127,8 @@ class Critic(dspy.Module):
     def judge_order(self, text: str, first: str, second: str, rubric: int = 0) -> OrderJudgment:
         method = order_method(self.settings.mode, rubric)
         try:
-            pred = self._call(self._predictor(rubric), text=text, paraphrase_1=first, paraphrase_2=second)
+            pred = self._call(self._predictor(rubric), **self.task.input_values(text),
+                              **self.task.candidate_fields(first, second))
         except (AdapterParseError, ValueError) as e:
             return OrderJudgment(first, second, None, None, "failed", f"unparsable answer: {str(e)[:200]}",
                                  last_lm_call_id(), method)
@@ -141,7 +142,7 @@ class Critic(dspy.Module):
     def score_one(self, text: str, output: str) -> PointJudgment:
         """The pointwise rubric score of one output (used when `pointwise_weight` > 0)."""
         try:
-            pred = self._call(self.scorer, text=text, output=output)
+            pred = self._call(self.scorer, **self.task.input_values(text), output=self.task.render_output(output))
         except (AdapterParseError, ValueError):
             return PointJudgment(None, None, "failed", last_lm_call_id())
         score = expected_score(getattr(pred, "logprobs", None))

@@ -37,14 +37,43 @@ def _check_text(value: object, path: Path, where: str, field: str) -> None:
         raise InputError(f"{path}:{where}: field {field!r} is {kind}, not text ({str(value)[:60]})")
 
 
-def _rows_from_records(records: list[dict], path: Path, where: list[str] | None = None) -> list[dict]:
-    """Rows from records; `where` names each record's place for errors (`3` for line 3, `row 3`)."""
+def _field_rows(records: list[dict], path: Path, where: list[str] | None, task: Task) -> list[dict]:
+    """Rows of a task with several input fields: one column per field, the row's text their JSON object."""
+    keys = {k.lower(): k for k in records[0]}
+    missing = [f for f in task.inputs if f not in keys]
+    if missing:
+        raise InputError(f"{path}: no column for the task's input field(s) {', '.join(missing)} (task {task.name!r} "
+                         f"takes {', '.join(task.inputs)}; found {', '.join(records[0])})")
+    split_col = keys.get("split")
+    rows = []
+    for i, r in enumerate(records):
+        place = where[i] if where else f"row {i + 1}"
+        for field in [keys[f] for f in task.inputs] + ([split_col] if split_col else []):
+            _check_text(r.get(field), path, place, field)
+        values = {f: " ".join(str(r.get(keys[f]) or "").split()) for f in task.inputs}
+        if not all(values.values()):
+            empty = [f for f, v in values.items() if not v]
+            raise InputError(f"{path}:{place}: empty input field(s) {', '.join(empty)}")
+        text = task.encode_inputs(values)
+        split = str(r.get(split_col) or "").strip().lower() if split_col else ""
+        rows.append({"text": text, "split": split if split in SPLITS else hash_split(text)})
+    return rows
+
+
+def _rows_from_records(records: list[dict], path: Path, where: list[str] | None = None,
+                       task: Task | None = None) -> list[dict]:
+    """Rows from records; `where` names each record's place for errors (`3` for line 3, `row 3`). A task with
+    several input fields takes a column for each; a task with one takes its field's column, or a text column."""
     if not records:
         return []
+    if task is not None and len(task.inputs) > 1:
+        return _field_rows(records, path, where, task)
     keys = {k.lower(): k for k in records[0]}
-    col = next((keys[c] for c in TEXT_COLUMNS if c in keys), None)
+    names = ((next(iter(task.inputs)),) if task is not None else ()) + TEXT_COLUMNS
+    col = next((keys[c] for c in names if c in keys), None)
     if col is None:
-        raise InputError(f"{path}: no text column (looked for {', '.join(TEXT_COLUMNS)}; found {', '.join(records[0])})")
+        raise InputError(f"{path}: no text column (looked for {', '.join(dict.fromkeys(names))}; found "
+                         f"{', '.join(records[0])})")
     split_col = keys.get("split")
     ref_col = next((keys[c] for c in REFERENCE_COLUMNS if c in keys and keys[c] != col), None)
     rows = []
@@ -63,7 +92,8 @@ def _rows_from_records(records: list[dict], path: Path, where: list[str] | None 
     return rows
 
 
-def load_file(path: str | Path) -> list[dict]:
+def load_file(path: str | Path, task: Task | None = None) -> list[dict]:
+    """Rows of an input file, with the columns `task`'s input fields name (by default one text column)."""
     p = Path(path).expanduser()
     try:
         if not p.exists():
@@ -76,6 +106,9 @@ def load_file(path: str | Path) -> list[dict]:
     try:
         if suffix == ".txt":
             lines = p.read_text(encoding="utf-8").splitlines()
+            if task is not None and len(task.inputs) > 1:
+                raise InputError(f"{p}: a .txt file holds one text a line; task {task.name!r} takes the fields "
+                                 f"{', '.join(task.inputs)}: use .jsonl, .csv or .parquet with a column for each")
             rows = [{"text": " ".join(t.split()), "split": hash_split(" ".join(t.split()))} for t in lines if t.strip()]
         elif suffix in (".jsonl", ".json"):
             records, where = [], []
@@ -87,14 +120,14 @@ def load_file(path: str | Path) -> list[dict]:
                         raise InputError(f"{p}:{i}: not valid JSON ({e.msg})") from e
                     records.append(rec if isinstance(rec, dict) else {"text": rec})
                     where.append(str(i))
-            rows = _rows_from_records(records, p, where)
+            rows = _rows_from_records(records, p, where, task)
         elif suffix == ".csv":
             with open(p, newline="", encoding="utf-8-sig") as f:  # "CSV UTF-8" from a spreadsheet starts with a BOM
-                rows = _rows_from_records(list(csv.DictReader(f)), p)  # every CSV value is text
+                rows = _rows_from_records(list(csv.DictReader(f)), p, task=task)  # every CSV value is text
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            rows = _rows_from_records(pq.read_table(p).to_pylist(), p)
+            rows = _rows_from_records(pq.read_table(p).to_pylist(), p, task=task)
         else:
             raise InputError(f"{p}: unsupported input type {suffix or '(none)'}; use .txt, .jsonl, .csv or .parquet")
     except UnicodeDecodeError as e:
@@ -134,7 +167,7 @@ def load_inputs(source: str, task: Task) -> list[dict]:
     if source == "bundled":
         if task.bundled_inputs is None:
             raise InputError(f"task {task.name} has no bundled inputs; pass --inputs FILE")
-        return load_file(task.bundled_inputs)
+        return load_file(task.bundled_inputs, task)
     if source in ("empathetic_dialogues", "hf:empathetic_dialogues"):
         return load_empathetic_dialogues()
-    return load_file(source)
+    return load_file(source, task)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
+import re
 import importlib.util
 import sys
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,8 +37,8 @@ class Task:
     teacher_instruction: str  # may use {n} and {numbered} ("1., 2., 3."); write literal braces as {{ }}
     critic_instruction: str
     student_instruction: str
-    input_desc: str
-    output_desc: str
+    input_desc: str = ""  # the one input `text` (tasks without input_fields)
+    output_desc: str = ""  # the one output `paraphrase` (tasks without output_fields)
     bundled_inputs: Path | None = None
     # worked examples shown to the teacher (DSPy demos): {"text": ..., "outputs": [...]}. The paper's 70B teacher
     # was zero-shot; the small embedded teachers copy the input back without one (measured on Qwen2.5-Coder-0.5B).
@@ -45,6 +47,13 @@ class Task:
     ood_inputs: Path | None = None
     # other phrasings of critic_instruction, for a critic that averages over rubrics (`critic_rubrics = N`)
     critic_rubrics: tuple[str, ...] = ()
+    # a task of any signature: (name, description) of each input and output field, in order. Empty: one input `text`
+    # (input_desc) and one output `paraphrase` (output_desc), the built-in tasks' fields and prompts
+    input_fields: tuple[tuple[str, str], ...] = ()
+    output_fields: tuple[tuple[str, str], ...] = ()
+    # the DSPy program the task was made from (`Task.from_program`): it teaches, N runs per input; not part of the
+    # task's value (its state names the teacher's candidates instead)
+    program: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if isinstance(self.bundled_inputs, str):
@@ -55,16 +64,38 @@ class Task:
             object.__setattr__(self, "teacher_demos", tuple(self.teacher_demos))
         if isinstance(self.critic_rubrics, list):
             object.__setattr__(self, "critic_rubrics", tuple(self.critic_rubrics))
+        for f in ("input_fields", "output_fields"):
+            value = getattr(self, f)
+            if isinstance(value, dict):
+                value = tuple(value.items())
+            if isinstance(value, list):
+                value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+            object.__setattr__(self, f, value)
         self.validate()
 
     def validate(self) -> Task:
         """Raise TaskError (one line) for a definition no stage could use; return the task."""
         where = f"task {self.name!r}" if isinstance(self.name, str) and self.name.strip() else "task"
-        for f in ("name", "teacher_instruction", "critic_instruction", "student_instruction", "input_desc",
-                  "output_desc"):
+        needed = ["name", "teacher_instruction", "critic_instruction", "student_instruction"]
+        needed += [] if self.input_fields else ["input_desc"]
+        needed += [] if self.output_fields else ["output_desc"]
+        for f in needed:
             value = getattr(self, f)
             if not isinstance(value, str) or not value.strip():
                 raise TaskError(f"{where}: {f} must be a non-empty string, got {value!r}")
+        for f in ("input_fields", "output_fields"):
+            fields = getattr(self, f)
+            if not isinstance(fields, tuple) or not all(
+                    isinstance(x, tuple) and len(x) == 2 and all(isinstance(v, str) for v in x) for x in fields):
+                raise TaskError(f"{where}: {f} must be (name, description) pairs")
+            for name, _ in fields:
+                if not _FIELD.match(name) or name in RESERVED_FIELDS:
+                    raise TaskError(f"{where}: bad field name {name!r}: use a lowercase identifier such as "
+                                    "question or context, not " + ", ".join(RESERVED_FIELDS))
+        names = [n for n, _ in self.input_fields + self.output_fields]
+        if len(set(names)) != len(names):
+            raise TaskError(f"{where}: a field name is used twice ({', '.join(names)})")
+
         if "\n" in self.name or len(self.name) > 100:
             raise TaskError(f"{where}: name must be one short line")
         try:
@@ -83,24 +114,147 @@ class Task:
         for f in ("bundled_inputs", "ood_inputs"):
             if getattr(self, f) is not None and not isinstance(getattr(self, f), Path):
                 raise TaskError(f"{where}: {f} must be a path or None, got {getattr(self, f)!r}")
+        keys = {*self.inputs, "outputs"}
         for i, d in enumerate(self.teacher_demos, 1):
-            if not isinstance(d, dict) or set(d) != {"text", "outputs"}:
-                raise TaskError(f"{where}: teacher demo {i} must have exactly the keys text and outputs")
+            if not isinstance(d, dict) or set(d) != keys:
+                raise TaskError(f"{where}: teacher demo {i} must have exactly the keys {', '.join(sorted(keys))}")
             outs = d["outputs"]
-            if (not isinstance(d["text"], str) or not d["text"].strip() or not isinstance(outs, (list, tuple))
+            if (not all(isinstance(d[k], str) and d[k].strip() for k in self.inputs)
+                    or not isinstance(outs, (list, tuple))
                     or not outs or not all(isinstance(o, str) and o.strip() for o in outs)):
-                raise TaskError(f"{where}: teacher demo {i} needs a text and a non-empty list of output strings")
+                fields = "a text" if list(self.inputs) == ["text"] else " and ".join(self.inputs)
+                raise TaskError(f"{where}: teacher demo {i} needs {fields} and a non-empty list of output strings")
         return self
+
+    @classmethod
+    def from_program(cls, program: Any, *, critic_instruction: str, critic_rubrics: tuple[str, ...] = (),
+                     name: str | None = None, keep_program: bool = False, **more: Any) -> Task:
+        """The task a one-predictor DSPy program defines: its signature's fields and instructions, with the critic's
+        rubric; `keep_program` keeps the program as the task's teacher."""
+        from programs.adapter import describe
+
+        what = type(program).__name__
+        predictors = program.named_predictors() if hasattr(program, "named_predictors") else None
+        if predictors is None:
+            raise TaskError(f"{getattr(program, '__name__', what)} is a {what}, not a DSPy program (a dspy.Module)")
+        if len(predictors) != 1:
+            raise TaskError(f"{what} has {len(predictors)} predictors; a program of one predictor can be distilled "
+                            "for now (issue 11: several predictors)")
+        (_, predictor), = predictors
+        signature = predictor.signature
+        odd = [n for n, f in {**signature.input_fields, **signature.output_fields}.items() if f.annotation is not str]
+        if odd:
+            raise TaskError(f"{what}: field(s) {', '.join(odd)} are not str; text fields can be distilled for now")
+        instructions = signature.instructions.strip()
+        try:
+            return cls(
+                name=name or what.lower(),
+                teacher_instruction=instructions.replace("{", "{{").replace("}", "}}"),  # the program teaches
+                critic_instruction=critic_instruction, critic_rubrics=tuple(critic_rubrics),
+                student_instruction=instructions,
+                input_fields=tuple((n, describe(f, n.replace("_", " "))) for n, f in signature.input_fields.items()),
+                # as LabeledAdapter shows them, so the student's training prompt is the program's own
+                output_fields=tuple((n, describe(f)) for n, f in signature.output_fields.items()),
+                program=program if keep_program else None, **more)
+        except TaskError as e:
+            raise TaskError(f"{what}: {e}") from e
+
+    # -- fields ------------------------------------------------------------------------------------------------------
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        """Input field name -> description, in order."""
+        return dict(self.input_fields) or {"text": self.input_desc}
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """Output field name -> description, in order."""
+        return dict(self.output_fields) or {"paraphrase": self.output_desc}
+
+    @property
+    def output_name(self) -> str:
+        return next(iter(self.outputs))
+
+    def encode_inputs(self, values: dict[str, str]) -> str:
+        """One input as the store's text: the value itself for a one-field task (so the built-in tasks' inputs and
+        ids are what they always were), else a JSON object of the fields in order."""
+        if len(self.inputs) == 1:
+            return values[next(iter(self.inputs))]
+        return json.dumps({name: values[name] for name in self.inputs}, ensure_ascii=False)
+
+    def input_values(self, text: str) -> dict[str, str]:
+        """The fields of a stored input (`encode_inputs` undone), as the DSPy programs take them."""
+        if len(self.inputs) == 1:
+            return {next(iter(self.inputs)): text}
+        try:
+            data = json.loads(text)
+            return {name: data[name] for name in self.inputs}
+        except (ValueError, TypeError, KeyError) as e:
+            raise TaskError(f"task {self.name!r}: the input {text[:60]!r} is not a JSON object of "
+                            f"{', '.join(self.inputs)}") from e
+
+    def encode_outputs(self, values: Any) -> str | None:
+        """One output (a dict or a prediction) as the store's text, like `encode_inputs`; None when a field is
+        missing or empty (nothing to learn from or to judge)."""
+        get = values.get if isinstance(values, dict) else lambda n: getattr(values, n, None)
+        fields = {n: get(n) for n in self.outputs}
+        if not all(isinstance(v, str) and v.strip() for v in fields.values()):
+            return None
+        if len(fields) == 1:
+            return next(iter(fields.values())).strip()
+        return json.dumps({n: v.strip() for n, v in fields.items()}, ensure_ascii=False)
+
+    def output_values(self, text: str) -> dict[str, str]:
+        """The fields of a stored output (`encode_outputs` undone)."""
+        if len(self.outputs) == 1:
+            return {self.output_name: text}
+        try:
+            data = json.loads(text)
+            return {name: data[name] for name in self.outputs}
+        except (ValueError, TypeError, KeyError) as e:
+            raise TaskError(f"task {self.name!r}: the output {text[:60]!r} is not a JSON object of "
+                            f"{', '.join(self.outputs)}") from e
+
+    def render_output(self, text: str) -> str:
+        """A stored output as the critic reads one candidate: the value itself, or a `Label: value` line a field."""
+        from programs.adapter import label
+
+        values = self.output_values(text)
+        return text if len(values) == 1 else "\n".join(f"{label(n)}: {v}" for n, v in values.items())
+
+    def output_text(self, text: str) -> str:
+        """A stored output as plain words (its fields' values joined), for the critic-free checks."""
+        return "\n".join(self.output_values(text).values())
+
+    def input_text(self, text: str) -> str:
+        """A stored input as plain words, its fields' values joined: what the critic-free checks (length ratio,
+        meaning) compare an output with, rather than the JSON around them."""
+        return "\n".join(self.input_values(text).values())
+
+    def _input_spec(self) -> dict:
+        return {name: (str, desc) for name, desc in self.inputs.items()}
 
     def teacher_signature(self, n: int) -> type[dspy.Signature]:
         """literal text -> n outputs as a numbered list (the paper's format: one call, N candidates)."""
         numbered = ", ".join(f"{i}." for i in range(1, n + 1))
         return _make(
             self.teacher_instruction.format(n=n, numbered=numbered),
-            inputs={"text": (str, self.input_desc)},
-            outputs={"paraphrases": (str, f"a list numbered {numbered}")},
+            inputs=self._input_spec(),
+            outputs={self.teacher_output: (str, f"a list numbered {numbered}")},
             name="TeacherSignature",
         )
+
+    def check_list_teacher(self) -> None:
+        """The task's own teacher writes a numbered list of one output each: a task of several output fields needs
+        a DSPy program to teach instead."""
+        if len(self.outputs) > 1:
+            raise TaskError(f"task {self.name!r} has {len(self.outputs)} output fields: its teacher is a DSPy program "
+                            "(program = ... in its task file, or CriticDistill's teacher), not a numbered list")
+
+    @property
+    def teacher_output(self) -> str:
+        """The teacher's numbered-list field: the output's name made plural (`paraphrase` -> `paraphrases`)."""
+        return self.output_name + "s"
 
     @property
     def rubrics(self) -> tuple[str, ...]:
@@ -113,22 +267,56 @@ class Task:
         outputs = {"reason": (str, "one short sentence"), "choice": (Literal["1", "2"], "1 or 2")}
         if mode == "choice-first":
             outputs.pop("reason")
+        name, desc = self._candidate
         return _make(
             self.rubrics[rubric],
-            inputs={"text": (str, self.input_desc), "paraphrase_1": (str, self.output_desc),
-                    "paraphrase_2": (str, self.output_desc)},
+            inputs=self._input_spec() | {f"{name}_1": (str, desc), f"{name}_2": (str, desc)},
             outputs=outputs,
             name="CriticSignature",
         )
+
+    @property
+    def _candidate(self) -> tuple[str, str]:
+        """The critic's name and description for one candidate: the output field, or `response` for several."""
+        if len(self.outputs) == 1:
+            return next(iter(self.outputs.items()))
+        return "response", "the response, field by field: " + ", ".join(self.outputs)
+
+    def candidate_fields(self, first: str, second: str) -> dict[str, str]:
+        """The critic's two candidate fields (`paraphrase_1`, `paraphrase_2` for the built-in tasks), every output
+        field of each rendered."""
+        name = self._candidate[0]
+        return {f"{name}_1": self.render_output(first), f"{name}_2": self.render_output(second)}
 
     def pointwise_signature(self) -> type[dspy.Signature]:
         """input, one candidate -> a 1-5 score: no second candidate, so no position to lean to."""
         return _make(
             f"Rate the output from 1 (poor) to 5 (excellent). The standard: {self.critic_instruction}",
-            inputs={"text": (str, self.input_desc), "output": (str, self.output_desc)},
+            inputs=self._input_spec() | {"output": (str, self._candidate[1])},
             outputs={"score": (Literal["1", "2", "3", "4", "5"], "1, 2, 3, 4 or 5")},
             name="PointwiseSignature",
         )
+
+
+_FIELD = re.compile(r"^[a-z][a-z0-9_]*$")
+# names the prompts use for something else: the critic's candidates and score, the teacher's list
+RESERVED_FIELDS = ("output", "outputs", "reason", "choice", "score", "candidates", "response")
+
+
+def parse_signature(spec: str, descriptions: dict[str, str] | None = None) -> tuple[tuple, tuple]:
+    """`"question, context -> answer"` as (input_fields, output_fields), each field's description from
+    `descriptions` (default: its name)."""
+    descriptions = descriptions or {}
+    if not isinstance(spec, str) or spec.count("->") != 1:
+        raise TaskError(f"signature {spec!r} must look like \"question, context -> answer\"")
+    sides = [[f.strip() for f in side.split(",") if f.strip()] for side in spec.split("->")]
+    if not sides[0] or not sides[1]:
+        raise TaskError(f"signature {spec!r} needs at least one input and one output field")
+    unknown = sorted(set(descriptions) - set(sides[0]) - set(sides[1]))
+    if unknown:
+        raise TaskError(f"field description(s) for {', '.join(unknown)}, which signature {spec!r} does not name")
+    inputs, outputs = (tuple((n, descriptions.get(n, n.replace("_", " "))) for n in side) for side in sides)
+    return inputs, outputs
 
 
 def _make(instructions: str, *, inputs: dict, outputs: dict, name: str) -> type[dspy.Signature]:
@@ -196,7 +384,11 @@ FORMAL = Task(
 TASKS: dict[str, Task] = {HUMOR.name: HUMOR, FORMAL.name: FORMAL}
 
 REQUIRED_KEYS = ("teacher_instruction", "critic_instruction", "student_instruction", "input_desc", "output_desc")
-OPTIONAL_KEYS = ("name", "inputs", "ood_inputs", "demos", "critic_rubrics")
+OPTIONAL_KEYS = ("name", "inputs", "ood_inputs", "demos", "critic_rubrics", "signature", "fields", "program")
+# a task file naming a program takes the fields and the instructions from it: these keys would say them twice
+PROGRAM_DEFINES = ("signature", "fields", "teacher_instruction", "student_instruction", "input_desc", "output_desc",
+                   "demos")
+SIGNATURE_KEYS = ("signature", "fields")  # with a signature, input_desc and output_desc give way to [fields]
 
 
 def get_task(spec: str | Task) -> Task:
@@ -239,42 +431,108 @@ def load_toml_task(path: str | Path) -> Task:
     unknown = sorted(set(data) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
     if unknown:
         raise TaskError(f"{p}: unknown key(s) {', '.join(unknown)}; known: {', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}")
-    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if "program" in data:
+        return _program_task(p, data)
+    if "fields" in data and "signature" not in data:
+        raise TaskError(f"{p}: [fields] describes a signature's fields; add signature = \"question, context -> "
+                        "answer\"")
+    required = [k for k in REQUIRED_KEYS if "signature" not in data or k not in ("input_desc", "output_desc")]
+    missing = [k for k in required if k not in data]
     if missing:
         raise TaskError(f"{p}: missing required key(s) {', '.join(missing)}")
-    values: dict[str, Any] = {k: data[k] for k in REQUIRED_KEYS}
+    values: dict[str, Any] = {k: data[k] for k in REQUIRED_KEYS if k in data}
     values["name"] = data.get("name", p.stem)
-    for k, field in (("inputs", "bundled_inputs"), ("ood_inputs", "ood_inputs")):
-        if k in data:
-            if not isinstance(data[k], str) or not data[k].strip():
-                raise TaskError(f"{p}: {k} must be a file path (relative to the task file)")
-            f = (p.parent / Path(data[k]).expanduser()).resolve()
-            if not f.is_file():
-                raise TaskError(f"{p}: {k} file not found: {f}")
-            values[field] = f
+    if "signature" in data:
+        fields = data.get("fields", {})
+        if not isinstance(fields, dict) or not all(isinstance(v, str) and v.strip() for v in fields.values()):
+            raise TaskError(f"{p}: [fields] must map each field name to its description")
+        try:
+            values["input_fields"], values["output_fields"] = parse_signature(data["signature"], fields)
+        except TaskError as e:
+            raise TaskError(f"{p}: {e}") from e
+    values |= _files(p, data)
     demos = data.get("demos", [])
     if not isinstance(demos, list) or not all(isinstance(d, dict) for d in demos):
         raise TaskError(f"{p}: demos must be [[demos]] tables with text and outputs")
+    keys = [n for n, _ in values.get("input_fields", ())] or ["text"]
+    keys.append("outputs")
     for i, d in enumerate(demos, 1):
-        extra, lacking = sorted(set(d) - {"text", "outputs"}), [k for k in ("text", "outputs") if k not in d]
+        extra, lacking = sorted(set(d) - set(keys)), [k for k in keys if k not in d]
         if extra:
-            raise TaskError(f"{p}: [[demos]] {i} has unknown key(s) {', '.join(extra)}; a demo has text and outputs "
-                            "(task keys go above the first [[demos]] header)")
+            raise TaskError(f"{p}: [[demos]] {i} has unknown key(s) {', '.join(extra)}; a demo has "
+                            f"{' and '.join(keys)} (task keys go above the first [[demos]] header)")
         if lacking:
             raise TaskError(f"{p}: [[demos]] {i} lacks {' and '.join(lacking)}")
     values["teacher_demos"] = tuple(dict(d) for d in demos)
-    rubrics = data.get("critic_rubrics", [])
-    if not isinstance(rubrics, list) or not all(isinstance(r, str) and r.strip() for r in rubrics):
-        raise TaskError(f"{p}: critic_rubrics must be a list of non-empty strings")
-    values["critic_rubrics"] = tuple(rubrics)
+    values["critic_rubrics"] = _rubrics(p, data)
     try:
         return Task(**values)
     except TaskError as e:
         raise TaskError(f"{p}: {e}") from e
 
 
+def _files(p: Path, data: dict) -> dict[str, Path]:
+    """`inputs` and `ood_inputs` of a task file, relative to it."""
+    values = {}
+    for k, field_name in (("inputs", "bundled_inputs"), ("ood_inputs", "ood_inputs")):
+        if k in data:
+            if not isinstance(data[k], str) or not data[k].strip():
+                raise TaskError(f"{p}: {k} must be a file path (relative to the task file)")
+            f = (p.parent / Path(data[k]).expanduser()).resolve()
+            if not f.is_file():
+                raise TaskError(f"{p}: {k} file not found: {f}")
+            values[field_name] = f
+    return values
+
+
+def _rubrics(p: Path, data: dict) -> tuple[str, ...]:
+    rubrics = data.get("critic_rubrics", [])
+    if not isinstance(rubrics, list) or not all(isinstance(r, str) and r.strip() for r in rubrics):
+        raise TaskError(f"{p}: critic_rubrics must be a list of non-empty strings")
+    return tuple(rubrics)
+
+
+def _program_task(p: Path, data: dict) -> Task:
+    """A task file that names a DSPy program (`program = "file.py:ATTR"`, relative to the file): the program gives
+    the fields and instructions and teaches; the file gives the critic's rubric and the inputs."""
+    twice = [k for k in PROGRAM_DEFINES if k in data]
+    if twice:
+        raise TaskError(f"{p}: {', '.join(twice)} come from the program ({data['program']}); leave them out")
+    if "critic_instruction" not in data:
+        raise TaskError(f"{p}: missing required key critic_instruction (the critic's rubric)")
+    spec = data["program"]
+    if not isinstance(spec, str) or ":" not in spec:
+        raise TaskError(f"{p}: program must be path/to/file.py:ATTR or package.module:ATTR, got {spec!r}")
+    target, _, attr = spec.rpartition(":")
+    if target.endswith(".py"):
+        spec = f"{(p.parent / Path(target).expanduser()).resolve()}:{attr}"
+    obj = load_python_object(spec)
+    if isinstance(obj, type):
+        try:
+            obj = obj()
+        except Exception as e:  # noqa: BLE001 - the user's class failed to build: say so in one line
+            raise TaskError(f"{p}: cannot build {attr}() ({type(e).__name__}: {_file_error(e)})") from e
+    try:
+        return Task.from_program(obj, critic_instruction=data["critic_instruction"], critic_rubrics=_rubrics(p, data),
+                                 name=data.get("name", p.stem), keep_program=True, **_files(p, data))
+    except TaskError as e:
+        raise TaskError(f"{p}: {e}") from e
+
+
 def load_python_task(spec: str) -> Task:
     """A `Task` object named by `package.module:ATTR` (importable from the current folder) or `path/to/file.py:ATTR`."""
+    obj = load_python_object(spec)
+    if hasattr(obj, "named_predictors"):  # a dspy.Module, or its class
+        raise TaskError(f"{spec} is a DSPy program: name it in a task file with the critic's rubric "
+                        f"(program = \"{spec}\", critic_instruction = \"...\"; docs/tasks.md), or distill it in "
+                        "Python with CriticDistill (docs/python-api.md)")
+    if not isinstance(obj, Task):
+        raise TaskError(f"{spec} is a {type(obj).__name__}, not a programs.tasks.Task")
+    return obj.validate()
+
+
+def load_python_object(spec: str) -> Any:
+    """The object `package.module:ATTR` or `path/to/file.py:ATTR` names (a file is loaded once per content)."""
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
         raise TaskError(f"bad task reference {spec!r}: use package.module:ATTR or path/to/file.py:ATTR")
@@ -306,9 +564,7 @@ def load_python_task(spec: str) -> Task:
         if not hasattr(obj, part):
             raise TaskError(f"{target} has no attribute {attr!r} (task {spec!r})")
         obj = getattr(obj, part)
-    if not isinstance(obj, Task):
-        raise TaskError(f"{spec} is a {type(obj).__name__}, not a programs.tasks.Task")
-    return obj.validate()
+    return obj
 
 
 def _module_name(path: Path) -> str:
@@ -318,5 +574,5 @@ def _module_name(path: Path) -> str:
 
 def student_signature(task: Task) -> type[dspy.Signature]:
     """input -> one output: what the distilled student is trained on and asked, through the same adapter."""
-    return _make(task.student_instruction, inputs={"text": (str, task.input_desc)},
-                 outputs={"paraphrase": (str, task.output_desc)}, name="StudentSignature")
+    return _make(task.student_instruction, inputs=task._input_spec(),
+                 outputs={n: (str, d) for n, d in task.outputs.items()}, name="StudentSignature")

@@ -1,11 +1,11 @@
-"""The house is one-way: each layer imports only from the layers below it, and no module imports `programs.compile`.
+"""The house is one-way: each layer imports only from the layers below it, and no module imports the top layer.
 
-    store  <  programs  <  metrics  <  finetune  <  programs.compile
+    store  <  programs  <  metrics  <  finetune  <  programs.compile, programs.distill
 
 `store` keeps the traces; `programs` holds tasks, signatures, teacher, critic, student and the LM layer; `metrics`
 turns the critic into metrics, judgments, win rates and audits; `finetune` trains and evaluates students;
-`programs/compile.py` is the pipeline, the only module that knows every stage, so it is the top layer although it
-sits in programs/. Every import counts, wherever it is written: at the top of a module, inside a function, under
+`programs/compile.py` is the pipeline, the only module that knows every stage, and `programs/distill.py` the
+teleprompter that runs it on a user's program, so they are the top layer although they sit in programs/. Every import counts, wherever it is written: at the top of a module, inside a function, under
 `if TYPE_CHECKING:`. Import cycles between modules, and imports of modules that are not there, fail too. The
 checker reads the sources with `ast` and imports nothing.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("store", "programs", "metrics", "finetune")
 TOP = "programs.compile"
+TOP_MODULES = (TOP, "programs.distill")  # the top layer, named for the pipeline
 RANK = {"store": 0, "programs": 1, "metrics": 2, "finetune": 3, TOP: 4}
 
 
@@ -40,7 +41,7 @@ def module_name(path: Path, root: Path) -> str:
 
 
 def layer(module: str) -> str:
-    if module == TOP or module.startswith(TOP + "."):
+    if any(module == m or module.startswith(m + ".") for m in TOP_MODULES):
         return TOP
     return module.split(".")[0]
 

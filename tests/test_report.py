@@ -17,13 +17,14 @@ def test_report_shows_whether_each_student_moved(tmp_path):
     from finetune.report import write_report
     from programs.compile import _checks
     from programs.config import PipelineConfig
+    from programs.tasks import HUMOR
 
     dpo_log = [{"loss": 0.693, "step": 1, "rewards/accuracies": 0.0, "rewards/margins": 0.0},
                {"loss": 0.61, "step": 8, "rewards/accuracies": 0.75, "rewards/margins": 0.42}]
     evaluations = [_evaluation("warm start (imitation)", ["It rained all day long.", "Cat: laptop owner now."],
                                [{"loss": 2.0, "step": 4}]),
                    _evaluation("DPO", ["The sky wept on my day off.", "Cat: laptop owner now."], dpo_log)]
-    _checks(evaluations)  # the bundled MiniLM for meaning
+    _checks(evaluations, HUMOR)  # the bundled MiniLM for meaning
     assert evaluations[0]["checks"]["copy_rate"] == 0.5 and evaluations[0]["checks"]["changed"] is None
     assert evaluations[1]["checks"]["changed"] == 0.5 and evaluations[1]["checks"]["copy_rate"] == 0.0
     assert 0 < evaluations[1]["checks"]["meaning"] <= 1

@@ -342,3 +342,199 @@ def test_tiny_pipeline_end_to_end_on_the_formal_task(tmp_path):
     assert len(ev) == 1 and 0.0 <= ev[0]["wtr_prob"] <= 1.0
     assert s.scalar("SELECT count(*) FROM training_runs WHERE status = 'finished'") == 1
     assert "formal" in (out / "report.md").read_text()
+
+
+# -- tasks of any signature ----------------------------------------------------------------------------------------
+
+
+def _builtin_prompts() -> dict:
+    """Every prompt the built-in tasks send: teacher (with its demo), critic in both modes and every rubric,
+    pointwise, student, and the critic metric's rubric and critique."""
+    from metrics.critic_metric import CriticScore
+    from programs.student import training_prompt
+    from programs.teacher import Teacher
+
+    a, out = LabeledAdapter(), {}
+    for name, task in TASKS.items():
+        t = Teacher(task, 3)
+        out[f"{name}/teacher"] = a.format(t.generate.signature, t.generate.demos, {"text": "I am tired."})
+        for mode in ("reason-first", "choice-first"):
+            for r in range(len(task.rubrics)):
+                out[f"{name}/critic/{mode}/{r}"] = a.format(task.critic_signature(mode, r), [], {
+                    "text": "I am tired.", "paraphrase_1": "A", "paraphrase_2": "B"})
+        out[f"{name}/pointwise"] = a.format(task.pointwise_signature(), [], {"text": "I am tired.", "output": "A"})
+        out[f"{name}/student"] = training_prompt(task, "I am tired.")
+        metric = CriticScore(task)
+        out[f"{name}/rubric"] = a.format(metric._verdict.signature, [], {"text": "I am tired.", "output": "A"})
+        out[f"{name}/critique"] = a.format(metric._critique.signature, [], {"text": "I am tired.", "output": "A"})
+    return out
+
+
+def test_builtin_prompts_are_byte_identical_to_before_tasks_had_fields():
+    import hashlib
+
+    prompts = _builtin_prompts()
+    digest = hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest()
+    # measured on 186c1bf, before tasks of any signature: a change here re-asks every stored call
+    assert (len(prompts), digest) == (22, "eb19c8679523ba691701d909ec410ea7d054ea1d5418d392bc2a5e578ee82dec")
+    assert HUMOR.inputs == {"text": "a literal sentence"} and HUMOR.output_name == "paraphrase"
+    assert HUMOR.encode_inputs({"text": "I am tired."}) == "I am tired."  # so input ids stay what they were
+
+
+QA = ROOT / "examples" / "tasks" / "qa.toml"
+
+
+def test_a_two_input_signature_task_from_toml():
+    from programs.student import training_prompt
+    from programs.teacher import Teacher
+
+    task = get_task(str(QA))
+    assert list(task.inputs) == ["question", "context"] and task.output_name == "answer"
+    rows = load_inputs("bundled", task)
+    assert len(rows) == 48 and {r["split"] for r in rows} == {"train", "dev", "test"}
+    values = task.input_values(rows[0]["text"])
+    assert set(values) == {"question", "context"} and json.loads(rows[0]["text"]) == values
+    assert task.encode_inputs(values) == rows[0]["text"]
+    system, user = training_prompt(task, rows[0]["text"])
+    assert user["content"] == f"Question: {values['question']}\nContext: {values['context']}"
+    assert system["content"].endswith("Answer with the answer only: a one-sentence answer to the question, taken "
+                                      "from the context.")
+    critic = LabeledAdapter().format(task.critic_signature("choice-first"), [], {**values, **task.candidate_fields(
+        "It rained.", "A pipe burst.")})
+    assert critic[-1]["content"].endswith("Answer 1: It rained.\nAnswer 2: A pipe burst.")
+    teacher = Teacher(task, 3)
+    demo = teacher.generate.demos[0]
+    assert demo.question.startswith("Why was the museum") and demo.answers.startswith("1. ")
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[fields]\nquestion = "q"\n', "[fields] describes a signature's fields; add signature"),
+    ('signature = "question context answer"\n', "must look like"),
+    ('signature = "question ->"\n', "needs at least one input and one output field"),
+    ('signature = "q -> a"\n[fields]\nz = "zed"\n', "field description(s) for z"),
+    ('signature = "Question -> a"\n', "bad field name 'Question'"),
+    ('signature = "q, output -> a"\n', "bad field name 'output'"),
+    ('signature = "q, q -> a"\n', "a field name is used twice"),
+    ('signature = "q, c -> a"\n[[demos]]\nq = "x"\noutputs = ["y"]\n', "[[demos]] 1 lacks c"),
+])
+def test_bad_signature_tasks_are_one_line(tmp_path, body, message):
+    f = tmp_path / "t.toml"
+    f.write_text('teacher_instruction = "t"\ncritic_instruction = "c"\nstudent_instruction = "s"\n' + body)
+    with pytest.raises(TaskError) as e:
+        get_task(str(f))
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_inputs_of_a_signature_task_need_a_column_per_field(tmp_path):
+    task = get_task(str(QA))
+    bad = tmp_path / "in.jsonl"
+    bad.write_text(json.dumps({"question": "Why?"}) + "\n")
+    with pytest.raises(InputError, match="no column for the task's input field.s. context"):
+        load_inputs(str(bad), task)
+    bad.write_text(json.dumps({"question": "Why?", "context": ["a list"]}) + "\n")
+    with pytest.raises(InputError, match="field 'context' is a list"):
+        load_inputs(str(bad), task)
+    txt = tmp_path / "in.txt"
+    txt.write_text("Why?\n")
+    with pytest.raises(InputError, match="use .jsonl, .csv or .parquet with a column for each"):
+        load_inputs(str(txt), task)
+    csv = tmp_path / "in.csv"
+    csv.write_text("Question,Context,split\nWhy?,Because.,test\n")
+    assert load_inputs(str(csv), task) == [{"text": '{"question": "Why?", "context": "Because."}', "split": "test"}]
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_end_to_end_on_a_two_input_task(tmp_path):
+    """question, context -> answer from a task file: teacher, critic and student see both fields, and the store keeps
+    each input as a JSON object of them (feedback on such a task runs in tests/test_distill.py)."""
+    from store import Store
+
+    db, out = tmp_path / "t.duckdb", tmp_path / "out"
+    cmd = [sys.executable, "-m", "programs.compile", "--task", str(QA), "--profile", "tiny", "--limit", "2",
+           "--max-steps", "2", "--objective", "none", "--db", str(db), "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=1800, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    s = Store(db, create=False)
+    assert s.scalar("SELECT status FROM runs") == "finished"
+    texts = [r["text"] for r in s.query("SELECT text FROM inputs")]
+    assert texts and all(set(json.loads(t)) == {"question", "context"} for t in texts)
+    teach = [str(r["messages"]) for r in s.query("SELECT messages FROM lm_calls WHERE stage = 'teach'")]
+    assert teach and all("Question: " in m and "Context: " in m for m in teach)
+    judged = [str(r["messages"]) for r in s.query("SELECT messages FROM lm_calls WHERE stage = 'evaluate' "
+                                                   "AND CAST(messages AS VARCHAR) LIKE '%Answer 1:%'")]
+    assert judged and all("Question: " in m and "Context: " in m for m in judged)
+    assert s.scalar("SELECT count(*) FROM training_runs WHERE status = 'finished'") == 1
+    assert s.scalar("SELECT count(*) FROM evaluations") >= 1
+    prompts = json.loads(s.scalar("SELECT prompts FROM datasets WHERE name = 'imitation'"))
+    assert prompts and prompts[0][-1]["content"].startswith("Question: ")
+
+
+QA_PROGRAM = ROOT / "examples" / "tasks" / "qa_program.toml"
+
+
+def test_a_task_file_can_name_a_dspy_program():
+    from programs.student import training_prompt
+
+    task = get_task(str(QA_PROGRAM))
+    assert type(task.program).__name__ == "QA" and task.name == "qa-program"
+    assert list(task.inputs) == ["question", "context"] and task.output_name == "answer"
+    assert task.student_instruction == task.program.answer.signature.instructions
+    text = load_inputs("bundled", task)[0]["text"]
+    # the student is trained on the program's own prompt
+    assert training_prompt(task, text) == LabeledAdapter().format(task.program.answer.signature, [],
+                                                                  task.input_values(text))
+
+
+@pytest.mark.parametrize("body, message", [
+    ('program = "{py}:QA"\nsignature = "a -> b"\ncritic_instruction = "c"\n', "signature come from the program"),
+    ('program = "{py}:QA"\n', "missing required key critic_instruction"),
+    ('program = "{py}"\ncritic_instruction = "c"\n', "program must be path/to/file.py:ATTR"),
+    ('program = "{py}:Nope"\ncritic_instruction = "c"\n', "has no attribute 'Nope'"),
+    ('program = "{py}:examples"\ncritic_instruction = "c"\n', "examples is a function, not a DSPy program"),
+])
+def test_bad_program_task_files_are_one_line(tmp_path, body, message):
+    f = tmp_path / "t.toml"
+    f.write_text(body.format(py=ROOT / "examples" / "python" / "qa_distill.py"))
+    with pytest.raises(TaskError) as e:
+        get_task(str(f))
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_program_named_as_a_task_asks_for_its_rubric():
+    with pytest.raises(TaskError, match="is a DSPy program: name it in a task file with the critic's rubric"):
+        get_task(f"{ROOT / 'examples' / 'python' / 'qa_distill.py'}:QA")
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_runs_a_program_named_in_a_task_file(tmp_path):
+    from store import Store
+
+    db = tmp_path / "t.duckdb"
+    cmd = [sys.executable, "-m", "programs.compile", "--task", str(QA_PROGRAM), "--profile", "tiny", "--limit", "2",
+           "--max-steps", "2", "--objective", "none", "--db", str(db), "--out", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=1800, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    s = Store(db, create=False)
+    assert s.scalar("SELECT status FROM runs") == "finished"
+    producers = [r["producer"] for r in s.query("SELECT DISTINCT producer FROM candidates WHERE role = 'teacher'")]
+    assert len(producers) == 1 and "#program-" in producers[0]  # the program taught, N runs per input
+    assert s.scalar("SELECT count(*) FROM evaluations") >= 1
+
+
+def test_a_task_of_several_outputs_needs_a_program_to_teach(tmp_path):
+    f = tmp_path / "t.toml"
+    f.write_text('teacher_instruction = "t"\ncritic_instruction = "c"\nstudent_instruction = "s"\n'
+                 'signature = "question -> reasoning, answer"\n')
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps({"question": f"q{i}?", "split": s}) + "\n"
+                              for i, s in enumerate(["train", "test"])))
+    task = get_task(str(f))
+    assert list(task.outputs) == ["reasoning", "answer"]
+    assert task.candidate_fields(task.encode_outputs({"reasoning": "r", "answer": "a"}), '{"reasoning": "x", '
+                                 '"answer": "y"}') == {"response_1": "Reasoning: r\nAnswer: a",
+                                                       "response_2": "Reasoning: x\nAnswer: y"}
+    cmd = [sys.executable, "-m", "programs.compile", "--task", str(f), "--inputs", str(inputs), "--db",
+           str(tmp_path / "t.duckdb"), "--out", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert done.returncode == 2 and "its teacher is a DSPy program" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "t.duckdb").exists()

@@ -1,0 +1,151 @@
+"""`CriticDistill`: distill a DSPy program into a small local model with a teacher and a critic, as a teleprompter.
+
+    distill = CriticDistill(critic=PairwiseCritic("Choose the answer that is correct and brief."),
+                            student_model="smollm2-135m-instruct", objective="dpo", store="traces.duckdb")
+    small = distill.compile(QA(), teacher=QA(), trainset=train, valset=test)   # dspy.Example lists
+    small(question="...", context="...")          # answers through the distilled local model
+    small.save("qa-small.json")                    # QA().load("qa-small.json", allow_unsafe_lm_state=True)
+
+`compile` runs the same pipeline as `python -m programs.compile` (inputs → teach → imitate → feedback → evaluate,
+every call and row in the store, a rerun asking nothing twice) on a task made from the student program's
+signature and the critic's rubric, with the teacher program as teacher. It returns a copy of the student program
+whose predictor runs on the distilled model (a `local/...` LM, the same spec `resolve_lm` and every command take).
+The student is trained on the prompts `LabeledAdapter` writes for that signature, the adapter the pipeline
+configures, so the copy answers through the messages it was trained on. Like `programs/compile.py` this is the top
+layer: nothing imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dspy
+from dspy.teleprompt import Teleprompter
+
+from programs.config import build_config
+from programs.tasks import Task, TaskError
+from store.cli import UserError
+
+
+class DistillError(UserError):
+    """A program, a dataset or a setting `CriticDistill` cannot use: one line."""
+
+
+@dataclass(frozen=True)
+class PairwiseCritic:
+    """The critic: a rubric (what makes one output better than another), other phrasings of it for a critic set to
+    average over rubrics, and the model that judges (default: the profile's critic)."""
+
+    rubric: str
+    rephrasings: tuple[str, ...] = ()
+    model: str | None = None
+
+
+def task_from_program(program: dspy.Module, critic: PairwiseCritic, name: str | None = None) -> Task:
+    """The task a one-predictor program defines (`Task.from_program`), with the critic's rubric."""
+    try:
+        return Task.from_program(program, critic_instruction=critic.rubric, critic_rubrics=critic.rephrasings,
+                                 name=name)
+    except TaskError as e:
+        raise DistillError(str(e)) from e
+
+
+def _rows(examples: list, task: Task, split: str, what: str) -> list[dict]:
+    rows = []
+    for i, ex in enumerate(examples):
+        if not isinstance(ex, dspy.Example):
+            raise DistillError(f"{what}[{i}] is a {type(ex).__name__}, not a dspy.Example")
+        try:
+            values = {n: ex[n] for n in task.inputs}
+        except KeyError as e:
+            raise DistillError(f"{what}[{i}] has no {e.args[0]!r}: every example needs {', '.join(task.inputs)}") from e
+        bad = [n for n, v in values.items() if not isinstance(v, str) or not v.strip()]
+        if bad:
+            raise DistillError(f"{what}[{i}]: {', '.join(bad)} must be non-empty text")
+        rows.append({**values, "split": split})
+    return rows
+
+
+def _copy(program: dspy.Module) -> dspy.Module:
+    """A deep copy of `program` whose predictors share their LMs with it (a local model is not copied)."""
+    lms = [(p, p.lm) for _, p in program.named_predictors()]
+    try:
+        for p, _ in lms:
+            p.lm = None
+        copy = program.deepcopy()
+    finally:
+        for p, lm in lms:
+            p.lm = lm
+    for (_, mine), (_, theirs) in zip(copy.named_predictors(), program.named_predictors()):
+        mine.lm = theirs.lm
+    return copy
+
+
+def _write_inputs(path: Path, rows: list[dict]) -> None:
+    """The examples as an inputs file (a column per field, and the split), replaced atomically and only when it
+    changed, so that a rerun names the same file with the same content: the same run."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class CriticDistill(Teleprompter):
+    """A teleprompter: `compile(student, teacher=..., trainset=...)` returns the student program distilled.
+
+    `objective`: `dpo` (the default: imitation, then DPO on the critic's feedback), `imitation` (the warm start
+    only), or any of `python -m programs.compile --objective` (`brio`, `brio-dpo`, `sd`, `ft`). `profile` sets
+    the sizes and the default teacher and critic models (`tiny` for a first look); `config` takes any other key of
+    `programs.config.PipelineConfig`."""
+
+    critic: PairwiseCritic | str
+    student_model: str | None = None
+    teacher_model: str | None = None  # the LM of the teacher program's predictors that have none
+    objective: str = "dpo"
+    store: str = "traces.duckdb"
+    out: str = "out/distill"
+    profile: str = "default"
+    name: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def compile(self, student: dspy.Module, *, trainset: list, teacher: dspy.Module | None = None,
+                valset: list | None = None) -> dspy.Module:
+        """Distill `teacher` (default: `student` as it is, on the teacher model) into a small model trained on the
+        student's prompts; `valset` (default: none, the pipeline then holds out by a hash of each input) is what
+        the students are evaluated on."""
+        from programs.compile import run
+        from programs.lm import resolve_lm
+
+        critic = PairwiseCritic(self.critic) if isinstance(self.critic, str) else self.critic
+        task = task_from_program(student, critic, self.name)
+        if not trainset:
+            raise DistillError("trainset is empty")
+        rows = _rows(trainset, task, "train", "trainset") + _rows(valset or [], task, "test", "valset")
+        out = Path(self.out)
+        inputs = out / "inputs.jsonl"
+        objective = {"imitation": "none"}.get(self.objective, self.objective)
+        overrides = {**self.config, "task": task, "inputs": str(inputs.resolve()), "objective": objective,
+                     "student": self.student_model, "teacher": self.teacher_model, "critic": critic.model}
+        cfg = build_config(self.profile, overrides=overrides)
+        if not valset:
+            rows = [{k: v for k, v in r.items() if k != "split"} for r in rows]  # split by a hash of each input
+        _write_inputs(inputs, rows)
+        run(cfg, db=self.store, out=str(out), command=f"CriticDistill.compile({type(student).__name__})",
+            teacher_program=teacher if teacher is not None else student)
+        distilled = _copy(student)
+        distilled.set_lm(resolve_lm(f"local/{(out / 'student').resolve()}", temperature=0.0,
+                                    max_tokens=cfg.student_max_tokens))
+        return distilled
+
+
+__all__ = ["CriticDistill", "DistillError", "PairwiseCritic", "task_from_program"]

@@ -1,0 +1,156 @@
+"""`CriticDistill`: a user's DSPy program (two input fields) distilled through `compile`, end to end on the tiny
+profile: teacher runs and judgments in the store, a trained student, the returned program answering through it on
+the prompts it was trained on, `save`/`load`, and a rerun that asks no model anything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dspy
+import pytest
+
+from programs.adapter import LabeledAdapter
+from programs.distill import CriticDistill, DistillError, PairwiseCritic, task_from_program
+
+ROOT = Path(__file__).resolve().parent.parent
+RUBRIC = "Choose the better answer: the one that answers the question correctly from the context, briefly."
+
+
+def _example_module():
+    """examples/python/qa_distill.py, the program docs/python-api.md shows: tested here, so it keeps working."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("qa_distill", ROOT / "examples" / "python" / "qa_distill.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+QA = _example_module().QA
+
+
+class TwoSteps(dspy.Module):
+    def __init__(self):
+        super().__init__()
+        self.angle = dspy.Predict("question -> angle")
+        self.answer = dspy.Predict("question, angle -> answer")
+
+
+def _examples(split: str, n: int) -> list[dspy.Example]:
+    return _example_module().examples(split)[:n]
+
+
+def test_a_program_becomes_a_task_of_its_signature():
+    task = task_from_program(QA(), PairwiseCritic(RUBRIC))
+    assert task.name == "qa" and list(task.inputs) == ["question", "context"] and task.output_name == "answer"
+    assert task.student_instruction == "Answer the question using only the context, in one short sentence."
+    assert task.critic_instruction == RUBRIC
+
+
+@pytest.mark.parametrize("program, trainset, message", [
+    (TwoSteps(), [dspy.Example(question="q")], "has 2 predictors"),
+    (dspy.Predict("question -> answer: int"), [dspy.Example(question="q")], "answer are not str"),
+    (QA(), [], "trainset is empty"),
+    (QA(), [dspy.Example(question="q")], "trainset[0] has no 'context'"),
+    (QA(), [{"question": "q", "context": "c"}], "not a dspy.Example"),
+])
+def test_programs_and_data_it_cannot_use_are_one_line(tmp_path, program, trainset, message):
+    distill = CriticDistill(critic=RUBRIC, profile="tiny", store=str(tmp_path / "t.duckdb"), out=str(tmp_path / "o"))
+    with pytest.raises(DistillError) as e:
+        distill.compile(program, trainset=trainset)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "t.duckdb").exists()  # nothing created, no model loaded
+
+
+@pytest.mark.slow
+def test_compile_distills_a_two_input_program_end_to_end(tmp_path):
+    from store import Store
+
+    db, out = tmp_path / "t.duckdb", tmp_path / "out"
+    distill = CriticDistill(critic=PairwiseCritic(RUBRIC), objective="dpo", profile="tiny", store=str(db),
+                            out=str(out), config={"max_steps": 2})
+    train, test = _examples("train", 4), _examples("test", 2)
+    small = distill.compile(QA(), teacher=QA(), trainset=train, valset=test)
+
+    s = Store(db, create=False)
+    assert s.scalar("SELECT status FROM runs") == "finished"
+    producers = {r["producer"] for r in s.query("SELECT DISTINCT producer FROM candidates WHERE role = 'teacher'")}
+    assert len(producers) == 1 and "#program-" in producers.pop()  # the teacher program's runs, N per input
+    assert s.scalar("SELECT count(*) FROM candidates WHERE role = 'teacher'") >= 6
+    assert s.scalar("SELECT count(*) FROM judgments") > 0
+    assert s.scalar("SELECT count(*) FROM training_runs WHERE status = 'finished'") == 2  # imitation, then DPO
+
+    # the returned program: a copy of QA whose predictor answers through the distilled model
+    assert isinstance(small, QA) and small.answer.lm.model == f"local/{(out / 'student').resolve()}"
+    pred = small(question=test[0].question, context=test[0].context)
+    assert isinstance(pred.answer, str) and pred.answer.strip()
+    # ... on the very messages its training data recorded
+    inputs = {"question": train[0].question, "context": train[0].context}
+    dataset = s.query("SELECT rows, prompts FROM datasets WHERE name = 'imitation'")[0]
+    recorded = {json.dumps(json.loads(r["input"])): p
+                for r, p in zip(json.loads(dataset["rows"]), json.loads(dataset["prompts"]))}
+    assert LabeledAdapter().format(small.answer.signature, [], inputs) == recorded[json.dumps(inputs)]
+
+    # save / load: the distilled LM comes back with the program
+    small.save(str(tmp_path / "small.json"))
+    loaded = QA()
+    loaded.load(str(tmp_path / "small.json"), allow_unsafe_lm_state=True)
+    assert loaded.answer.lm.model == small.answer.lm.model
+    assert loaded(question=test[0].question, context=test[0].context).answer == pred.answer
+
+    # a rerun asks no model anything (the pipeline's calls: the ones above ran outside any stage)
+    pipeline_calls = "SELECT count(*) FROM lm_calls WHERE NOT cache_hit AND stage IS NOT NULL"
+    calls = s.scalar(pipeline_calls)
+    distill.compile(QA(), teacher=QA(), trainset=train, valset=test)
+    assert Store(db, create=False).scalar(pipeline_calls) == calls
+
+
+class Explain(dspy.Module):
+    """Two output fields, as `dspy.ChainOfThought` gives a signature (`reasoning`, then the answer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.answer = dspy.ChainOfThought(dspy.Signature(
+            "question, context -> answer", "Answer the question using only the context, in one short sentence."))
+
+    def forward(self, question: str, context: str) -> dspy.Prediction:
+        return self.answer(question=question, context=context)
+
+
+def test_chain_of_thought_is_a_task_of_two_outputs():
+    task = task_from_program(Explain(), PairwiseCritic(RUBRIC))
+    assert list(task.outputs) == ["reasoning", "answer"] and list(task.inputs) == ["question", "context"]
+
+
+@pytest.mark.slow
+def test_compile_distills_a_program_of_two_output_fields(tmp_path, dspy_state):
+    """reasoning and answer: the teacher's runs stored as JSON of both, the student trained on the adapter's rendering
+    of both, the critic reading both (a 2-step student rarely writes both yet, so the critic is asked directly)."""
+    from programs.critic import Critic
+    from programs.lm import resolve_lm
+    from programs.student import training_completion
+    from store import Store
+
+    db, out = tmp_path / "t.duckdb", tmp_path / "out"
+    distill = CriticDistill(critic=RUBRIC, objective="imitation", profile="tiny", store=str(db), out=str(out),
+                            config={"max_steps": 2})
+    train, test = _examples("train", 4), _examples("test", 2)
+    small = distill.compile(Explain(), trainset=train, valset=test)
+    s = Store(db, create=False)
+    rows = s.query("SELECT input_id, text FROM candidates WHERE role = 'teacher' ORDER BY input_id, rank")
+    outputs = [json.loads(r["text"]) for r in rows]
+    assert outputs and all(set(o) == {"reasoning", "answer"} for o in outputs)
+    task = task_from_program(Explain(), PairwiseCritic(RUBRIC))
+    trained = json.loads(s.scalar("SELECT rows FROM datasets WHERE name = 'imitation'"))
+    assert trained and all(training_completion(task, r["output"]).startswith("Reasoning: ") and
+                           "\nAnswer: " in training_completion(task, r["output"]) for r in trained)
+    assert small.answer.predict.lm.model.startswith("local/")  # the returned program's predictor: the student
+
+    text = s.scalar("SELECT text FROM inputs WHERE split = 'train' LIMIT 1")
+    critic_lm = resolve_lm("local/qwen2.5-coder-0.5b-instruct", temperature=0.0, max_tokens=8)
+    with dspy.context(lm=critic_lm, adapter=LabeledAdapter()):
+        judged = Critic(task).judge_order(text, rows[0]["text"], rows[-1]["text"])
+    assert judged.choice in (1, 2, None)
+    prompt = critic_lm.history[-1]["messages"][-1]["content"]
+    assert "Response 1: Reasoning: " in prompt and "\nAnswer: " in prompt and "Response 2: Reasoning: " in prompt
