@@ -184,14 +184,17 @@ class Task:
 
     def input_values(self, text: str) -> dict[str, str]:
         """The fields of a stored input (`encode_inputs` undone), as the DSPy programs take them."""
-        if len(self.inputs) == 1:
-            return {next(iter(self.inputs)): text}
+        return self._decode(text, self.inputs, "input")
+
+    def _decode(self, text: str, fields: dict[str, str], what: str) -> dict[str, str]:
+        if len(fields) == 1:
+            return {next(iter(fields)): text}
         try:
             data = json.loads(text)
-            return {name: data[name] for name in self.inputs}
+            return {name: data[name] for name in fields}
         except (ValueError, TypeError, KeyError) as e:
-            raise TaskError(f"task {self.name!r}: the input {text[:60]!r} is not a JSON object of "
-                            f"{', '.join(self.inputs)}") from e
+            raise TaskError(f"task {self.name!r}: the {what} {text[:60]!r} is not a JSON object of "
+                            f"{', '.join(fields)}") from e
 
     def encode_outputs(self, values: Any) -> str | None:
         """One output (a dict or a prediction) as the store's text, like `encode_inputs`; None when a field is
@@ -206,14 +209,7 @@ class Task:
 
     def output_values(self, text: str) -> dict[str, str]:
         """The fields of a stored output (`encode_outputs` undone)."""
-        if len(self.outputs) == 1:
-            return {self.output_name: text}
-        try:
-            data = json.loads(text)
-            return {name: data[name] for name in self.outputs}
-        except (ValueError, TypeError, KeyError) as e:
-            raise TaskError(f"task {self.name!r}: the output {text[:60]!r} is not a JSON object of "
-                            f"{', '.join(self.outputs)}") from e
+        return self._decode(text, self.outputs, "output")
 
     def render_output(self, text: str) -> str:
         """A stored output as the critic reads one candidate: the value itself, or a `Label: value` line a field."""
