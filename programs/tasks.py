@@ -240,6 +240,16 @@ class Task:
             name="TeacherSignature",
         )
 
+    @property
+    def prompt_format(self) -> str | None:
+        """A hash of the named fields and their descriptions, which shape the student's prompts and answers beside
+        its instruction (a trainer's identity takes it); None for a task of the built-in fields `text` ->
+        `paraphrase`, whose runs keep the ids they had."""
+        if not self.input_fields and not self.output_fields:
+            return None
+        data = json.dumps([self.input_fields, self.output_fields], ensure_ascii=False)
+        return hashlib.sha256(data.encode()).hexdigest()[:16]
+
     def check_list_teacher(self) -> None:
         """The task's own teacher writes a numbered list of one output each: a task of several output fields needs
         a DSPy program to teach instead."""
