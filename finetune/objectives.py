@@ -86,8 +86,9 @@ def sql_dataset(store: Store, kind: str, sql: str, params: dict[str, Any], *, na
     store.insert("datasets", [{"dataset_id": dataset_id, "name": name, "sql": sql, "n_rows": len(rows),
                                "rows": to_json(rows), "prompts": prompts, "run_id": run_id,
                                "created_at": datetime.now()}])
-    if prompts is not None:  # a dataset recorded before prompts were (its id is the same): add them
-        store.execute("UPDATE datasets SET prompts = ? WHERE dataset_id = ? AND prompts IS NULL", [prompts, dataset_id])
+    if prompts is not None:  # recorded before prompts were, or with a task's earlier fields (the id is the rows'):
+        store.execute("UPDATE datasets SET prompts = ? WHERE dataset_id = ? AND prompts IS DISTINCT FROM ?",
+                      [prompts, dataset_id, prompts])  # the prompts the latest training read
     return rows, dataset_id
 
 
