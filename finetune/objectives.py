@@ -86,8 +86,9 @@ def sql_dataset(store: Store, kind: str, sql: str, params: dict[str, Any], *, na
     store.insert("datasets", [{"dataset_id": dataset_id, "name": name, "sql": sql, "n_rows": len(rows),
                                "rows": to_json(rows), "prompts": prompts, "run_id": run_id,
                                "created_at": datetime.now()}])
-    if prompts is not None:  # a dataset recorded before prompts were (its id is the same): add them
-        store.execute("UPDATE datasets SET prompts = ? WHERE dataset_id = ? AND prompts IS NULL", [prompts, dataset_id])
+    if prompts is not None:  # recorded before prompts were, or with a task's earlier fields (the id is the rows'):
+        store.execute("UPDATE datasets SET prompts = ? WHERE dataset_id = ? AND prompts IS DISTINCT FROM ?",
+                      [prompts, dataset_id, prompts])  # the prompts the latest training read
     return rows, dataset_id
 
 
@@ -148,6 +149,7 @@ def _imitation(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], datas
     from finetune.imitate import ImitationConfig, train_imitation
 
     cfg = ImitationConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
+                          prompt_format=ctx.task.prompt_format,
                           **{**ctx.train_settings, "epochs": epochs})
     cfg.output_dir = _out(ctx, name, cfg, base.checkpoint_id, dataset_id, epochs, skip=("epochs",))
     pairs = [{"input": r["input"], "output": training_completion(ctx.task, r["output"]),
@@ -160,6 +162,7 @@ def _dpo(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], dataset_id:
 
     settings = {**ctx.train_settings, **ctx.dpo_settings, "learning_rate": ctx.learning_rates.get("dpo")}
     cfg = DPOTrainConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
+                         prompt_format=ctx.task.prompt_format,
                          **{**settings, "epochs": epochs, "batch_size": max(1, settings.get("batch_size", 8) // 2)})
     cfg.output_dir = _out(ctx, name, cfg, base.checkpoint_id, dataset_id, epochs, skip=("epochs",))
     pairs = [{"input": r["input"], "chosen": training_completion(ctx.task, r["chosen"]),
@@ -226,6 +229,7 @@ def _brio(ctx: ObjectiveContext, base: TrainResult) -> TrainResult:
         raise DatasetError("brio: no input has two or more ranked teacher candidates (the teacher wrote too few?)")
     settings = {**ctx.train_settings, "learning_rate": ctx.learning_rates.get("brio")}
     cfg = BRIOTrainConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
+                          prompt_format=ctx.task.prompt_format,
                           **{**settings, "batch_size": max(1, settings.get("batch_size", 8) // 4)})
     cfg.output_dir = _out(ctx, "brio", cfg, base.checkpoint_id, dataset_id)
     return train_brio(usable, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id)

@@ -89,6 +89,9 @@ class TrainConfig:
     instruction: str = DEFAULT_INSTRUCTION  # the student's prompt for rows that bring no prompt messages
     lr_scheduler_type: str = "linear"  # transformers' SchedulerType: linear, cosine, constant, constant_with_warmup...
     warmup_ratio: float = 0.0  # share of the steps spent warming the learning rate up from 0
+    # what else shapes the rows' prompts and answers besides `instruction` (`Task.prompt_format`: a task's named
+    # fields and their descriptions), so that a changed field trains anew; None for the built-in tasks' fields
+    prompt_format: str | None = None
 
     # Not fields (not in the run's identity): a stage's default learning rates.
     lora_learning_rate: ClassVar[float] = 2e-4
@@ -114,7 +117,8 @@ class TrainResult:
 
 # Fields added after runs were recorded: left out of a run's identity while at their default, so those runs keep
 # their training ids (and output folders) and are not trained again.
-NEWER_FIELDS = frozenset({"lr_scheduler_type", "warmup_ratio", "loss_type", "loss_weights", "label_smoothing"})
+NEWER_FIELDS = frozenset({"lr_scheduler_type", "warmup_ratio", "loss_type", "loss_weights", "label_smoothing",
+                          "prompt_format"})
 # Fields that change where or how often a run writes, not the weights it trains.
 NOT_WEIGHTS = frozenset({"output_dir", "merge_lora", "logging_steps", "save_steps"})
 

@@ -109,7 +109,10 @@ class CriticScore:
             t for t in [self.task.encode_outputs(pred)] if t]
         if not texts:
             return 0.0, ["no output to judge (empty or unparsable prediction)"]
-        source = example.get("text") if hasattr(example, "get") else getattr(example, "text", None)
+        get = example.get if hasattr(example, "get") else lambda n: getattr(example, n, None)
+        if any(not isinstance(get(n), str) for n in self.task.inputs):
+            return 0.0, [f"the example lacks the input field(s) {', '.join(self.task.inputs)}"]
+        source = self.task.encode_inputs({n: get(n) for n in self.task.inputs})  # as the store keeps an input
         reference = example.get(self.reference_field) if hasattr(example, "get") else None
         with dspy.context(lm=self.lm) if self.lm is not None else nullcontext():
             scored = [self._against(source, t, reference, reasons) if reference else self._rubric_score(source, t, reasons)

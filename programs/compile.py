@@ -387,6 +387,7 @@ def _imitate(p: Pipeline, teacher: Teaching) -> tuple[Any, list[dict]]:
         pairs = [{"input": r["input"], "output": training_completion(p.task, r["output"]),
                   "prompt": training_prompt(p.task, r["input"])} for r in rows]
         icfg = ImitationConfig(base_model=cfg.student, merge_lora=False, instruction=p.task.student_instruction,
+                               prompt_format=p.task.prompt_format,
                                **_warmstart_settings(cfg))
         icfg.output_dir = str(_warm_start_dir(p.out_dir, icfg, dataset_id))
         if cfg.merge_lora or objectives(cfg):  # the objectives start from a full model: merge after training

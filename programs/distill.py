@@ -118,6 +118,19 @@ class CriticDistill(Teleprompter):
     name: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
+    def metric(self, program: dspy.Module, *, feedback: bool = True) -> Any:
+        """The critic as a DSPy metric for `program`'s task (`metrics.critic_metric`): with `feedback`, GEPA's
+        (the score and the critic's reasons), else a score in [0, 1] for `dspy.Evaluate` and the other optimizers.
+        Optimize the teacher with it, then distill the optimized program: `compile(..., teacher=optimized)`."""
+        from metrics.critic_metric import CriticFeedback, CriticScore
+        from programs.lm import resolve_lm
+
+        critic = PairwiseCritic(self.critic) if isinstance(self.critic, str) else self.critic
+        cfg = build_config(self.profile, overrides={**self.config, "critic": critic.model})
+        lm = resolve_lm(cfg.critic, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed)
+        score = CriticScore(task_from_program(program, critic, self.name), lm)
+        return CriticFeedback(score) if feedback else score
+
     def compile(self, student: dspy.Module, *, trainset: list, teacher: dspy.Module | None = None,
                 valset: list | None = None) -> dspy.Module:
         """Distill `teacher` (default: `student` as it is, on the teacher model) into a small model trained on the

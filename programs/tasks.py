@@ -184,14 +184,17 @@ class Task:
 
     def input_values(self, text: str) -> dict[str, str]:
         """The fields of a stored input (`encode_inputs` undone), as the DSPy programs take them."""
-        if len(self.inputs) == 1:
-            return {next(iter(self.inputs)): text}
+        return self._decode(text, self.inputs, "input")
+
+    def _decode(self, text: str, fields: dict[str, str], what: str) -> dict[str, str]:
+        if len(fields) == 1:
+            return {next(iter(fields)): text}
         try:
             data = json.loads(text)
-            return {name: data[name] for name in self.inputs}
+            return {name: data[name] for name in fields}
         except (ValueError, TypeError, KeyError) as e:
-            raise TaskError(f"task {self.name!r}: the input {text[:60]!r} is not a JSON object of "
-                            f"{', '.join(self.inputs)}") from e
+            raise TaskError(f"task {self.name!r}: the {what} {text[:60]!r} is not a JSON object of "
+                            f"{', '.join(fields)}") from e
 
     def encode_outputs(self, values: Any) -> str | None:
         """One output (a dict or a prediction) as the store's text, like `encode_inputs`; None when a field is
@@ -206,14 +209,7 @@ class Task:
 
     def output_values(self, text: str) -> dict[str, str]:
         """The fields of a stored output (`encode_outputs` undone)."""
-        if len(self.outputs) == 1:
-            return {self.output_name: text}
-        try:
-            data = json.loads(text)
-            return {name: data[name] for name in self.outputs}
-        except (ValueError, TypeError, KeyError) as e:
-            raise TaskError(f"task {self.name!r}: the output {text[:60]!r} is not a JSON object of "
-                            f"{', '.join(self.outputs)}") from e
+        return self._decode(text, self.outputs, "output")
 
     def render_output(self, text: str) -> str:
         """A stored output as the critic reads one candidate: the value itself, or a `Label: value` line a field."""
@@ -243,6 +239,16 @@ class Task:
             outputs={self.teacher_output: (str, f"a list numbered {numbered}")},
             name="TeacherSignature",
         )
+
+    @property
+    def prompt_format(self) -> str | None:
+        """A hash of the named fields and their descriptions, which shape the student's prompts and answers beside
+        its instruction (a trainer's identity takes it); None for a task of the built-in fields `text` ->
+        `paraphrase`, whose runs keep the ids they had."""
+        if not self.input_fields and not self.output_fields:
+            return None
+        data = json.dumps([self.input_fields, self.output_fields], ensure_ascii=False)
+        return hashlib.sha256(data.encode()).hexdigest()[:16]
 
     def check_list_teacher(self) -> None:
         """The task's own teacher writes a numbered list of one output each: a task of several output fields needs

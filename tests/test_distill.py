@@ -154,3 +154,33 @@ def test_compile_distills_a_program_of_two_output_fields(tmp_path, dspy_state):
     assert judged.choice in (1, 2, None)
     prompt = critic_lm.history[-1]["messages"][-1]["content"]
     assert "Response 1: Reasoning: " in prompt and "\nAnswer: " in prompt and "Response 2: Reasoning: " in prompt
+
+
+@pytest.mark.slow
+def test_a_program_optimized_with_gepa_against_the_critic_is_then_distilled(tmp_path, monkeypatch, dspy_state):
+    """examples/python/qa_gepa_distill.py: GEPA optimizes QA with the critic as its feedback metric, then the
+    optimized program teaches; its runs (its state in the producer name) are the student's training data."""
+    from store import Store, stable_id, to_json
+
+    monkeypatch.syspath_prepend(str(ROOT / "examples" / "python"))
+    import qa_gepa_distill
+
+    optimized, small = qa_gepa_distill.optimize_then_distill(store=str(tmp_path / "t.duckdb"),
+                                                             out=str(tmp_path / "out"), max_metric_calls=8,
+                                                             objective="imitation")  # feedback: tested above
+    s = Store(tmp_path / "t.duckdb", create=False)
+    state = stable_id("teacher-program", type(optimized).__qualname__, to_json(optimized.dump_state()))
+    producers = {r["producer"] for r in s.query("SELECT DISTINCT producer FROM candidates WHERE role = 'teacher'")}
+    assert producers == {f"local/qwen2.5-coder-0.5b-instruct#program-{state[:10]}"}
+    trained = json.loads(s.scalar("SELECT rows FROM datasets WHERE name = 'imitation'"))
+    outputs = {r["text"] for r in s.query("SELECT text FROM candidates WHERE role = 'teacher'")}
+    assert trained and {r["output"] for r in trained} <= outputs  # the optimized program's runs, and only those
+    assert s.scalar("SELECT count(*) FROM training_runs WHERE status = 'finished'") == 1
+    assert small.answer.lm.model.startswith("local/")
+
+
+def test_the_critic_metric_scores_a_program_of_two_inputs():
+    """`CriticDistill.metric` reads every input field of an example (GEPA's and dspy.Evaluate's metric)."""
+    metric = CriticDistill(critic=RUBRIC, profile="tiny").metric(QA(), feedback=False)
+    value, reasons = metric.judge(dspy.Example(question="Why?"), dspy.Prediction(answer="Because."), reasons=False)
+    assert value == 0.0 and "lacks the input field(s) question, context" in reasons[0]

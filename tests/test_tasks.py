@@ -538,3 +538,21 @@ def test_a_task_of_several_outputs_needs_a_program_to_teach(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
     assert done.returncode == 2 and "its teacher is a DSPy program" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "t.duckdb").exists()
+
+
+def test_a_changed_field_description_trains_a_new_student():
+    """The student's prompt and answer depend on the fields beside the instruction: a description edited is a new
+    training id (and a new folder); the built-in tasks keep the ids they had (no prompt_format in their identity)."""
+    from dataclasses import replace
+
+    from finetune.imitate import ImitationConfig
+    from finetune.runner import config_identity, training_id
+
+    qa = get_task(str(QA))
+    edited = replace(qa, output_fields=(("answer", "one word"),))
+    ids = {t.name + str(t.output_fields): training_id("sft", ImitationConfig(
+        instruction=t.student_instruction, prompt_format=t.prompt_format), "d1") for t in (qa, edited)}
+    assert len(set(ids.values())) == 2 and qa.prompt_format and qa.prompt_format != edited.prompt_format
+    assert HUMOR.prompt_format is None and FORMAL.prompt_format is None
+    assert "prompt_format" not in config_identity(ImitationConfig(instruction=HUMOR.student_instruction,
+                                                                  prompt_format=HUMOR.prompt_format))
