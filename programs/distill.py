@@ -118,6 +118,10 @@ class CriticDistill(Teleprompter):
     name: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def _critic(self) -> PairwiseCritic:
+        return PairwiseCritic(self.critic) if isinstance(self.critic, str) else self.critic
+
     def metric(self, program: dspy.Module, *, feedback: bool = True) -> Any:
         """The critic as a DSPy metric for `program`'s task (`metrics.critic_metric`): with `feedback`, GEPA's
         (the score and the critic's reasons), else a score in [0, 1] for `dspy.Evaluate` and the other optimizers.
@@ -125,7 +129,7 @@ class CriticDistill(Teleprompter):
         from metrics.critic_metric import CriticFeedback, CriticScore
         from programs.lm import resolve_lm
 
-        critic = PairwiseCritic(self.critic) if isinstance(self.critic, str) else self.critic
+        critic = self._critic
         cfg = build_config(self.profile, overrides={**self.config, "critic": critic.model})
         lm = resolve_lm(cfg.critic, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed)
         score = CriticScore(task_from_program(program, critic, self.name), lm)
@@ -139,7 +143,7 @@ class CriticDistill(Teleprompter):
         from programs.compile import run
         from programs.lm import resolve_lm
 
-        critic = PairwiseCritic(self.critic) if isinstance(self.critic, str) else self.critic
+        critic = self._critic
         task = task_from_program(student, critic, self.name)
         if not trainset:
             raise DistillError("trainset is empty")
