@@ -8,12 +8,15 @@ transaction and closes it, retrying while another process holds the lock. That i
 
 from __future__ import annotations
 
+import atexit
+import concurrent.futures.thread  # noqa: F401 - imported before exit: see _flush_at_exit
 import glob
 import json
 import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -159,6 +162,22 @@ def _lock_down(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(statement)
 
 
+_open_stores: weakref.WeakSet = weakref.WeakSet()  # stores with rows that may still be buffered at exit
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    """A process that ends normally writes what its stores still buffer (a journal covers a kill; this keeps one from
+    being left behind, and `python -m store query` sees the last rows at once). A first insert makes DuckDB import
+    pandas, which imports concurrent.futures.thread, an import that fails once the interpreter is exiting: hence
+    that import at the top of this module."""
+    for store in list(_open_stores):
+        try:
+            store.flush()
+        except Exception:  # noqa: BLE001 - the journal still holds the rows for the next writer
+            pass
+
+
 _path_locks: dict[str, threading.RLock] = {}
 _path_locks_guard = threading.Lock()
 
@@ -188,6 +207,7 @@ class Store:
         self._schemas: dict[str, pa.Schema] = {}
         self._unsynced: list[tuple[str, dict]] = []  # buffered rows not yet in this process's journal
         self._journal = None if self.path.startswith("md:") else f"{self.path}{JOURNAL}{os.getpid()}-{id(self):x}"
+        _open_stores.add(self)
         if not self.path.startswith("md:") and not Path(self.path).exists() and not create:
             raise StoreError(f"no store at {self.path} (run the pipeline first, or pass --db PATH)")
         if create:

@@ -443,3 +443,19 @@ def test_lm_cache_lives_in_the_store(db, dspy_state):
     assert rows[1]["prompt_tokens"] is None  # a hit spends no tokens
     assert "42" in json.loads(rows[1]["response"])[0]
     assert Store(db).scalar("SELECT cache_hits FROM cost_per_stage WHERE run_id = 'second'") == 1
+
+
+def test_a_process_that_ends_normally_writes_what_it_buffered(tmp_path):
+    """Rows still buffered when a process exits normally are written then: no journal is left for the next writer,
+    and a read-only query sees them at once."""
+    db = tmp_path / "exit.duckdb"
+    script = (f"from datetime import datetime\nfrom store.db import Store\nfrom store import stable_id\n"
+              f"s = Store({str(db)!r})\n"
+              f"s.add('inputs', {{'input_id': stable_id('input', 'humor', 'x'), 'task': 'humor', 'text': 'x', "
+              f"'split': 'train', 'source': 'test', 'created_at': datetime(2025, 1, 1)}})\n"
+              f"s.sync()\n")  # as the DSPy callback does after a call: a journal exists until the flush
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert Store(db, create=False).query("SELECT text FROM inputs") == [{"text": "x"}]
+    assert not list(tmp_path.glob("exit.duckdb.journal-*"))
