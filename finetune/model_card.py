@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from programs.config import task_label
+
 if TYPE_CHECKING:
     from store.db import Store
 
@@ -175,7 +177,7 @@ def _prose(info: dict, folder: Path, name: str, adapter: bool, datasets: list[di
         + (f" (first base: `{info['root_base']}`)" if info.get("root_base") not in (None, info["base_model"]) else ""),
         f"- **Objective:** `{objective}`: {OBJECTIVES.get(objective, objective)}",
         f"- **Teacher:** `{info['teacher'] or 'unknown'}` · **critic:** `{info['critic'] or 'unknown'}`"
-        + (f" · **task:** `{info['task']}`" if info.get("task") else ""),
+        + (f" · **task:** `{task_label(info['task'])}`" if info.get("task") else ""),
         f"- **Weights here:** {'a LoRA adapter (peft) on the base model' if adapter else 'a full model'}"
         f"{' (LoRA r=' + str(config.get('lora_r')) + ', merged)' if not adapter and config.get('lora') else ''}",
         f"- **Training:** {info['steps']} steps, learning rate {config.get('learning_rate') or 'the stage default'}, "

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from programs.config import task_label  # noqa: E402
+
 
 def _bar_chart(path: Path, rows: list[dict[str, Any]]) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -183,7 +185,7 @@ def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dic
         "# Distillation report", "",
         f"Command: `{command}`  ", f"Store: `{db}` (every number below is a query away: `python -m store query ...`)", "",
         "## Setup", "",
-        f"- task: {_task_name(config['task'])}; profile: {config['profile']}; inputs: {config['inputs']}",
+        f"- task: {task_label(config['task'])}; profile: {config['profile']}; inputs: {config['inputs']}",
         f"- teacher: `{config['teacher']}` (N = {config['n_candidates']}, temperature {config['teacher_temperature']})",
         f"- critic: `{config['critic']}` (pairwise, both orders, probability of the choice; "
         f"{config.get('critic_mode', 'reason-first')}, {config.get('critic_aggregate', 'mean')})",
@@ -228,8 +230,3 @@ def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dic
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
-
-
-def _task_name(task: Any) -> str:
-    """A task as the config recorded it: its spec, or (a program's task, `CriticDistill`) its fields, by name."""
-    return f"{task['name']} (a program's task)" if isinstance(task, dict) else str(task)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -143,6 +144,17 @@ PROFILES: dict[str, dict[str, Any]] = {
     "full": dict(train_inputs=None, test_inputs=None, epochs=10.0, batch_size=16, threads=8, ood_inputs=120,
                  judge="local/qwen2.5-coder-0.5b-instruct"),
 }
+
+
+def task_label(task: Any) -> str:
+    """A run's task as its config recorded it: the spec (`humor`, a file), or a program's task (`CriticDistill`,
+    recorded whole, as a dict or its JSON text) by its name."""
+    if isinstance(task, str) and task.startswith("{"):
+        try:
+            task = json.loads(task)
+        except ValueError:
+            return task
+    return f"{task['name']} (a program's task)" if isinstance(task, dict) else str(task)
 
 
 def build_config(profile: str = "default", toml_path: str | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:

@@ -28,6 +28,12 @@ def hash_split(text: str) -> str:
     return "test" if bucket < 15 else "dev" if bucket < 30 else "train"
 
 
+def _split(record: dict, split_col: str | None, text: str) -> str:
+    """The record's own split, or one by a hash of `text` when it names none that we know."""
+    split = str(record.get(split_col) or "").strip().lower() if split_col else ""
+    return split if split in SPLITS else hash_split(text)
+
+
 def _check_text(value: object, path: Path, where: str, field: str) -> None:
     """A text field holds a string (or nothing): a list, an object, a number or a boolean would become its Python
     text silently, so it is refused in one line that names the file, the line (or row) and the field."""
@@ -55,8 +61,7 @@ def _field_rows(records: list[dict], path: Path, where: list[str] | None, task: 
             empty = [f for f, v in values.items() if not v]
             raise InputError(f"{path}:{place}: empty input field(s) {', '.join(empty)}")
         text = task.encode_inputs(values)
-        split = str(r.get(split_col) or "").strip().lower() if split_col else ""
-        rows.append({"text": text, "split": split if split in SPLITS else hash_split(text)})
+        rows.append({"text": text, "split": _split(r, split_col, text)})
     return rows
 
 
@@ -84,8 +89,7 @@ def _rows_from_records(records: list[dict], path: Path, where: list[str] | None 
         text = r.get(col)
         if text is None or not str(text).strip():
             continue
-        split = str(r.get(split_col) or "").strip().lower() if split_col else ""
-        row = {"text": " ".join(str(text).split()), "split": split if split in SPLITS else hash_split(str(text))}
+        row = {"text": " ".join(str(text).split()), "split": _split(r, split_col, str(text))}
         if ref_col and r.get(ref_col) is not None and str(r[ref_col]).strip():
             row["reference"] = " ".join(str(r[ref_col]).split())  # a teacher reference that comes with the input
         rows.append(row)

@@ -84,7 +84,7 @@ _LLAMAS: dict[tuple, Any] = {}
 _LLAMAS_LOCK = threading.Lock()
 
 
-def load_llama(path: str, *, n_ctx: int = 2048, logits_all: bool = False, n_threads: int | None = None):
+def load_llama(path: str, *, n_ctx: int = LOCAL_CONTEXT, logits_all: bool = False, n_threads: int | None = None):
     """One llama.cpp instance per (file, context, logits) in the process, shared by every engine that asks."""
     key = (str(path), n_ctx, logits_all, n_threads)
     with _LLAMAS_LOCK:
@@ -188,6 +188,15 @@ def _llama_logprobs(llama, n_prompt: int, n_completion: int, *, k: int, greedy: 
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _decode(tok: Any, new: list[int], cfg: Any) -> tuple[list[int], str]:
+    """Generated token ids as the answer: without padding and end-of-sequence tokens, cut at the request's stops."""
+    ids = [t for t in new if t not in (tok.pad_token_id, tok.eos_token_id)]
+    text = tok.decode(ids, skip_special_tokens=True)
+    for stop in cfg.stop:
+        text = text.split(stop)[0]
+    return ids, text.strip()
+
+
 class _Pending:
     """A greedy request waiting to be generated with others (`TransformersEngine`)."""
 
@@ -276,12 +285,9 @@ class TransformersEngine:
             prompts = [self._prompt(model, tok, _messages(p.request)) for p in group]
             out = generate_ids(model, tok, prompts, batch_size=len(group), max_new_tokens=cfg.max_tokens or 256)
             for p, (prompt_tokens, rows) in zip(group, out):
-                ids = [t for t in rows[0] if t not in (tok.pad_token_id, tok.eos_token_id)]
-                text = tok.decode(ids, skip_special_tokens=True)
-                for stop in cfg.stop:
-                    text = text.split(stop)[0]
+                ids, text = _decode(tok, rows[0], cfg)
                 finish = "length" if len(rows[0]) >= (cfg.max_tokens or 256) else "stop"
-                p.response = _response(p.request.model, text.strip(), finish, prompt_tokens, len(ids), None)
+                p.response = _response(p.request.model, text, finish, prompt_tokens, len(ids), None)
         except BaseException as e:  # noqa: BLE001 - every request of the batch gets the failure
             for p in group:
                 p.error = e
@@ -312,10 +318,7 @@ class TransformersEngine:
         # Generated tokens only; scores[i] is the distribution that produced new[i].
         start = 1 if model.config.is_encoder_decoder else enc["input_ids"].shape[1]
         new = [int(t) for t in out.sequences[0, start:]]
-        ids = [t for t in new if t not in (tok.pad_token_id, tok.eos_token_id)]
-        text = tok.decode(ids, skip_special_tokens=True)
-        for stop in cfg.stop:
-            text = text.split(stop)[0]
+        ids, text = _decode(tok, new, cfg)
         logprobs = None
         if cfg.logprobs is not None and out.scores:
             k = max(1, min(cfg.logprobs or 1, 20))
@@ -329,7 +332,7 @@ class TransformersEngine:
                                              top=tuple(TopLogprob(token=tok.decode([int(i)]), logprob=float(v))
                                                        for v, i in zip(top.values, top.indices))))
         finish = "length" if len(new) >= gen["max_new_tokens"] else "stop"
-        return _response(request.model, text.strip(), finish, int(enc["input_ids"].shape[1]), len(ids), logprobs)
+        return _response(request.model, text, finish, int(enc["input_ids"].shape[1]), len(ids), logprobs)
 
     def dump_state(self) -> dict:
         return {"model_path": self.model_path, "name": self.name, "batch_size": self.batch_size}
@@ -438,14 +441,13 @@ def check_hosted(*specs: str | None) -> None:
     what each provider needs; a provider that can work without one (a base URL, cloud credentials) is left to the
     reachability probe."""
     hosted = [s for s in dict.fromkeys(specs) if s and isinstance(s, str) and not s.startswith(LOCAL_PREFIX)]
+    lms = [resolve_lm(spec, cache=False) for spec in hosted]  # a spec without a provider fails here, with its line
     for spec in hosted:
-        if "/" not in spec:
-            raise ModelSpecError(f"model spec {spec!r} needs a provider prefix (e.g. openai/{spec}) or local/<name>")
         missing = _missing_keys(spec)
         if missing:
             raise ModelSpecError(f"no API key for {spec}: set {' or '.join(missing)} (or use a local/ model)")
-    for spec in hosted:
-        check_reachable(resolve_lm(spec, cache=False))
+    for lm in lms:
+        check_reachable(lm)
 
 
 def _missing_keys(spec: str) -> list[str]:
