@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from programs.config import task_label
+from programs.tasks import get_task
 
 if TYPE_CHECKING:
     from store.db import Store
@@ -147,7 +148,7 @@ def render(info: dict[str, Any], folder: Path):
     datasets = [d for d in info["datasets"] if d.get("dataset_id")]
     evals = info["evaluations"]
     name = f"{folder.parent.name}/{folder.name}"
-    results = [EvalResult(task_type="text-generation", dataset_type=f"critic-distill/{info.get('task') or 'task'}",
+    results = [EvalResult(task_type="text-generation", dataset_type=f"critic-distill/{_task_name(info.get('task'))}",
                           dataset_name=e["split"], metric_type=metric, metric_value=round(e[key], 4),
                           metric_name=f"{label} vs {e['reference']}", metric_config=f"judge={e['judge']}")
                for e in evals for metric, key, label in (("win_tie_rate", "wtr_prob", "WTR (mean P)"),
@@ -224,7 +225,6 @@ def _summary(log_history: list[dict]) -> str:
 def _usage(info: dict, folder: Path, adapter: bool) -> list[str]:
     path = str(folder.resolve())
     auto = "AutoModelForSeq2SeqLM" if _is_seq2seq(folder) else "AutoModelForCausalLM"
-    task = info.get("task") or "humor"
     lines = ["With transformers:", "", "```python"]
     if adapter:
         lines += [f"from transformers import {auto}, AutoTokenizer",
@@ -238,15 +238,88 @@ def _usage(info: dict, folder: Path, adapter: bool) -> list[str]:
                   f"tokenizer = AutoTokenizer.from_pretrained({path!r})"]
     lines += ["```", "", "or, with the base resolved the way critic-distill resolves it (embedded names included):", "",
               "```python", "from programs.student_lm import load_student", "",
-              f"model, tokenizer = load_student({path!r})", "```", "",
-              "As a DSPy LM (the prompt it was trained on comes from the task's student signature and the labeled "
-              "adapter):", "", "```python", "import dspy", "from programs.adapter import LabeledAdapter",
-              "from programs.lm import resolve_lm", "from programs.student import Student",
-              "from programs.tasks import get_task", "",
-              f"dspy.configure(lm=resolve_lm({'local/' + path!r}, temperature=0.0, max_tokens=64), "
-              "adapter=LabeledAdapter())",
-              f"print(Student(get_task({task!r}))(text=\"I am tired.\").paraphrase)", "```"]
-    return lines
+              f"model, tokenizer = load_student({path!r})", "```", ""]
+    return lines + _dspy_usage(info.get("task") or "humor", f"local/{path}")
+
+
+def _dspy_usage(task: Any, lm: str) -> list[str]:
+    """The DSPy snippet for the run's task: its student signature with the task's own fields, or, for a program's
+    task, the user's program pointed at the student; a task that no longer loads gets a snippet that reads its
+    fields at run time (the card renders whatever the task)."""
+    shape = _task_shape(task)
+    load = f"resolve_lm({lm!r}, temperature=0.0, max_tokens=64)"
+    if shape is not None and shape[2] is not None:
+        inputs, outputs, program = shape
+        return ["As a DSPy LM behind your own program (the run distilled a DSPy program's task: the student was "
+                "trained on that program's prompts, through the labeled adapter):", "", "```python", "import dspy",
+                "from programs.adapter import LabeledAdapter", "from programs.lm import resolve_lm", "",
+                f"program = {program}()  # the program you distilled", f"program.set_lm({load})",
+                "dspy.configure(adapter=LabeledAdapter())", f"print(program({_call_args(inputs)}).{outputs[0]})",
+                "```", "",
+                "`CriticDistill.compile` returns this program already pointed at the student: "
+                "`program.save(\"program.json\")` keeps it, and `program.load(\"program.json\", "
+                "allow_unsafe_lm_state=True)` on a fresh instance loads it again (the flag lets DSPy import this "
+                "project's LM class: pass it only for files you wrote)."]
+    lines = ["As a DSPy LM (the prompt it was trained on comes from the task's student signature and the labeled "
+             "adapter):", "", "```python", "import dspy", "from programs.adapter import LabeledAdapter",
+             "from programs.lm import resolve_lm"]
+    spec = _spec_here(task)
+    configure = f"dspy.configure(lm={load}, adapter=LabeledAdapter())"
+    if shape is None:
+        return lines + ["from programs.tasks import get_task, student_signature", "", configure,
+                        f"task = get_task({spec!r})",
+                        "print(dspy.Predict(student_signature(task))(**{name: \"...\" for name in task.inputs}))",
+                        "```"]
+    inputs, outputs, _ = shape
+    if inputs == ["text"]:  # the built-in fields: the Student program takes the one input as `text`
+        return lines + ["from programs.student import Student", "from programs.tasks import get_task", "", configure,
+                        f"print(Student(get_task({spec!r}))({_call_args(inputs)}).{outputs[0]})", "```"]
+    return lines + ["from programs.tasks import get_task, student_signature", "", configure,
+                    f"student = dspy.Predict(student_signature(get_task({spec!r})))",
+                    f"print(student({_call_args(inputs)}).{outputs[0]})", "```"]
+
+
+def _task_shape(task: Any) -> tuple[list[str], list[str], str | None] | None:
+    """The recorded task's input and output field names, and for a program's task the program's class name
+    (`YourProgram` when only its recorded fields are known); None when it cannot be read here."""
+    try:
+        task = _recorded(task)
+        if isinstance(task, dict):  # a program's task (CriticDistill), recorded whole
+            inputs = [f[0] for f in task.get("input_fields") or []] or ["text"]
+            outputs = [f[0] for f in task.get("output_fields") or []] or ["paraphrase"]
+            return [str(n) for n in inputs], [str(n) for n in outputs], "YourProgram"
+        loaded = get_task(task)
+        program = None if loaded.program is None else type(loaded.program).__name__
+        return list(loaded.inputs), list(loaded.outputs), program
+    except Exception:  # noqa: BLE001 - a task file moved or broken since the run: the card still renders
+        return None
+
+
+def _recorded(task: Any) -> Any:
+    """The task as the run's config recorded it: a spec, or a program's task as a dict (stored as JSON text)."""
+    if isinstance(task, str) and task.startswith("{"):
+        try:
+            return json.loads(task)
+        except ValueError:
+            return task
+    return task
+
+
+def _task_name(task: Any) -> str:
+    """The task as a dataset type names it: the spec, or a program's task by its name."""
+    task = _recorded(task)
+    return str(task.get("name") or "task") if isinstance(task, dict) else str(task or "task")
+
+
+def _spec_here(task: Any) -> str:
+    """The task spec as the snippet gives it: a task file by its absolute path, so the snippet runs anywhere."""
+    if isinstance(task, str) and task.lower().endswith(".toml") and Path(task).expanduser().is_file():
+        return str(Path(task).expanduser().resolve())
+    return task if isinstance(task, str) else str(task)
+
+
+def _call_args(inputs: list[str]) -> str:
+    return ", ".join(f"{name}={'I am tired.' if name == 'text' else '...'!r}" for name in inputs)
 
 
 __all__ = ["refresh_cards", "render", "write_card"]

@@ -4,16 +4,21 @@ critic and dataset, is written again by a rerun that trains nothing, and carries
 
 from __future__ import annotations
 
+import ast
 import json
 from datetime import datetime
+from dataclasses import asdict
 from pathlib import Path
 
+import dspy
 import pytest
 from huggingface_hub import ModelCard
 
 from finetune.evaluate import _store_evaluation
+from finetune.model_card import render
 from finetune.imitate import ImitationConfig, train_imitation
 from metrics.winrate import win_tie_rate
+from programs.tasks import Task
 from store import stable_id, to_json
 from store.db import Store
 
@@ -84,3 +89,59 @@ def test_an_evaluation_rewrites_the_card_with_its_win_rate(trained):
         assert row in text
         metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
         assert metrics == {"win_tie_rate": round(prob.value, 4), "win_tie_rate_decisions": round(decision.value, 4)}
+
+
+# -- the DSPy snippet fits the run's task (cards rendered from plain data: no training) ------------------------------
+
+
+def _dspy_snippet(task, folder: Path) -> tuple[str, str]:
+    """The card's text for a run of `task` and its DSPy code block, checked to be Python."""
+    info = {"objective": "ft", "config": {}, "base_model": "base", "training_id": "t1", "steps": 2, "log_history": [],
+            "run_id": "run1", "teacher": TEACHER, "critic": CRITIC, "task": task, "datasets": [], "starts_from": [],
+            "evaluations": []}
+    text = render(info, folder).text
+    code = text.split("As a DSPy LM", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    ast.parse(code)
+    return text, code
+
+
+def test_the_dspy_snippet_of_the_built_in_task(tmp_path):
+    _, code = _dspy_snippet("humor", tmp_path)
+    assert f"resolve_lm('local/{tmp_path.resolve()}'" in code
+    assert "Student(get_task('humor'))(text='I am tired.').paraphrase" in code
+
+
+def test_the_dspy_snippet_of_a_task_file_uses_its_fields(tmp_path):
+    spec = ROOT / "examples" / "tasks" / "qa.toml"
+    _, code = _dspy_snippet(str(spec), tmp_path)
+    assert f"student_signature(get_task({str(spec)!r}))" in code
+    assert "student(question='...', context='...').answer" in code
+    assert "(text=" not in code and ".paraphrase" not in code
+
+
+def test_the_dspy_snippet_of_a_programs_task_loads_the_program(tmp_path):
+    class QA(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.answer = dspy.Predict(dspy.Signature("question, context -> answer", "Answer from the context."))
+
+        def forward(self, question, context):
+            return self.answer(question=question, context=context)
+
+    task = Task.from_program(QA(), critic_instruction="Choose the better answer.", name="qa-mine")
+    recorded = to_json(asdict(task))  # as the run's config records it (CriticDistill's task)
+    text, code = _dspy_snippet(recorded, tmp_path)
+    assert "`qa-mine (a program's task)`" in text and "program.save(" in text
+    assert "allow_unsafe_lm_state=True" in text
+    assert "program = YourProgram()  # the program you distilled" in code
+    assert f"program.set_lm(resolve_lm('local/{tmp_path.resolve()}', temperature=0.0, max_tokens=64))" in code
+    assert "dspy.configure(adapter=LabeledAdapter())" in code
+    assert "program(question='...', context='...').answer" in code and "get_task" not in code
+    # a task file that names the program: the program's own class
+    _, code = _dspy_snippet(str(ROOT / "examples" / "tasks" / "qa_program.toml"), tmp_path)
+    assert "program = QA()" in code and "program(question='...', context='...').answer" in code
+
+
+def test_a_task_that_no_longer_loads_still_renders(tmp_path):
+    _, code = _dspy_snippet(str(tmp_path / "gone.toml"), tmp_path)
+    assert "for name in task.inputs" in code
