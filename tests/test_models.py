@@ -31,6 +31,14 @@ def test_unknown_model_is_one_line_error():
     assert "Traceback" not in out.stderr
 
 
+def test_serve_gives_the_in_process_context_by_default():
+    from programs import lm
+
+    assert lm.LOCAL_CONTEXT is models.LOCAL_CONTEXT  # one number: served or in-process, the same context
+    out = run_cli("serve", "--help")
+    assert out.returncode == 0 and f"(default {models.LOCAL_CONTEXT}, as in-process)" in " ".join(out.stdout.split())
+
+
 def test_cache_dir_follows_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("CRITIC_DISTILL_CACHE", str(tmp_path))
     assert models.cache_dir() == tmp_path
