@@ -18,7 +18,7 @@ from metrics.winrate import Estimate, win_tie_rate
 from programs.critic import DEFAULT, PAPER, Critic
 from programs.parallel import imap
 from programs.progress import stage_progress
-from programs.student import Student
+from programs.student import ProgramStudent, Student
 from programs.teach import candidate_id
 from store import Store, stable_id, to_json
 from store.callback import last_lm_call_id
@@ -215,7 +215,7 @@ def _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, criti
     from programs.adapter import LabeledAdapter
     from programs.lm import resolve_lm
     from programs.teach import teach
-    from programs.teacher import Teacher
+    from programs.teacher import ProgramTeacher, Teacher, program_producer
     from store.callback import install, trace_context
     from store.db import default_path
 
@@ -240,15 +240,19 @@ def _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, criti
                 "role": "teacher", "producer": reference, "rank": 0, "text": r["reference"], "lm_call_id": None,
                 "run_id": run_id, "created_at": datetime.now()} for it, r in zip(items, rows)])
         else:
-            reference = teacher_spec
-            teach(store, Teacher(task), teacher_lm, items, producer=reference, run_id=run_id)
+            if task.program is not None:  # a task file's program teaches (one run per input: the reference)
+                teacher, reference = ProgramTeacher(task.program, task, n=1), program_producer(teacher_spec, task.program)
+            else:
+                teacher, reference = Teacher(task), teacher_spec
+            teach(store, teacher, teacher_lm, items, producer=reference, run_id=run_id)
         checkpoint = store.query("SELECT checkpoint_id FROM checkpoints WHERE path = ?", [producer])
         student_lm = resolve_lm(student_spec, temperature=0.0, max_tokens=64)
         summary = {}
         for name, lm in ((args.critic, critic_lm), (args.judge, judge_lm)):
             if lm is None:
                 continue
-            summary[name] = evaluate(store, student=Student(task), student_lm=student_lm, student_name=producer,
+            student = ProgramStudent(task, task.program) if task.steps else Student(task)  # a program runs whole
+            summary[name] = evaluate(store, student=student, student_lm=student_lm, student_name=producer,
                                      checkpoint_id=checkpoint[0]["checkpoint_id"] if checkpoint else None,
                                      critic=Critic(task, DEFAULT), critic_lm=lm, critic_name=name, inputs=items,
                                      teacher_name=reference, split=split, run_id=run_id)

@@ -12,6 +12,7 @@ the current student (on-policy). Every dataset is a SQL query over the store's v
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,7 +25,7 @@ from metrics.judge import judge_pairs
 from finetune.feedback import FeedbackConfig, judge_round, sample_producer, sample_round
 from finetune.runner import TrainResult, changed_settings
 from programs.critic import Critic
-from programs.student import training_completion, training_prompt
+from programs.student import row_task, training_completion, training_example, training_examples, training_prompt
 from programs.tasks import Task
 from store import Store, stable_id, to_json
 from store.cli import UserError
@@ -33,6 +34,9 @@ from programs.config import OBJECTIVE_NAMES  # the one list; the config validate
 
 SFT_SQL = ("SELECT input, output FROM teacher_pairs WHERE teacher = $teacher AND split = 'train' "
            "AND list_contains($inputs, input_id) ORDER BY input_id, rank")
+# A program of several predictors: every step of every teacher run, each row trained through its own predictor
+STEPS_SQL = ("SELECT predictor, input, output FROM teacher_steps WHERE teacher = $teacher AND split = 'train' "
+             "AND list_contains($inputs, input_id) ORDER BY input_id, rank, step")
 # This round's judged student pairs ($pairs: "id|id", the smaller id first) as the critic ($judge, its settings
 # $method) decided them: its combined P(a >= b) over both orders (the `verdicts` table); kept when the confidence
 # |2 P - 1| reaches $min_confidence and, with $both_orders, when both orders favoured the same candidate.
@@ -50,6 +54,7 @@ BRIO_SQL = ("SELECT input_id, input, text, score FROM teacher_scores WHERE teach
             "AND method = $method AND list_contains($inputs, input_id) ORDER BY input_id, score DESC, rank")
 
 REQUIRED = {"sft": {"input", "output"}, "pairs": {"input", "chosen", "rejected"}, "brio": {"input_id", "input", "text"}}
+ANSWERS = {"sft": ("output",), "pairs": ("chosen", "rejected"), "brio": ("text",)}  # what a row's student learns
 
 
 class DatasetError(UserError):
@@ -76,20 +81,51 @@ def check_query(store: Store, kind: str, sql: str, params: dict[str, Any], *, na
 def sql_dataset(store: Store, kind: str, sql: str, params: dict[str, Any], *, name: str, run_id: str,
                 task: Task | None = None) -> tuple[list[dict], str]:
     """Rows of a dataset query (checked for the columns `kind` needs), recorded in `datasets`; returns (rows, id).
-    With `task`, each row's training prompt (`training_prompt`) is recorded beside it (`datasets.prompts`), so the
-    dataset can be exported as exactly what the student read (`python -m store export`)."""
+    With `task`, each row's training prompt and answers are recorded beside it (`datasets.prompts`,
+    `datasets.completions`), so the dataset can be exported as exactly what the student read and learned
+    (`python -m store export`) without the task."""
     check_query(store, kind, sql, params, name=name)
     used = _used(sql, params)
     rows = store.query(sql, used)
     dataset_id = stable_id("dataset", name, sql, to_json(used), to_json(rows))
-    prompts = to_json([training_prompt(task, r["input"]) for r in rows]) if task is not None else None
+    prompts = completions = None
+    if task is not None:
+        answers = [training_example(task, r, ANSWERS[kind]) for r in rows]
+        prompts = to_json([e["prompt"] if e else _prompt(task, r) for e, r in zip(answers, rows)])
+        completions = to_json([{c: e[c] for c in ANSWERS[kind]} if e else None for e in answers])
     store.insert("datasets", [{"dataset_id": dataset_id, "name": name, "sql": sql, "n_rows": len(rows),
-                               "rows": to_json(rows), "prompts": prompts, "run_id": run_id,
-                               "created_at": datetime.now()}])
+                               "rows": to_json(rows), "prompts": prompts, "completions": completions,
+                               "run_id": run_id, "created_at": datetime.now()}])
     if prompts is not None:  # recorded before prompts were, or with a task's earlier fields (the id is the rows'):
-        store.execute("UPDATE datasets SET prompts = ? WHERE dataset_id = ? AND prompts IS DISTINCT FROM ?",
-                      [prompts, dataset_id, prompts])  # the prompts the latest training read
+        store.execute("UPDATE datasets SET prompts = ?, completions = ? WHERE dataset_id = ? "
+                      "AND (prompts IS DISTINCT FROM ? OR completions IS DISTINCT FROM ?)",
+                      [prompts, completions, dataset_id, prompts, completions])  # what the latest training read
     return rows, dataset_id
+
+
+def default_sft_sql(task: Task) -> str:
+    """Imitation's default query: the teacher's pairs, or every step of its runs for a program of several
+    predictors."""
+    return STEPS_SQL if task.steps else SFT_SQL
+
+
+def final_step_inputs(store: Store, task: Task, teacher: str, inputs: list[dict]) -> list[dict]:
+    """The inputs the feedback objectives train a program's last predictor on: what that predictor read in the
+    teacher's first run on each train input (the earlier predictors' outputs beside the program's inputs), stored as
+    inputs of the last predictor's own task (split 'train', source `teacher-steps:<teacher>`), one per distinct
+    text. Sampling, judging and training then treat it as a task of one predictor."""
+    final_name, final = task.steps[-1]
+    rows = store.query("SELECT input_id, arg_max(input, step) AS input FROM teacher_steps WHERE teacher = ? "
+                       "AND rank = 0 AND predictor = ? AND list_contains(?, input_id) GROUP BY input_id "
+                       "ORDER BY input_id", [teacher, final_name, [i["input_id"] for i in inputs]])
+    items: dict[str, dict] = {}
+    for r in rows:
+        text = final.encode_inputs(json.loads(r["input"]))
+        iid = stable_id("input", final.name, text)
+        items.setdefault(iid, {"input_id": iid, "text": text, "split": "train"})
+    store.insert("inputs", [{**i, "task": final.name, "source": f"teacher-steps:{teacher}",
+                             "created_at": datetime.now()} for i in items.values()])
+    return list(items.values())
 
 
 @dataclass
@@ -152,8 +188,7 @@ def _imitation(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], datas
                           prompt_format=ctx.task.prompt_format,
                           **{**ctx.train_settings, "epochs": epochs})
     cfg.output_dir = _out(ctx, name, cfg, base.checkpoint_id, dataset_id, epochs, skip=("epochs",))
-    pairs = [{"input": r["input"], "output": training_completion(ctx.task, r["output"]),
-              "prompt": training_prompt(ctx.task, r["input"])} for r in rows]
+    pairs = training_examples(ctx.task, rows)
     return train_imitation(pairs, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id, objective=name)
 
 
@@ -165,9 +200,7 @@ def _dpo(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], dataset_id:
                          prompt_format=ctx.task.prompt_format,
                          **{**settings, "epochs": epochs, "batch_size": max(1, settings.get("batch_size", 8) // 2)})
     cfg.output_dir = _out(ctx, name, cfg, base.checkpoint_id, dataset_id, epochs, skip=("epochs",))
-    pairs = [{"input": r["input"], "chosen": training_completion(ctx.task, r["chosen"]),
-              "rejected": training_completion(ctx.task, r["rejected"]), "prompt": training_prompt(ctx.task, r["input"])}
-             for r in rows]
+    pairs = training_examples(ctx.task, rows, ("chosen", "rejected"))
     return train_dpo(pairs, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id, objective=name)
 
 
@@ -250,4 +283,5 @@ def run_objective(name: str, ctx: ObjectiveContext) -> TrainResult:
     raise ValueError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVE_NAMES)} or all")
 
 
-__all__ = ["DatasetError", "ObjectiveContext", "check_query", "run_objective", "sql_dataset"]
+__all__ = ["DatasetError", "ObjectiveContext", "check_query", "default_sft_sql", "final_step_inputs", "run_objective",
+           "sql_dataset"]

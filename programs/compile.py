@@ -122,6 +122,7 @@ class Pipeline:
     started: float
     dropped: int = 0  # evaluation inputs left out because train has the same text
     teacher_program: Any = None  # a user's DSPy program as the teacher (`programs.distill`); None: the task's teacher
+    student_program: Any = None  # the program a student of several predictors runs; None: `Student(task)`
 
     @property
     def run_id(self) -> str:
@@ -169,19 +170,24 @@ class Results:
     teacher_quality: dict | None  # the optimized teacher against the one as written
 
 
-def run(cfg: PipelineConfig, *, db: str, out: str, command: str, teacher_program: Any = None) -> dict:
+def run(cfg: PipelineConfig, *, db: str, out: str, command: str, teacher_program: Any = None,
+        student_program: Any = None) -> dict:
     """Run (or finish) the pipeline for `cfg`; returns the evaluation summary. `teacher_program`: any DSPy program
-    that teaches instead of the task's own teacher, N runs of it per input (`CriticDistill.compile`)."""
+    that teaches instead of the task's own teacher, N runs of it per input (`CriticDistill.compile`);
+    `student_program`: for a task of several predictors, the program the student runs (default: the task's)."""
     from store.db import check_path
 
     _load_stages()
     task, chosen, dropped = _check(cfg)  # a bad task or bad inputs fail here, before any model is loaded
     check_path(db)  # so does a --db that cannot be a store (nothing created yet)
-    if teacher_program is None and task.program is None:
+    teacher_program = teacher_program or task.program  # a task file's program teaches
+    if teacher_program is None:
         task.check_list_teacher()  # a task of several output fields needs a program to teach
+    _check_steps(task, teacher_program, student_program or task.program)
     lms = _models(cfg)
     p = _start(cfg, task, chosen, lms, db=db, out=out, command=command)
-    p.dropped, p.teacher_program = dropped, teacher_program or task.program  # a task file's program teaches
+    p.dropped, p.teacher_program = dropped, teacher_program
+    p.student_program = student_program or task.program
     with _recorded(p), progress.log_to(p.out_dir / "progress.log"):
         progress.emit(f"run {p.run_id[:12]}: start, profile {cfg.profile}, store {db}, command {command}")
         _inputs(p)
@@ -222,6 +228,14 @@ def _check(cfg: PipelineConfig) -> tuple[Any, dict[str, list[dict]], int]:
     if cfg.critic_rubrics > len(task.rubrics):
         raise ConfigError(f"critic_rubrics = {cfg.critic_rubrics}, but task {task.name!r} has {len(task.rubrics)} "
                           "phrasing(s) of its rubric (critic_instruction, critic_rubrics)")
+    from programs.config import objectives
+
+    ranked = [o for o in objectives(cfg) if o in ("brio", "brio-dpo")]
+    if task.steps and ranked:
+        raise ConfigError(f"{ranked[0]} ranks the teacher's outputs for one input against each other, but each run of "
+                          f"task {task.name!r}'s program wrote its output from its own {task.steps[0][0]!r} step: "
+                          "with several predictors use dpo or sd (they train the last predictor on one set of its "
+                          "inputs) or ft")
     chosen, dropped = split_inputs(cfg, task)
     from programs.lm import check_context
 
@@ -229,6 +243,28 @@ def _check(cfg: PipelineConfig) -> tuple[Any, dict[str, list[dict]], int]:
                   answer_tokens=cfg.critic_max_tokens,
                   judged_tokens=max(cfg.teacher_max_tokens, cfg.student_max_tokens))
     return task, chosen, dropped
+
+
+def _check_steps(task, teacher_program: Any, student_program: Any) -> None:
+    """A student of several predictors learns each from the teacher's predictor of the same name and fields, and runs
+    as the program: say so in one line, before any model, when the teacher or the student program is not there."""
+    if not task.steps:
+        return
+    if student_program is None:
+        raise ConfigError(f"task {task.name!r} has several predictors: the student runs as that program, so pass it")
+    from programs.tasks import Task, TaskError
+
+    mine = [(n, t.inputs, t.outputs) for n, t in task.steps]
+    try:
+        theirs = [(n, t.inputs, t.outputs) for n, t in Task.from_program(
+            teacher_program, critic_instruction=task.critic_instruction).steps]
+    except TaskError as e:
+        raise ConfigError(f"the teacher program: {e}") from e
+    if [(n, list(i), list(o)) for n, i, o in theirs] != [(n, list(i), list(o)) for n, i, o in mine]:
+        def show(steps):
+            return "; ".join(f"{n}: {', '.join(i)} -> {', '.join(o)}" for n, i, o in steps) or "one predictor"
+        raise ConfigError(f"the student learns each predictor from the teacher's of the same name and fields, but the "
+                          f"teacher has ({show(theirs)}) and the student ({show(mine)})")
 
 
 def _models(cfg: PipelineConfig) -> LMs:
@@ -340,17 +376,15 @@ def _optimize(p: Pipeline) -> Teaching:
 
 
 def _program_teaching(p: Pipeline) -> Teaching:
-    """A user's program as the teacher; its candidates carry the program's state in their producer name, so an edited
-    program (new instructions, new demos) teaches afresh instead of reusing the candidates of the one before."""
-    from programs.teacher import ProgramTeacher
-    from store import stable_id, to_json
+    """A user's program as the teacher; its candidates carry the program's state in their producer name
+    (`program_producer`)."""
+    from programs.teacher import ProgramTeacher, program_producer
 
     if p.cfg.optimize:
         raise ConfigError("optimize the teacher program before distilling it (e.g. dspy.GEPA with the critic as "
                           "metric), not with optimize = ...")
     program = p.teacher_program
-    state = stable_id("teacher-program", type(program).__qualname__, to_json(program.dump_state()))
-    return Teaching(ProgramTeacher(program, p.task, n=p.cfg.n_candidates), f"{p.cfg.teacher}#program-{state[:10]}")
+    return Teaching(ProgramTeacher(program, p.task, n=p.cfg.n_candidates), program_producer(p.cfg.teacher, program))
 
 
 def _teach(p: Pipeline, teacher: Teaching) -> dict:
@@ -372,20 +406,19 @@ def _imitate(p: Pipeline, teacher: Teaching) -> tuple[Any, list[dict]]:
     """The warm start: the student trained on the teacher's pairs (SFT; --sft-sql chooses them). Returns the trained
     student and its training pairs."""
     from finetune.imitate import ImitationConfig, train_imitation
-    from finetune.objectives import SFT_SQL, sql_dataset
+    from finetune.objectives import default_sft_sql, sql_dataset
     from programs.config import objectives
-    from programs.student import training_completion, training_prompt
+    from programs.student import training_examples
 
     cfg = p.cfg
     with p.stage("imitate"):
         params = {"teacher": teacher.name, "inputs": [r["input_id"] for r in p.chosen["train"]]}
-        rows, dataset_id = sql_dataset(p.store, "sft", cfg.sft_sql or SFT_SQL, params, name="imitation",
-                                       run_id=p.run_id, task=p.task)
-        if not rows:
+        rows, dataset_id = sql_dataset(p.store, "sft", cfg.sft_sql or default_sft_sql(p.task), params,
+                                       name="imitation", run_id=p.run_id, task=p.task)
+        pairs = training_examples(p.task, rows)  # a program of several predictors: a pair per step of its runs
+        if not pairs:
             raise InputError("the teacher produced no usable training pairs (see failed calls: "
                              "python -m store query \"SELECT error, response FROM lm_calls WHERE stage='teach'\")")
-        pairs = [{"input": r["input"], "output": training_completion(p.task, r["output"]),
-                  "prompt": training_prompt(p.task, r["input"])} for r in rows]
         icfg = ImitationConfig(base_model=cfg.student, merge_lora=False, instruction=p.task.student_instruction,
                                prompt_format=p.task.prompt_format,
                                **_warmstart_settings(cfg))
@@ -408,7 +441,7 @@ def _feedback(p: Pipeline, teacher: Teaching, warm) -> list[tuple[str, Any]]:
     import dspy
 
     from finetune.feedback import FeedbackConfig
-    from finetune.objectives import ObjectiveContext, run_objective
+    from finetune.objectives import ObjectiveContext, default_sft_sql, run_objective
 
     cfg = p.cfg
     ctx = ObjectiveContext(
@@ -424,12 +457,29 @@ def _feedback(p: Pipeline, teacher: Teaching, warm) -> list[tuple[str, Any]]:
                                 both_orders_agree=cfg.both_orders_agree,
                                 length_lo=cfg.length_band[0], length_hi=cfg.length_band[1], seed=cfg.seed,
                                 max_new_tokens=cfg.student_max_tokens),
-        threads=p.threads(cfg.critic), **({"sft_sql": cfg.sft_sql} if cfg.sft_sql else {}),
+        threads=p.threads(cfg.critic), sft_sql=cfg.sft_sql or default_sft_sql(p.task),
         **({"pairs_sql": cfg.pairs_sql} if cfg.pairs_sql else {}))
     for name in wanted:
         with p.stage(name), dspy.context(lm=p.lms.critic):
-            students.append((LABELS[name], run_objective(name, ctx)))
+            students.append((LABELS[name], run_objective(name, _final_step(p, ctx) if name != "ft" else ctx)))
     return students
+
+
+def _final_step(p: Pipeline, ctx):
+    """The feedback objectives' context: for a program of several predictors, its last predictor as a task of its
+    own, on what that predictor read in the teacher's first run of each train input, judged by the critic with those
+    fields (the outputs it compares were written from them); otherwise `ctx` itself."""
+    if not p.task.steps:
+        return ctx
+    from dataclasses import replace
+
+    from finetune.objectives import final_step_inputs
+    from programs.critic import Critic
+
+    final = p.task.final_step
+    inputs = final_step_inputs(p.store, p.task, ctx.teacher, ctx.train_inputs)
+    critic = Critic(final, p.cfg.critic_settings(), max_tokens=p.cfg.critic_max_tokens)
+    return replace(ctx, task=final, train_inputs=inputs, critic=critic)
 
 
 def _evaluate(p: Pipeline, teacher: Teaching, students: list[tuple[str, Any]]) -> Results:
@@ -454,7 +504,7 @@ def _judge_students(p: Pipeline, teacher: Teaching, students: list[tuple[str, An
     second judge."""
     from finetune.evaluate import evaluate
     from programs.lm import resolve_lm
-    from programs.student import Student
+    from programs.student import ProgramStudent, Student
 
     cfg = p.cfg
     splits = {cfg.eval_split: p.evaluated}
@@ -468,7 +518,8 @@ def _judge_students(p: Pipeline, teacher: Teaching, students: list[tuple[str, An
                                     max_tokens=cfg.student_max_tokens)
             for split, items in splits.items():
                 for judge_name, lm in judges:
-                    r = evaluate(p.store, student=Student(p.task), student_lm=student_lm,
+                    student = ProgramStudent(p.task, p.student_program) if p.task.steps else Student(p.task)
+                    r = evaluate(p.store, student=student, student_lm=student_lm,
                                  student_name=model.checkpoint_id, checkpoint_id=model.checkpoint_id,
                                  critic=p.critic, critic_lm=lm, critic_name=judge_name, inputs=items,
                                  teacher_name=teacher.name, split=split, run_id=p.run_id,

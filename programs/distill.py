@@ -8,10 +8,12 @@
 
 `compile` runs the same pipeline as `python -m programs.compile` (inputs → teach → imitate → feedback → evaluate,
 every call and row in the store, a rerun asking nothing twice) on a task made from the student program's
-signature and the critic's rubric, with the teacher program as teacher. It returns a copy of the student program
-whose predictor runs on the distilled model (a `local/...` LM, the same spec `resolve_lm` and every command take).
-The student is trained on the prompts `LabeledAdapter` writes for that signature, the adapter the pipeline
-configures, so the copy answers through the messages it was trained on. Like `programs/compile.py` this is the top
+signatures and the critic's rubric, with the teacher program as teacher. It returns a copy of the student program
+whose predictors run on the distilled model (a `local/...` LM, the same spec `resolve_lm` and every command take).
+The student is trained on the prompts `LabeledAdapter` writes for each predictor's signature (demo-free), the
+adapter the pipeline configures, so the copy answers through the messages it was trained on. A program of several
+predictors trains one student on every predictor's steps of the teacher's runs; the feedback objectives train its
+last predictor. Like `programs/compile.py` this is the top
 layer: nothing imports it.
 """
 
@@ -28,6 +30,7 @@ import dspy
 from dspy.teleprompt import Teleprompter
 
 from programs.config import build_config
+from programs.student import student_program
 from programs.tasks import Task, TaskError
 from store.cli import UserError
 
@@ -47,7 +50,7 @@ class PairwiseCritic:
 
 
 def task_from_program(program: dspy.Module, critic: PairwiseCritic, name: str | None = None) -> Task:
-    """The task a one-predictor program defines (`Task.from_program`), with the critic's rubric."""
+    """The task a program defines (`Task.from_program`), with the critic's rubric."""
     try:
         return Task.from_program(program, critic_instruction=critic.rubric, critic_rubrics=critic.rephrasings,
                                  name=name)
@@ -69,21 +72,6 @@ def _rows(examples: list, task: Task, split: str, what: str) -> list[dict]:
             raise DistillError(f"{what}[{i}]: {', '.join(bad)} must be non-empty text")
         rows.append({**values, "split": split})
     return rows
-
-
-def _copy(program: dspy.Module) -> dspy.Module:
-    """A deep copy of `program` whose predictors share their LMs with it (a local model is not copied)."""
-    lms = [(p, p.lm) for _, p in program.named_predictors()]
-    try:
-        for p, _ in lms:
-            p.lm = None
-        copy = program.deepcopy()
-    finally:
-        for p, lm in lms:
-            p.lm = lm
-    for (_, mine), (_, theirs) in zip(copy.named_predictors(), program.named_predictors()):
-        mine.lm = theirs.lm
-    return copy
 
 
 def _write_inputs(path: Path, rows: list[dict]) -> None:
@@ -158,11 +146,9 @@ class CriticDistill(Teleprompter):
             rows = [{k: v for k, v in r.items() if k != "split"} for r in rows]  # split by a hash of each input
         _write_inputs(inputs, rows)
         run(cfg, db=self.store, out=str(out), command=f"CriticDistill.compile({type(student).__name__})",
-            teacher_program=teacher if teacher is not None else student)
-        distilled = _copy(student)
-        distilled.set_lm(resolve_lm(f"local/{(out / 'student').resolve()}", temperature=0.0,
-                                    max_tokens=cfg.student_max_tokens))
-        return distilled
+            teacher_program=teacher if teacher is not None else student, student_program=student)
+        return student_program(student, resolve_lm(f"local/{(out / 'student').resolve()}", temperature=0.0,
+                                                   max_tokens=cfg.student_max_tokens))
 
 
 __all__ = ["CriticDistill", "DistillError", "PairwiseCritic", "task_from_program"]

@@ -6,6 +6,8 @@ at inference exactly the messages it was trained on.
 
 from __future__ import annotations
 
+import json
+
 import dspy
 
 from programs.adapter import LabeledAdapter
@@ -33,6 +35,33 @@ def parse_completion(task: Task, completion: str) -> str | None:
         return None
 
 
+def row_task(task: Task, row: dict) -> tuple[Task, bool]:
+    """The task a dataset row trains: the task itself, or, for a row with a `predictor` column (`teacher_steps`), that
+    predictor of a program of several; True then, its input and outputs being JSON objects of that predictor's
+    fields."""
+    predictor = row.get("predictor")
+    if predictor and task.steps:
+        return task.step(predictor), True
+    return task, False
+
+
+def training_example(task: Task, row: dict, outputs: tuple[str, ...] = ("output",)) -> dict | None:
+    """A dataset row as the student trains on it: its `input`, the `prompt` the student reads and, for each column
+    in `outputs`, the answer it learns (or learns to prefer), each through the predictor the row is of."""
+    step, stepped = row_task(task, row)
+    text = step.encode_inputs(json.loads(row["input"])) if stepped else row["input"]
+    stored = {c: step.encode_outputs(json.loads(row[c])) if stepped else row[c] for c in outputs}
+    if any(v is None for v in stored.values()):  # a step that wrote an empty field: nothing to learn
+        return None
+    return {"input": text, **{c: training_completion(step, v) for c, v in stored.items()},
+            "prompt": training_prompt(step, text)}
+
+
+def training_examples(task: Task, rows: list[dict], outputs: tuple[str, ...] = ("output",)) -> list[dict]:
+    """`training_example` of every row that has something to learn."""
+    return [e for r in rows if (e := training_example(task, r, outputs)) is not None]
+
+
 class Student(dspy.Module):
     def __init__(self, task: Task):
         super().__init__()
@@ -42,3 +71,33 @@ class Student(dspy.Module):
     def forward(self, text: str) -> dspy.Prediction:
         """`text`: one stored input (a JSON object of the fields for a task of several input fields)."""
         return self.rewrite(**self.task.input_values(text))
+
+
+def student_program(program: dspy.Module, lm: dspy.LM | None = None) -> dspy.Module:
+    """A copy of `program` as its distilled student runs it: every predictor on `lm` (None: the LM in context) and
+    without demos, so it sends the messages the student was trained on (each predictor's own signature, demo-free).
+    The program's LMs are shared with the copy's originals rather than copied (a local model is not duplicated)."""
+    own = [(p, p.lm) for _, p in program.named_predictors()]
+    try:
+        for p, _ in own:
+            p.lm = None
+        copy = program.deepcopy()
+    finally:
+        for p, original in own:
+            p.lm = original
+    for _, p in copy.named_predictors():
+        p.lm, p.demos = lm, []
+    return copy
+
+
+class ProgramStudent(dspy.Module):
+    """A program of several predictors as the student: the user's program, each predictor on the LM in context (the
+    distilled student), run on one stored input like `Student`."""
+
+    def __init__(self, task: Task, program: dspy.Module):
+        super().__init__()
+        self.task = task
+        self.program = student_program(program)
+
+    def forward(self, text: str) -> dspy.Prediction:
+        return self.program(**self.task.input_values(text))

@@ -15,7 +15,7 @@ import re
 import importlib.util
 import sys
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -54,6 +54,9 @@ class Task:
     # the DSPy program the task was made from (`Task.from_program`): it teaches, N runs per input; not part of the
     # task's value (its state names the teacher's candidates instead)
     program: Any = field(default=None, compare=False, repr=False)
+    # a program of several predictors: (predictor name, the task of that predictor alone), in the order the program
+    # sets them; the last one writes the task's outputs. Empty for a program of one predictor and every other task.
+    steps: tuple[tuple[str, Task], ...] = ()
 
     def __post_init__(self):
         if isinstance(self.bundled_inputs, str):
@@ -71,6 +74,9 @@ class Task:
             if isinstance(value, list):
                 value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
             object.__setattr__(self, f, value)
+        if isinstance(self.steps, (list, dict)):
+            object.__setattr__(self, "steps", tuple(self.steps.items() if isinstance(self.steps, dict) else
+                                                    (tuple(s) for s in self.steps)))
         self.validate()
 
     def validate(self) -> Task:
@@ -129,35 +135,46 @@ class Task:
     @classmethod
     def from_program(cls, program: Any, *, critic_instruction: str, critic_rubrics: tuple[str, ...] = (),
                      name: str | None = None, keep_program: bool = False, **more: Any) -> Task:
-        """The task a one-predictor DSPy program defines: its signature's fields and instructions, with the critic's
-        rubric; `keep_program` keeps the program as the task's teacher."""
-        from programs.adapter import describe
-
+        """The task a DSPy program defines, with the critic's rubric; `keep_program` keeps the program as the task's
+        teacher. One predictor: its signature's fields and instructions. Several: the program's inputs (the
+        predictors' inputs no predictor writes) and the last predictor's outputs, with a step per predictor."""
         what = type(program).__name__
         predictors = program.named_predictors() if hasattr(program, "named_predictors") else None
         if predictors is None:
             raise TaskError(f"{getattr(program, '__name__', what)} is a {what}, not a DSPy program (a dspy.Module)")
-        if len(predictors) != 1:
-            raise TaskError(f"{what} has {len(predictors)} predictors; a program of one predictor can be distilled "
-                            "for now (issue 11: several predictors)")
-        (_, predictor), = predictors
-        signature = predictor.signature
-        odd = [n for n, f in {**signature.input_fields, **signature.output_fields}.items() if f.annotation is not str]
-        if odd:
-            raise TaskError(f"{what}: field(s) {', '.join(odd)} are not str; text fields can be distilled for now")
-        instructions = signature.instructions.strip()
+        if not predictors:
+            raise TaskError(f"{what} has no predictors (dspy.Predict, dspy.ChainOfThought, ...): nothing to distill")
         try:
+            steps = [(n, _predictor_task(p, what, n, critic_instruction, critic_rubrics)) for n, p in predictors]
+            if len(steps) == 1:
+                task = steps[0][1]
+                return replace(task, name=name or what.lower(), program=program if keep_program else None, **more)
+            task_name = name or what.lower()
+            steps = [(n, replace(t, name=f"{task_name}.{n}")) for n, t in steps]
+            final = steps[-1][1]
             return cls(
-                name=name or what.lower(),
-                teacher_instruction=instructions.replace("{", "{{").replace("}", "}}"),  # the program teaches
+                name=task_name, teacher_instruction=final.teacher_instruction,
                 critic_instruction=critic_instruction, critic_rubrics=tuple(critic_rubrics),
-                student_instruction=instructions,
-                input_fields=tuple((n, describe(f, n.replace("_", " "))) for n, f in signature.input_fields.items()),
-                # as LabeledAdapter shows them, so the student's training prompt is the program's own
-                output_fields=tuple((n, describe(f)) for n, f in signature.output_fields.items()),
-                program=program if keep_program else None, **more)
+                student_instruction=final.student_instruction, input_fields=_program_inputs(program, steps),
+                output_fields=final.output_fields, program=program if keep_program else None, steps=tuple(steps),
+                **more)
         except TaskError as e:
             raise TaskError(f"{what}: {e}") from e
+
+    # -- a program of several predictors -------------------------------------------------------------------------
+
+    def step(self, predictor: str) -> Task:
+        """The task of one of the program's predictors alone (its own fields and instructions)."""
+        for name, task in self.steps:
+            if name == predictor:
+                return task
+        raise TaskError(f"task {self.name!r} has no predictor {predictor!r} (it has {', '.join(dict(self.steps))})")
+
+    @property
+    def final_step(self) -> Task | None:
+        """The task of the predictor that writes the program's outputs, None for a task of one predictor: what the
+        feedback objectives train, on the inputs the teacher's own run gave that predictor."""
+        return self.steps[-1][1] if self.steps else None
 
     # -- fields ------------------------------------------------------------------------------------------------------
 
@@ -242,12 +259,13 @@ class Task:
 
     @property
     def prompt_format(self) -> str | None:
-        """A hash of the named fields and their descriptions, which shape the student's prompts and answers beside
-        its instruction (a trainer's identity takes it); None for a task of the built-in fields `text` ->
+        """A hash of the named fields and their descriptions (and each predictor's, for a program of several), which
+        shape the student's prompts and answers beside its instruction (a trainer's identity takes it); None for a task of the built-in fields `text` ->
         `paraphrase`, whose runs keep the ids they had."""
         if not self.input_fields and not self.output_fields:
             return None
-        data = json.dumps([self.input_fields, self.output_fields], ensure_ascii=False)
+        steps = [[n, t.student_instruction, t.input_fields, t.output_fields] for n, t in self.steps]
+        data = json.dumps([self.input_fields, self.output_fields, *([steps] if steps else [])], ensure_ascii=False)
         return hashlib.sha256(data.encode()).hexdigest()[:16]
 
     def check_list_teacher(self) -> None:
@@ -576,6 +594,51 @@ def load_python_object(spec: str) -> Any:
 def _module_name(path: Path) -> str:
     digest = hashlib.sha256(str(path.resolve()).encode() + b"\0" + path.read_bytes()).hexdigest()[:12]
     return f"_critic_distill_task_{digest}"
+
+
+def _predictor_task(predictor: Any, what: str, name: str, critic_instruction: str,
+                    critic_rubrics: tuple[str, ...]) -> Task:
+    """One predictor as a task: its fields, described as `LabeledAdapter` shows them (so a student's training prompt
+    is the program's own), and its instructions."""
+    from programs.adapter import describe
+
+    signature = predictor.signature
+    odd = [n for n, f in {**signature.input_fields, **signature.output_fields}.items() if f.annotation is not str]
+    if odd:
+        of = "" if name == "self" else f" of predictor {name}"
+        raise TaskError(f"field(s) {', '.join(odd)}{of} are not str; text fields can be distilled for now")
+    instructions = signature.instructions.strip()
+    return Task(name=name, teacher_instruction=instructions.replace("{", "{{").replace("}", "}}"),  # the program teaches
+                critic_instruction=critic_instruction, critic_rubrics=tuple(critic_rubrics),
+                student_instruction=instructions,
+                input_fields=tuple((n, describe(f, n.replace("_", " "))) for n, f in signature.input_fields.items()),
+                output_fields=tuple((n, describe(f)) for n, f in signature.output_fields.items()))
+
+
+def _program_inputs(program: Any, steps: list[tuple[str, Task]]) -> tuple[tuple[str, str], ...]:
+    """The inputs of a program of several predictors: each predictor's inputs that no predictor writes, in order of
+    first use; `forward`'s own parameters, where it names them, must be those."""
+    import inspect
+
+    written = {n for _, t in steps for n in t.outputs}
+    fields: dict[str, str] = {}
+    for _, t in steps:
+        for n, desc in t.inputs.items():
+            if n not in written:
+                fields.setdefault(n, desc)
+    forward = getattr(type(program), "forward", None)  # not via the instance: DSPy warns of a direct forward call
+    if forward is None:
+        raise TaskError("it has no forward method: write one that calls its predictors and returns the last one's "
+                        "prediction")
+    params = list(inspect.signature(forward).parameters.values())[1:]
+    if not any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params):
+        named = [p.name for p in params]
+        if set(named) != set(fields):
+            raise TaskError(f"forward takes ({', '.join(named)}), but the inputs its predictors read and none writes "
+                            f"are ({', '.join(fields)}): they must be the same fields")
+    if not fields:
+        raise TaskError("every input of its predictors is written by another predictor: the program has no inputs")
+    return tuple(fields.items())
 
 
 def student_signature(task: Task) -> type[dspy.Signature]:

@@ -13,7 +13,7 @@ import dspy
 from programs.parallel import imap
 from programs.progress import stage_progress
 from programs.teacher import Teacher
-from store import Store, stable_id
+from store import Store, stable_id, to_json
 from store.callback import last_lm_call_id
 
 
@@ -28,22 +28,24 @@ def teach(store: Store, teacher: Teacher, teacher_lm: dspy.LM, inputs: list[dict
         "SELECT DISTINCT input_id FROM candidates WHERE role = 'teacher' AND producer = ?", [producer])}
     todo = [i for i in inputs if i["input_id"] not in done]
 
-    def one(item: dict) -> tuple[list[str], str | None]:
+    def one(item: dict) -> tuple[list[str], list | None, str | None]:
         try:
-            candidates = teacher(text=item["text"]).candidates
+            prediction = teacher(text=item["text"])
+            candidates, traces = prediction.candidates, prediction.get("traces")
         except Exception:  # noqa: BLE001 - a failed call is in lm_calls/module_calls with its error; go on
-            candidates = []
-        return candidates, last_lm_call_id()
+            candidates, traces = [], None
+        return candidates, traces, last_lm_call_id()
 
     written = failed = 0
     with stage_progress("teach", total=len(inputs), done=len(inputs) - len(todo), unit="inputs") as advance, \
             dspy.context(lm=teacher_lm):
-        for item, (candidates, call_id) in imap(one, todo, threads):
+        for item, (candidates, traces, call_id) in imap(one, todo, threads):
             for rank, text in enumerate(candidates):
                 store.add("candidates", {
                     "candidate_id": candidate_id(item["input_id"], "teacher", producer, rank),
                     "input_id": item["input_id"], "role": "teacher", "producer": producer, "rank": rank, "text": text,
                     "lm_call_id": call_id, "run_id": run_id, "created_at": datetime.now(),
+                    "trace": to_json(traces[rank]) if traces else None,
                 })
             written += len(candidates)
             failed += not candidates

@@ -49,6 +49,15 @@ class Teacher(dspy.Module):
         return dspy.Prediction(candidates=parse_numbered(raw, self.n), raw=raw)
 
 
+def program_producer(model: str, program: dspy.Module) -> str:
+    """The `producer` a teacher program's candidates carry: the model and a hash of the program's state, so an edited
+    program (new instructions, new demos) teaches afresh instead of reusing the candidates of the one before."""
+    from store import stable_id, to_json
+
+    state = stable_id("teacher-program", type(program).__qualname__, to_json(program.dump_state()))
+    return f"{model}#program-{state[:10]}"
+
+
 class ProgramTeacher(dspy.Module):
     """Any DSPy program as the teacher: N candidates from N runs of it at distinct rollout ids, DSPy's way of asking
     an LM again at its temperature without the cache answering (each run is still cached and recorded, so a rerun
@@ -61,23 +70,36 @@ class ProgramTeacher(dspy.Module):
         self.n = n
         self._own_lms = threading.Lock()  # predictors with their own LM get a rollout copy in place: one run at a time
 
-    def _rollout(self, i: int, inputs: dict) -> dspy.Prediction:
+    def _rollout(self, i: int, inputs: dict) -> tuple[dspy.Prediction, list[dict]]:
+        """The program's prediction in rollout `i`, and its trace: each predictor call's name, inputs and outputs."""
         own = [(p, p.lm) for _, p in self.program.named_predictors() if p.lm is not None]
         context_lm = dspy.settings.lm
         with self._own_lms if own else nullcontext():
             try:
                 for p, lm in own:  # a shallow copy: the same model, another rollout id
                     p.lm = lm.copy(rollout_id=i)
-                with dspy.context(lm=context_lm.copy(rollout_id=i) if context_lm is not None else None):
-                    return self.program(**inputs)
+                with dspy.context(lm=context_lm.copy(rollout_id=i) if context_lm is not None else None, trace=[]):
+                    prediction = self.program(**inputs)
+                    return prediction, self._steps(dspy.settings.trace)
             finally:
                 for p, lm in own:
                     p.lm = lm
 
+    def _steps(self, trace: list) -> list[dict]:
+        names = {id(p): name for name, p in self.program.named_predictors()}
+        return [{"predictor": names.get(id(p), type(p).__name__),
+                 "inputs": {n: inputs.get(n) for n in p.signature.input_fields},
+                 "outputs": {n: getattr(outputs, n, None) for n in p.signature.output_fields}}
+                for p, inputs, outputs in trace]
+
     def forward(self, text: str) -> dspy.Prediction:
-        inputs, candidates = self.task.input_values(text), []
+        """N runs of the program: its distinct final outputs as candidates, with the trace of the run that wrote each
+        (`traces`, stored beside the candidate)."""
+        inputs, candidates, traces = self.task.input_values(text), [], []
         for i in range(self.n):
-            value = self.task.encode_outputs(self._rollout(i, inputs))  # every output field, or None
+            prediction, trace = self._rollout(i, inputs)
+            value = self.task.encode_outputs(prediction)  # every output field, or None
             if value is not None and value not in candidates:
                 candidates.append(value)
-        return dspy.Prediction(candidates=candidates, raw=None)
+                traces.append(trace)
+        return dspy.Prediction(candidates=candidates, raw=None, traces=traces)

@@ -59,9 +59,10 @@ def dataset_records(store: Store, name: str) -> tuple[list[dict], dict]:
     judged = _judged(store, meta, rows)
     lineage = {"dataset": meta["name"], "dataset_id": meta["dataset_id"], "run_id": meta["run_id"],
                "teacher": meta["teacher"], "critic": meta["critic"]}
+    completions = json.loads(meta["completions"]) if meta.get("completions") else [None] * len(rows)
     records = []
-    for row, prompt in zip(rows, prompts or []):
-        record = chat_record(row, prompt)
+    for row, prompt, answers in zip(rows, prompts or [], completions):
+        record = chat_record({**row, **(answers or {})}, prompt)  # the answers as the student learned them
         p = judged.get(_pair_key(row))
         records.append({**record, **lineage, "p_chosen": p})
     return records, meta

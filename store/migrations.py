@@ -357,10 +357,34 @@ def m008_dataset_prompts(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE datasets ADD COLUMN prompts JSON")
 
 
+def m009_teacher_traces(con: duckdb.DuckDBPyConnection) -> None:
+    """A teacher program's run, step by step: which predictor read which inputs and wrote which outputs, so a student
+    of several predictors trains on every step, as DSPy's own fine-tuning does. NULL for a teacher of one call."""
+    con.execute(
+        """
+        ALTER TABLE candidates ADD COLUMN trace JSON;
+        CREATE VIEW teacher_steps AS               -- each predictor call of the teacher program's run that wrote a candidate
+            SELECT c.input_id, i.split, c.candidate_id, c.producer AS teacher, c.rank, s.step,
+                   c.trace -> s.step ->> 'predictor' AS predictor,
+                   (c.trace -> s.step -> 'inputs')::VARCHAR AS input,
+                   (c.trace -> s.step -> 'outputs')::VARCHAR AS output
+            FROM candidates c JOIN inputs i USING (input_id), range(json_array_length(c.trace)::BIGINT) s(step)
+            WHERE c.role = 'teacher' AND c.trace IS NOT NULL;
+        """
+    )
+
+
+def m010_dataset_completions(con: duckdb.DuckDBPyConnection) -> None:
+    """Each dataset row's answers as the student was trained on them (a task of several output fields renders them
+    `Label: value`; a program's step its predictor's fields), beside `prompts`: the export writes what training read."""
+    con.execute("ALTER TABLE datasets ADD COLUMN completions JSON")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_views, m003_audits,
                                                                    m004_feedback_views, m005_usage_views,
                                                                    m006_optimization, m007_critic_methods,
-                                                                   m008_dataset_prompts]
+                                                                   m008_dataset_prompts, m009_teacher_traces,
+                                                                   m010_dataset_completions]
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -12,6 +12,7 @@ import pytest
 
 from programs.adapter import LabeledAdapter
 from programs.distill import CriticDistill, DistillError, PairwiseCritic, task_from_program
+from store.cli import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 RUBRIC = "Choose the better answer: the one that answers the question correctly from the context, briefly."
@@ -30,11 +31,29 @@ def _example_module():
 QA = _example_module().QA
 
 
+def _steps_module():
+    """examples/python/qa_steps_distill.py: example (b), a program of two predictors."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("qa_steps_distill", ROOT / "examples" / "python" / "qa_steps_distill.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+QASteps = _steps_module().QASteps
+
+
 class TwoSteps(dspy.Module):
     def __init__(self):
         super().__init__()
         self.angle = dspy.Predict("question -> angle")
         self.answer = dspy.Predict("question, angle -> answer")
+
+
+class WrongInputs(TwoSteps):
+    def forward(self, query):
+        return self.answer(question=query, angle=self.angle(question=query).angle)
 
 
 def _examples(split: str, n: int) -> list[dspy.Example]:
@@ -49,8 +68,9 @@ def test_a_program_becomes_a_task_of_its_signature():
 
 
 @pytest.mark.parametrize("program, trainset, message", [
-    (TwoSteps(), [dspy.Example(question="q")], "has 2 predictors"),
-    (dspy.Predict("question -> answer: int"), [dspy.Example(question="q")], "answer are not str"),
+    (TwoSteps(), [dspy.Example(question="q")], "TwoSteps: it has no forward method"),
+    (WrongInputs(), [dspy.Example(question="q")], "forward takes (query), but the inputs its predictors read"),
+    (dspy.Predict("question -> answer: int"), [dspy.Example(question="q")], "answer are not str; text fields"),
     (QA(), [], "trainset is empty"),
     (QA(), [dspy.Example(question="q")], "trainset[0] has no 'context'"),
     (QA(), [{"question": "q", "context": "c"}], "not a dspy.Example"),
@@ -103,6 +123,82 @@ def test_compile_distills_a_two_input_program_end_to_end(tmp_path):
     pipeline_calls = "SELECT count(*) FROM lm_calls WHERE NOT cache_hit AND stage IS NOT NULL"
     calls = s.scalar(pipeline_calls)
     distill.compile(QA(), teacher=QA(), trainset=train, valset=test)
+    assert Store(db, create=False).scalar(pipeline_calls) == calls
+
+
+def test_a_program_of_two_predictors_is_a_task_of_its_inputs_and_last_output():
+    task = task_from_program(QASteps(), PairwiseCritic(RUBRIC))
+    assert list(task.inputs) == ["question", "context"] and list(task.outputs) == ["answer"]
+    assert [n for n, _ in task.steps] == ["find", "answer"] and list(task.final_step.inputs) == ["question", "evidence"]
+    # each predictor's student prompt is that predictor's own, as LabeledAdapter formats it at inference
+    from programs.student import training_prompt
+
+    program = QASteps()
+    for name, step in task.steps:
+        values = {f: f"<{f}>" for f in step.inputs}
+        signature = getattr(program, name).signature
+        assert training_prompt(step, step.encode_inputs(values)) == LabeledAdapter().format(signature, [], values)
+    assert task.prompt_format != task_from_program(QA(), PairwiseCritic(RUBRIC)).prompt_format
+
+
+def test_a_two_predictor_student_needs_a_teacher_of_the_same_predictors(tmp_path):
+    distill = CriticDistill(critic=RUBRIC, profile="tiny", store=str(tmp_path / "t.duckdb"), out=str(tmp_path / "o"))
+    with pytest.raises(UserError) as e:  # every mistake is a UserError: one line, before any model
+        distill.compile(QASteps(), teacher=QA(), trainset=_examples("train", 2), valset=_examples("test", 1))
+    assert "the teacher has (one predictor)" in str(e.value) and "find: question, context -> evidence" in str(e.value)
+    with pytest.raises(UserError, match="brio ranks the teacher's outputs"):
+        CriticDistill(critic=RUBRIC, profile="tiny", objective="brio", store=str(tmp_path / "t.duckdb"),
+                      out=str(tmp_path / "o")).compile(QASteps(), trainset=_examples("train", 2),
+                                                       valset=_examples("test", 1))
+    assert not (tmp_path / "t.duckdb").exists()
+
+
+@pytest.mark.slow
+def test_compile_distills_a_two_predictor_program_with_feedback(tmp_path):
+    """Example (b): a program of two predictors (quote the evidence, then answer) through `compile` with DPO."""
+    from store import Store
+
+    db, out = tmp_path / "t.duckdb", tmp_path / "out"
+    distill = CriticDistill(critic=PairwiseCritic(RUBRIC), objective="dpo", profile="tiny", store=str(db),
+                            out=str(out), config={"max_steps": 2})
+    train, test = _examples("train", 4), _examples("test", 2)
+    small = distill.compile(QASteps(), teacher=QASteps(), trainset=train, valset=test)
+
+    s = Store(db, create=False)
+    assert s.scalar("SELECT status FROM runs") == "finished"
+    # the teacher's runs, step by step: each candidate's trace has both predictors' calls
+    n_teacher = s.scalar("SELECT count(*) FROM candidates WHERE role = 'teacher'")
+    assert n_teacher >= 4 and s.scalar("SELECT count(*) FROM teacher_steps") == 2 * n_teacher
+    assert {r["predictor"] for r in s.query("SELECT DISTINCT predictor FROM teacher_steps")} == {"find", "answer"}
+    # imitation: one student on both predictors, each row on that predictor's own prompt
+    program = QASteps()
+    dataset = s.query("SELECT rows, prompts FROM datasets WHERE name = 'imitation'")[0]
+    rows, prompts = json.loads(dataset["rows"]), json.loads(dataset["prompts"])
+    assert {r["predictor"] for r in rows} == {"find", "answer"}
+    for r, prompt in zip(rows, prompts):
+        signature = getattr(program, r["predictor"]).signature
+        assert prompt == LabeledAdapter().format(signature, [], json.loads(r["input"]))
+    # feedback: the last predictor, on what it read in the teacher's first run, judged by the critic
+    fed = s.query("SELECT text FROM inputs WHERE task = 'qasteps.answer' AND source LIKE 'teacher-steps:%'")
+    assert fed and all(set(json.loads(r["text"])) == {"question", "evidence"} for r in fed)
+    assert s.scalar("SELECT count(*) FROM judgments WHERE purpose = 'feedback'") > 0
+    assert s.scalar("SELECT count(*) FROM training_runs WHERE status = 'finished'") == 2  # imitation, then DPO
+    assert s.scalar("SELECT count(*) FROM evaluations") >= 2
+
+    # the returned program: both predictors answer through the distilled model
+    student = f"local/{(out / 'student').resolve()}"
+    assert isinstance(small, QASteps) and small.find.lm.model == small.answer.lm.model == student
+    pred = small(question=test[0].question, context=test[0].context)
+    assert isinstance(pred.answer, str) and pred.answer.strip()
+    small.save(str(tmp_path / "small.json"))
+    loaded = QASteps()
+    loaded.load(str(tmp_path / "small.json"), allow_unsafe_lm_state=True)
+    assert loaded.find.lm.model == loaded.answer.lm.model == student
+    assert loaded(question=test[0].question, context=test[0].context).answer == pred.answer
+
+    pipeline_calls = "SELECT count(*) FROM lm_calls WHERE NOT cache_hit AND stage IS NOT NULL"
+    calls = s.scalar(pipeline_calls)
+    distill.compile(QASteps(), teacher=QASteps(), trainset=train, valset=test)
     assert Store(db, create=False).scalar(pipeline_calls) == calls
 
 

@@ -197,3 +197,51 @@ def test_exported_jsonl_trains_with_finetune_train(built, tmp_path, tiny_causal_
                        *base]) == 0
     capsys.readouterr()
     assert (tmp_path / "ft" / "final").is_dir() and (tmp_path / "dpo" / "final").is_dir()
+
+
+def test_a_program_of_two_predictors_exports_each_step_as_trained(tmp_path):
+    """A dataset of a program's steps (`STEPS_SQL` over `teacher_steps`): each record is one predictor's call, with
+    that predictor's own prompt and its answer as the student learned it (`Label: value` lines for two outputs)."""
+    import dspy
+
+    from finetune.objectives import STEPS_SQL
+    from programs.adapter import LabeledAdapter
+    from programs.tasks import Task
+
+    class Steps(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.find = dspy.Predict("question, context -> evidence, confidence")
+            self.answer = dspy.Predict("question, evidence -> answer")
+
+        def forward(self, question, context):
+            return self.answer(question=question, evidence=self.find(question=question, context=context).evidence)
+
+    program = Steps()
+    task = Task.from_program(program, critic_instruction="Choose the correct answer.", name="steps")
+    s, now = Store(tmp_path / "t.duckdb"), datetime.now()
+    text = task.encode_inputs({"question": "Why?", "context": "Because it rained."})
+    trace = [{"predictor": "find", "inputs": {"question": "Why?", "context": "Because it rained."},
+              "outputs": {"evidence": "Because it rained.", "confidence": "high"}},
+             {"predictor": "answer", "inputs": {"question": "Why?", "evidence": "Because it rained."},
+              "outputs": {"answer": "Rain."}}]
+    s.insert("runs", [{"run_id": "run1", "started_at": now, "status": "finished", "command": "test", "profile": "tiny",
+                       "config": json.dumps({"teacher": TEACHER, "critic": CRITIC}), "code_version": "x"}])
+    s.insert("inputs", [{"input_id": "in0", "task": "steps", "text": text, "split": "train", "source": "test",
+                         "created_at": now}])
+    s.insert("candidates", [{"candidate_id": "c0", "input_id": "in0", "role": "teacher", "producer": TEACHER, "rank": 0,
+                             "text": "Rain.", "lm_call_id": None, "run_id": "run1", "created_at": now,
+                             "trace": json.dumps(trace)}])
+    rows, _ = sql_dataset(s, "sft", STEPS_SQL, {"teacher": TEACHER, "inputs": ["in0"]}, name="imitation",
+                          run_id="run1", task=task)
+    assert [r["predictor"] for r in rows] == ["find", "answer"]
+    s.close()
+    dest = tmp_path / "steps.jsonl"
+    done = subprocess.run([sys.executable, "-m", "store", "export", "imitation", "-o", str(dest), "--db",
+                           str(tmp_path / "t.duckdb")], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    find, answer = [json.loads(line) for line in dest.read_text().splitlines()]
+    assert find["messages"][:-1] == LabeledAdapter().format(program.find.signature, [], trace[0]["inputs"])
+    assert find["messages"][-1] == {"role": "assistant", "content": "Evidence: Because it rained.\nConfidence: high"}
+    assert answer["messages"][:-1] == LabeledAdapter().format(program.answer.signature, [], trace[1]["inputs"])
+    assert answer["messages"][-1]["content"] == "Rain." and answer["predictor"] == "answer"

@@ -521,6 +521,55 @@ def test_tiny_pipeline_runs_a_program_named_in_a_task_file(tmp_path):
     assert s.scalar("SELECT count(*) FROM evaluations") >= 1
 
 
+QA_STEPS = ROOT / "examples" / "tasks" / "qa_steps.toml"
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_runs_a_program_of_two_predictors_from_a_task_file(tmp_path):
+    """examples/tasks/qa_steps.toml (quote the evidence, then answer) through the CLI with DPO: the student learns
+    both predictors from the teacher's steps, feedback trains the last one, evaluation runs the program."""
+    from store import Store
+
+    db = tmp_path / "t.duckdb"
+    cmd = [sys.executable, "-m", "programs.compile", "--task", str(QA_STEPS), "--profile", "tiny", "--limit", "2",
+           "--max-steps", "2", "--objective", "dpo", "--db", str(db), "--out", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=1800, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    s = Store(db, create=False)
+    assert s.scalar("SELECT status FROM runs") == "finished"
+    assert {r["predictor"] for r in s.query("SELECT DISTINCT predictor FROM teacher_steps")} == {"find", "answer"}
+    rows = json.loads(s.scalar("SELECT rows FROM datasets WHERE name = 'imitation'"))
+    assert {r["predictor"] for r in rows} == {"find", "answer"}
+    assert s.scalar("SELECT count(*) FROM inputs WHERE task = 'qa-steps.answer'") >= 1
+    assert s.scalar("SELECT count(*) FROM training_runs WHERE status = 'finished'") == 2
+    # evaluation ran the program on the student: both predictors' prompts reached it
+    student_calls = [str(r["messages"]) for r in s.query("SELECT messages FROM lm_calls WHERE stage = 'evaluate' "
+                                                         "AND model NOT LIKE '%qwen%'")]
+    assert any("Context: " in m for m in student_calls) and any("Evidence: " in m for m in student_calls)
+    assert s.scalar("SELECT count(*) FROM evaluations") >= 2
+
+
+@pytest.mark.slow
+def test_finetune_evaluate_runs_a_program_of_two_predictors(tmp_path):
+    """`python -m finetune.evaluate --task qa_steps.toml`: the program teaches the references and the student runs
+    the program, both predictors, as the pipeline's evaluation does."""
+    from store import Store
+
+    db = tmp_path / "t.duckdb"
+    cmd = [sys.executable, "-m", "finetune.evaluate", "--student", "smollm2-135m-instruct", "--task", str(QA_STEPS),
+           "--inputs", str(ROOT / "examples" / "tasks" / "qa_inputs.jsonl"), "--limit", "2",
+           "--critic", "local/qwen2.5-coder-0.5b-instruct", "--db", str(db)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=1800, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    s = Store(db, create=False)
+    teacher = s.query("SELECT DISTINCT producer FROM candidates WHERE role = 'teacher'")
+    assert len(teacher) == 1 and "#program-" in teacher[0]["producer"]
+    assert {r["predictor"] for r in s.query("SELECT DISTINCT predictor FROM teacher_steps")} == {"find", "answer"}
+    student_calls = [str(r["messages"]) for r in s.query("SELECT messages FROM lm_calls WHERE model LIKE '%smollm2%'")]
+    assert any("Context: " in m for m in student_calls) and any("Evidence: " in m for m in student_calls)
+    assert s.scalar("SELECT count(*) FROM evaluations") == 1
+
+
 def test_a_task_of_several_outputs_needs_a_program_to_teach(tmp_path):
     f = tmp_path / "t.toml"
     f.write_text('teacher_instruction = "t"\ncritic_instruction = "c"\nstudent_instruction = "s"\n'
