@@ -13,7 +13,7 @@ import typing
 from typing import Any
 
 from dspy.adapters.chat_adapter import ChatAdapter
-from dspy.adapters.utils import format_field_value, parse_value
+from dspy.adapters.utils import format_field_value, get_annotation_name, parse_value
 from dspy.signatures.signature import Signature
 from dspy.utils.exceptions import AdapterParseError
 
@@ -24,12 +24,28 @@ def label(name: str, field: Any = None) -> str:
 
 
 def describe(field: Any, default: str = "the answer") -> str:
-    """A field's description as the prompt shows it (DSPy's `${name}` placeholder is no description)."""
+    """A field's description as the prompt shows it (DSPy's `${name}` placeholder is no description); a field that
+    is not text and has none is described by its type, so a small model learns what to write (`one of: a, b`)."""
     extra = getattr(field, "json_schema_extra", None) or {}
     desc = extra.get("desc") if isinstance(extra, dict) else None
     if desc and not desc.startswith("${"):
         return desc
-    return getattr(field, "description", None) or default
+    annotation = getattr(field, "annotation", str)
+    return getattr(field, "description", None) or (default if annotation in (str, None) else type_hint(annotation))
+
+
+def type_hint(annotation: Any) -> str:
+    """What a value of a field's type looks like, in words."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return "one of: " + ", ".join(str(a) for a in args)
+    if typing.get_origin(annotation) is typing.Union and type(None) in args:  # Optional[X]
+        rest = [a for a in args if a is not type(None)]
+        return (type_hint(rest[0]) if len(rest) == 1 else "a value") + ", or None"
+    simple = {bool: "True or False", int: "a whole number", float: "a number", str: "text"}
+    if annotation in simple:
+        return simple[annotation]
+    return f"JSON of type {get_annotation_name(annotation)}"
 
 
 class LabeledAdapter(ChatAdapter):
@@ -62,10 +78,15 @@ class LabeledAdapter(ChatAdapter):
     def format_assistant_message_content(self, signature: type[Signature], outputs: dict[str, Any],
                                          missing_field_message: str | None = None) -> str:
         fields = signature.output_fields
+
+        def value(name: str, field: Any) -> str:  # as DSPy formats a field's value: text as it is, a list as JSON
+            return format_field_value(field_info=field, value=outputs[name]) if name in outputs else str(
+                missing_field_message)
+
         if len(fields) == 1:
-            (name, _), = fields.items()
-            return str(outputs.get(name, missing_field_message))
-        return "\n".join(f"{label(n, f)}: {outputs.get(n, missing_field_message)}" for n, f in fields.items())
+            (name, field), = fields.items()
+            return value(name, field)
+        return "\n".join(f"{label(n, f)}: {value(n, f)}" for n, f in fields.items())
 
     def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
         fields = signature.output_fields

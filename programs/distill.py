@@ -67,9 +67,14 @@ def _rows(examples: list, task: Task, split: str, what: str) -> list[dict]:
             values = {n: ex[n] for n in task.inputs}
         except KeyError as e:
             raise DistillError(f"{what}[{i}] has no {e.args[0]!r}: every example needs {', '.join(task.inputs)}") from e
-        bad = [n for n, v in values.items() if not isinstance(v, str) or not v.strip()]
+        types = task.types
+        bad = [n for n, v in values.items() if n not in types and (not isinstance(v, str) or not v.strip())]
         if bad:
             raise DistillError(f"{what}[{i}]: {', '.join(bad)} must be non-empty text")
+        try:
+            json.dumps({n: values[n] for n in types if n in values})
+        except TypeError as e:
+            raise DistillError(f"{what}[{i}]: {e}: a field that is not text must be a JSON value") from e
         rows.append({**values, "split": split})
     return rows
 

@@ -51,14 +51,16 @@ def _field_rows(records: list[dict], path: Path, where: list[str] | None, task: 
         raise InputError(f"{path}: no column for the task's input field(s) {', '.join(missing)} (task {task.name!r} "
                          f"takes {', '.join(task.inputs)}; found {', '.join(records[0])})")
     split_col = keys.get("split")
+    typed = task.types  # a field that is not text takes its JSON value as it is (a list, a number)
     rows = []
     for i, r in enumerate(records):
         place = where[i] if where else f"row {i + 1}"
-        for field in [keys[f] for f in task.inputs] + ([split_col] if split_col else []):
+        for field in [keys[f] for f in task.inputs if f not in typed] + ([split_col] if split_col else []):
             _check_text(r.get(field), path, place, field)
-        values = {f: " ".join(str(r.get(keys[f]) or "").split()) for f in task.inputs}
-        if not all(values.values()):
-            empty = [f for f, v in values.items() if not v]
+        values = {f: r.get(keys[f]) if f in typed else " ".join(str(r.get(keys[f]) or "").split())
+                  for f in task.inputs}
+        if not all(v is not None if f in typed else v for f, v in values.items()):
+            empty = [f for f, v in values.items() if v is None or v == ""]
             raise InputError(f"{path}:{place}: empty input field(s) {', '.join(empty)}")
         text = task.encode_inputs(values)
         rows.append({"text": text, "split": _split(r, split_col, text)})

@@ -27,7 +27,7 @@ def training_completion(task: Task, text: str) -> str:
 
 def parse_completion(task: Task, completion: str) -> str | None:
     """A student's raw answer as a stored output (`training_completion` undone), None when it cannot be read."""
-    if len(task.outputs) == 1:
+    if len(task.outputs) == 1 and not task.field_types:
         return completion
     try:
         return task.encode_outputs(LabeledAdapter().parse(student_signature(task), completion))

@@ -8,6 +8,8 @@ docs/tasks.md walks through writing one.
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import importlib
 import json
@@ -17,7 +19,7 @@ import sys
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 from store.cli import UserError
 
@@ -57,6 +59,9 @@ class Task:
     # a program of several predictors: (predictor name, the task of that predictor alone), in the order the program
     # sets them; the last one writes the task's outputs. Empty for a program of one predictor and every other task.
     steps: tuple[tuple[str, Task], ...] = ()
+    # the fields that are not text: (name, type as a DSPy signature string writes it: "int", "list[str]",
+    # "Literal['bug', 'billing']"). The store keeps their values as JSON; the adapter formats and parses them.
+    field_types: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         if isinstance(self.bundled_inputs, str):
@@ -74,6 +79,9 @@ class Task:
             if isinstance(value, list):
                 value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
             object.__setattr__(self, f, value)
+        if isinstance(self.field_types, (list, dict)):
+            object.__setattr__(self, "field_types", tuple(self.field_types.items() if isinstance(self.field_types, dict)
+                                                          else (tuple(t) for t in self.field_types)))
         if isinstance(self.steps, (list, dict)):
             object.__setattr__(self, "steps", tuple(self.steps.items() if isinstance(self.steps, dict) else
                                                     (tuple(s) for s in self.steps)))
@@ -101,6 +109,10 @@ class Task:
         names = [n for n, _ in self.input_fields + self.output_fields]
         if len(set(names)) != len(names):
             raise TaskError(f"{where}: a field name is used twice ({', '.join(names)})")
+        for n, t in self.field_types:
+            if n not in self.inputs and n not in self.outputs:
+                raise TaskError(f"{where}: field_types names {n!r}, which is not one of its fields")
+            parse_type(t, where)
 
         if "\n" in self.name or len(self.name) > 100:
             raise TaskError(f"{where}: name must be one short line")
@@ -152,12 +164,14 @@ class Task:
             task_name = name or what.lower()
             steps = [(n, replace(t, name=f"{task_name}.{n}")) for n, t in steps]
             final = steps[-1][1]
+            inputs = _program_inputs(program, steps)
+            types = {n: t for _, step in steps for n, t in step.field_types}
             return cls(
                 name=task_name, teacher_instruction=final.teacher_instruction,
                 critic_instruction=critic_instruction, critic_rubrics=tuple(critic_rubrics),
-                student_instruction=final.student_instruction, input_fields=_program_inputs(program, steps),
-                output_fields=final.output_fields, program=program if keep_program else None, steps=tuple(steps),
-                **more)
+                student_instruction=final.student_instruction, input_fields=inputs, output_fields=final.output_fields,
+                field_types=tuple((n, types[n]) for n, _ in inputs + final.output_fields if n in types),
+                program=program if keep_program else None, steps=tuple(steps), **more)
         except TaskError as e:
             raise TaskError(f"{what}: {e}") from e
 
@@ -196,7 +210,8 @@ class Task:
         """One input as the store's text: the value itself for a one-field task (so the built-in tasks' inputs and
         ids are what they always were), else a JSON object of the fields in order."""
         if len(self.inputs) == 1:
-            return values[next(iter(self.inputs))]
+            name = next(iter(self.inputs))
+            return values[name] if name not in self.types else json.dumps(values[name], ensure_ascii=False)
         return json.dumps({name: values[name] for name in self.inputs}, ensure_ascii=False)
 
     def input_values(self, text: str) -> dict[str, str]:
@@ -204,9 +219,10 @@ class Task:
         return self._decode(text, self.inputs, "input")
 
     def _decode(self, text: str, fields: dict[str, str], what: str) -> dict[str, str]:
-        if len(fields) == 1:
-            return {next(iter(fields)): text}
         try:
+            if len(fields) == 1:
+                name = next(iter(fields))
+                return {name: json.loads(text) if name in self.types else text}
             data = json.loads(text)
             return {name: data[name] for name in fields}
         except (ValueError, TypeError, KeyError) as e:
@@ -218,11 +234,13 @@ class Task:
         missing or empty (nothing to learn from or to judge)."""
         get = values.get if isinstance(values, dict) else lambda n: getattr(values, n, None)
         fields = {n: get(n) for n in self.outputs}
-        if not all(isinstance(v, str) and v.strip() for v in fields.values()):
+        if not all(v is not None if n in self.types else isinstance(v, str) and v.strip() for n, v in fields.items()):
             return None
+        fields = {n: _jsonable(v.strip() if isinstance(v, str) else v) for n, v in fields.items()}
         if len(fields) == 1:
-            return next(iter(fields.values())).strip()
-        return json.dumps({n: v.strip() for n, v in fields.items()}, ensure_ascii=False)
+            (name, value), = fields.items()
+            return value if name not in self.types else json.dumps(value, ensure_ascii=False)
+        return json.dumps(fields, ensure_ascii=False)
 
     def output_values(self, text: str) -> dict[str, str]:
         """The fields of a stored output (`encode_outputs` undone)."""
@@ -233,19 +251,29 @@ class Task:
         from programs.adapter import label
 
         values = self.output_values(text)
-        return text if len(values) == 1 else "\n".join(f"{label(n)}: {v}" for n, v in values.items())
+        if len(values) == 1:
+            return _shown(next(iter(values.values())))
+        return "\n".join(f"{label(n)}: {_shown(v)}" for n, v in values.items())
 
     def output_text(self, text: str) -> str:
         """A stored output as plain words (its fields' values joined), for the critic-free checks."""
-        return "\n".join(self.output_values(text).values())
+        return "\n".join(map(_shown, self.output_values(text).values()))
 
     def input_text(self, text: str) -> str:
         """A stored input as plain words, its fields' values joined: what the critic-free checks (length ratio,
         meaning) compare an output with, rather than the JSON around them."""
-        return "\n".join(self.input_values(text).values())
+        return "\n".join(map(_shown, self.input_values(text).values()))
+
+    @property
+    def types(self) -> dict[str, Any]:
+        """Field name -> its type, for the fields that are not text."""
+        return {n: parse_type(t) for n, t in self.field_types}
 
     def _input_spec(self) -> dict:
-        return {name: (str, desc) for name, desc in self.inputs.items()}
+        return {name: (self.types.get(name, str), desc) for name, desc in self.inputs.items()}
+
+    def _output_spec(self) -> dict:
+        return {name: (self.types.get(name, str), desc) for name, desc in self.outputs.items()}
 
     def teacher_signature(self, n: int) -> type[dspy.Signature]:
         """literal text -> n outputs as a numbered list (the paper's format: one call, N candidates)."""
@@ -264,8 +292,9 @@ class Task:
         `paraphrase`, whose runs keep the ids they had."""
         if not self.input_fields and not self.output_fields:
             return None
-        steps = [[n, t.student_instruction, t.input_fields, t.output_fields] for n, t in self.steps]
-        data = json.dumps([self.input_fields, self.output_fields, *([steps] if steps else [])], ensure_ascii=False)
+        steps = [[n, t.student_instruction, t.input_fields, t.output_fields, t.field_types] for n, t in self.steps]
+        data = json.dumps([self.input_fields, self.output_fields, *([steps] if steps else []),
+                           *([self.field_types] if self.field_types and not steps else [])], ensure_ascii=False)
         return hashlib.sha256(data.encode()).hexdigest()[:16]
 
     def check_list_teacher(self) -> None:
@@ -274,6 +303,10 @@ class Task:
         if len(self.outputs) > 1:
             raise TaskError(f"task {self.name!r} has {len(self.outputs)} output fields: its teacher is a DSPy program "
                             "(program = ... in its task file, or CriticDistill's teacher), not a numbered list")
+        if self.field_types:
+            raise TaskError(f"task {self.name!r} has fields that are not text ({', '.join(dict(self.field_types))}): "
+                            "its teacher is a DSPy program (program = ... in its task file, or CriticDistill's "
+                            "teacher), not a numbered list")
 
     @property
     def teacher_output(self) -> str:
@@ -603,16 +636,15 @@ def _predictor_task(predictor: Any, what: str, name: str, critic_instruction: st
     from programs.adapter import describe
 
     signature = predictor.signature
-    odd = [n for n, f in {**signature.input_fields, **signature.output_fields}.items() if f.annotation is not str]
-    if odd:
-        of = "" if name == "self" else f" of predictor {name}"
-        raise TaskError(f"field(s) {', '.join(odd)}{of} are not str; text fields can be distilled for now")
+    of = "" if name == "self" else f" of predictor {name}"
+    types = tuple((n, type_name(f.annotation, f"field {n}{of}"))
+                  for n, f in {**signature.input_fields, **signature.output_fields}.items() if f.annotation is not str)
     instructions = signature.instructions.strip()
     return Task(name=name, teacher_instruction=instructions.replace("{", "{{").replace("}", "}}"),  # the program teaches
                 critic_instruction=critic_instruction, critic_rubrics=tuple(critic_rubrics),
                 student_instruction=instructions,
                 input_fields=tuple((n, describe(f, n.replace("_", " "))) for n, f in signature.input_fields.items()),
-                output_fields=tuple((n, describe(f)) for n, f in signature.output_fields.items()))
+                output_fields=tuple((n, describe(f)) for n, f in signature.output_fields.items()), field_types=types)
 
 
 def _program_inputs(program: Any, steps: list[tuple[str, Task]]) -> tuple[tuple[str, str], ...]:
@@ -641,7 +673,54 @@ def _program_inputs(program: Any, steps: list[tuple[str, Task]]) -> tuple[tuple[
     return tuple(fields.items())
 
 
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict, "tuple": tuple,
+          "Literal": Literal, "Optional": Optional, "Union": Union, "Any": Any, "None": None}
+_TYPE_NODES = (ast.Expression, ast.Name, ast.Subscript, ast.Tuple, ast.Constant, ast.Load, ast.BinOp, ast.BitOr)
+
+
+@functools.lru_cache(maxsize=256)
+def parse_type(name: str, where: str = "task") -> Any:
+    """A field type as a signature string writes it (`int`, `list[str]`, `Literal['a', 'b']`): built from the JSON
+    types and `typing`'s Literal / Optional / Union only, never from names in the caller's scope (DSPy's own
+    signature parser looks those up, which would make a stored type mean whatever is in scope)."""
+    try:
+        tree = ast.parse(name, mode="eval")
+    except SyntaxError as e:
+        raise TaskError(f"{where}: cannot read the field type {name!r}") from e
+    odd = [n for n in ast.walk(tree) if not isinstance(n, _TYPE_NODES) or isinstance(n, ast.Name) and n.id not in _TYPES]
+    if odd:
+        what = odd[0].id if isinstance(odd[0], ast.Name) else type(odd[0]).__name__
+        raise TaskError(f"{where}: the field type {name!r} uses {what}; types are built from "
+                        f"{', '.join(k for k in _TYPES if k != 'None')}")
+    return eval(compile(tree, "<field type>", "eval"), {"__builtins__": {}}, dict(_TYPES))  # noqa: S307 - checked above
+
+
+def type_name(annotation: Any, where: str) -> str:
+    """A field's type as a string `parse_type` reads back as the same type (what the store and the run's config
+    record); a type that does not round-trip (a class of its own, a pydantic model) is one line."""
+    name = annotation.__name__ if isinstance(annotation, type) else repr(annotation).replace("typing.", "")
+    try:
+        if parse_type(name, where) == annotation:
+            return name
+    except TaskError:
+        pass
+    raise TaskError(f"{where} is a {name}: text, numbers, booleans, lists, dicts and Literal choices can be "
+                    "distilled (the store keeps them as JSON)")
+
+
+def _jsonable(value: Any) -> Any:
+    """An output value as JSON holds it (a pydantic value, a tuple: their plain form)."""
+    return json.loads(json.dumps(value, ensure_ascii=False, default=lambda v: v.model_dump()
+                                 if hasattr(v, "model_dump") else list(v) if isinstance(v, (set, tuple)) else str(v)))
+
+
+def _shown(value: Any) -> str:
+    """A field's value in the critic's prompt or a check, as the adapter shows it to the student: text as it is, a
+    list or an object as JSON, a number or a boolean as Python writes it."""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else str(value)
+
+
 def student_signature(task: Task) -> type[dspy.Signature]:
     """input -> one output: what the distilled student is trained on and asked, through the same adapter."""
-    return _make(task.student_instruction, inputs=task._input_spec(),
-                 outputs={n: (str, d) for n, d in task.outputs.items()}, name="StudentSignature")
+    return _make(task.student_instruction, inputs=task._input_spec(), outputs=task._output_spec(),
+                 name="StudentSignature")

@@ -96,10 +96,17 @@ class ProgramTeacher(dspy.Module):
         """N runs of the program: its distinct final outputs as candidates, with the trace of the run that wrote each
         (`traces`, stored beside the candidate)."""
         inputs, candidates, traces = self.task.input_values(text), [], []
+        failed = None
         for i in range(self.n):
-            prediction, trace = self._rollout(i, inputs)
+            try:
+                prediction, trace = self._rollout(i, inputs)
+            except Exception as e:  # noqa: BLE001 - a run whose answer does not parse is no candidate; the call
+                failed = e  # is in lm_calls / module_calls with its error, and the other runs still count
+                continue
             value = self.task.encode_outputs(prediction)  # every output field, or None
             if value is not None and value not in candidates:
                 candidates.append(value)
                 traces.append(trace)
+        if not candidates and failed is not None:
+            raise failed
         return dspy.Prediction(candidates=candidates, raw=None, traces=traces)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import dspy
+import pydantic
 import pytest
 
 from programs.adapter import LabeledAdapter
@@ -44,6 +45,10 @@ def _steps_module():
 QASteps = _steps_module().QASteps
 
 
+class Point(pydantic.BaseModel):
+    x: int
+
+
 class TwoSteps(dspy.Module):
     def __init__(self):
         super().__init__()
@@ -70,7 +75,8 @@ def test_a_program_becomes_a_task_of_its_signature():
 @pytest.mark.parametrize("program, trainset, message", [
     (TwoSteps(), [dspy.Example(question="q")], "TwoSteps: it has no forward method"),
     (WrongInputs(), [dspy.Example(question="q")], "forward takes (query), but the inputs its predictors read"),
-    (dspy.Predict("question -> answer: int"), [dspy.Example(question="q")], "answer are not str; text fields"),
+    (dspy.Predict(dspy.Signature({"question": (str, dspy.InputField()), "answer": (Point, dspy.OutputField())})),
+     [dspy.Example(question="q")], "field answer is a Point: text, numbers, booleans, lists, dicts and Literal"),
     (QA(), [], "trainset is empty"),
     (QA(), [dspy.Example(question="q")], "trainset[0] has no 'context'"),
     (QA(), [{"question": "q", "context": "c"}], "not a dspy.Example"),
@@ -200,6 +206,52 @@ def test_compile_distills_a_two_predictor_program_with_feedback(tmp_path):
     calls = s.scalar(pipeline_calls)
     distill.compile(QASteps(), teacher=QASteps(), trainset=train, valset=test)
     assert Store(db, create=False).scalar(pipeline_calls) == calls
+
+
+class Kind(dspy.Module):
+    """Fields that are not text: a list of sentences in, one of a few kinds out."""
+
+    def __init__(self):
+        super().__init__()
+        self.kind = dspy.Predict(dspy.Signature(
+            "question, sentences: list[str] -> kind: Literal['person', 'place', 'thing', 'reason', 'time']",
+            "Say what kind of answer the question asks for."))
+
+    def forward(self, question, sentences):
+        return self.kind(question=question, sentences=sentences)
+
+
+def _kind_examples(split: str, n: int) -> list[dspy.Example]:
+    return [dspy.Example(question=e.question, sentences=[x.strip() + "." for x in e.context.split(".") if x.strip()])
+            .with_inputs("question", "sentences") for e in _examples(split, n)]
+
+
+@pytest.mark.slow
+def test_compile_distills_a_program_whose_fields_are_not_text(tmp_path):
+    """A list in and a Literal out, through `compile`: the store keeps them as JSON, the prompts show the list as
+    DSPy formats it, and the student learns the choice as the adapter writes it."""
+    from store import Store
+
+    db, out = tmp_path / "t.duckdb", tmp_path / "out"
+    distill = CriticDistill(critic=PairwiseCritic("Choose the kind that fits the question."), objective="imitation",
+                            profile="tiny", store=str(db), out=str(out), config={"max_steps": 2})
+    train, test = _kind_examples("train", 4), _kind_examples("test", 2)
+    small = distill.compile(Kind(), trainset=train, valset=test)
+
+    s = Store(db, create=False)
+    assert s.scalar("SELECT status FROM runs") == "finished"
+    stored = [json.loads(r["text"]) for r in s.query("SELECT text FROM inputs")]
+    assert all(isinstance(v["sentences"], list) for v in stored)
+    kinds = [json.loads(r["text"]) for r in s.query("SELECT text FROM candidates WHERE role = 'teacher'")]
+    assert kinds and set(kinds) <= {"person", "place", "thing", "reason", "time"}
+    dataset = s.query("SELECT rows, prompts, completions FROM datasets WHERE name = 'imitation'")[0]
+    rows, prompts = json.loads(dataset["rows"]), json.loads(dataset["prompts"])
+    assert [c["output"] for c in json.loads(dataset["completions"])] == [json.loads(r["output"]) for r in rows]
+    values = json.loads(rows[0]["input"])
+    assert prompts[0] == LabeledAdapter().format(Kind().kind.signature, [], values)
+    assert json.dumps(values["sentences"], ensure_ascii=False) in prompts[0][-1]["content"]
+    assert small.kind.lm.model == f"local/{(out / 'student').resolve()}"
+    assert s.scalar("SELECT count(*) FROM evaluations") >= 1
 
 
 class Explain(dspy.Module):

@@ -3,11 +3,13 @@ bad task specs (exit 2 from the CLIs); and the tiny pipeline end to end on the `
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import dspy
 import pytest
 
 from programs.adapter import LabeledAdapter
@@ -605,3 +607,78 @@ def test_a_changed_field_description_trains_a_new_student():
     assert HUMOR.prompt_format is None and FORMAL.prompt_format is None
     assert "prompt_format" not in config_identity(ImitationConfig(instruction=HUMOR.student_instruction,
                                                                   prompt_format=HUMOR.prompt_format))
+
+
+class Triage(dspy.Module):
+    """Fields that are not text: a list in, a Literal choice and a number out."""
+
+    def __init__(self):
+        super().__init__()
+        self.triage = dspy.Predict(dspy.Signature(
+            "ticket, tags: list[str] -> category: Literal['bug', 'billing', 'other'], priority: int",
+            "Sort the support ticket and rate its priority from 1 to 5."))
+
+    def forward(self, ticket, tags):
+        return self.triage(ticket=ticket, tags=tags)
+
+
+def test_a_program_with_fields_that_are_not_text():
+    from programs.student import parse_completion, student_signature, training_completion, training_prompt
+
+    program = Triage()
+    task = Task.from_program(program, critic_instruction="Choose the better triage.")
+    assert dict(task.field_types) == {"tags": "list[str]", "category": "Literal['bug', 'billing', 'other']",
+                                      "priority": "int"}
+    signature = program.triage.signature
+    assert {n: f.annotation for n, f in student_signature(task).fields.items()} == {
+        n: f.annotation for n, f in signature.fields.items()}
+    values = {"ticket": "I was charged twice.", "tags": ["payment", "urgent"]}
+    text = task.encode_inputs(values)
+    assert task.input_values(text) == values  # the list kept as a list, through the store's JSON
+    assert training_prompt(task, text) == LabeledAdapter().format(signature, [], values)
+    assert '["payment", "urgent"]' in training_prompt(task, text)[-1]["content"]
+
+    stored = task.encode_outputs(dspy.Prediction(category="billing", priority=4))
+    assert json.loads(stored) == {"category": "billing", "priority": 4}
+    completion = training_completion(task, stored)
+    assert completion == LabeledAdapter().format_assistant_message_content(
+        signature, {"category": "billing", "priority": 4}) == "Category: billing\nPriority: 4"
+    assert parse_completion(task, completion) == stored  # a sample parses back to the stored value
+    assert parse_completion(task, "Category: refund\nPriority: 4") is None  # not one of the choices
+    assert task.encode_outputs({"category": "bug", "priority": None}) is None
+    assert task.render_output(stored) == "Category: billing\nPriority: 4"
+    plain = Task.from_program(dspy.Predict(dspy.Signature("ticket, tags -> category, priority", signature.instructions)),
+                              critic_instruction="c")
+    assert task.prompt_format != plain.prompt_format  # a type is part of the student's prompt
+
+
+def test_one_typed_output_is_stored_as_json():
+    from programs.student import parse_completion
+
+    task = Task.from_program(dspy.Predict("question -> answer: int"), critic_instruction="c")
+    assert task.encode_outputs({"answer": 3}) == "3" and task.output_values("3") == {"answer": 3}
+    assert parse_completion(task, "3") == "3" and parse_completion(task, "three") is None
+    with pytest.raises(TaskError, match="teacher is a DSPy program"):
+        task.check_list_teacher()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("Point", "uses Point; types are built from str, int"),
+    ("__import__('os')", "uses Call"),
+    ("list[", "cannot read the field type"),
+])
+def test_field_types_are_json_types_only(spec, message):
+    with pytest.raises(TaskError, match=re.escape(message)):
+        Task(name="t", teacher_instruction="t", critic_instruction="c", student_instruction="s",
+             input_fields=(("q", "q"),), output_fields=(("a", "a"),), field_types=(("a", spec),))
+
+
+def test_an_inputs_file_gives_a_typed_field_its_json_value(tmp_path):
+    task = Task.from_program(Triage(), critic_instruction="Choose the better triage.")
+    f = tmp_path / "in.jsonl"
+    f.write_text(json.dumps({"ticket": "Charged twice.", "tags": ["payment"], "split": "test"}) + "\n")
+    (row,) = load_inputs(str(f), task)
+    assert task.input_values(row["text"]) == {"ticket": "Charged twice.", "tags": ["payment"]}
+    f.write_text(json.dumps({"ticket": ["not", "text"], "tags": ["payment"]}) + "\n")
+    with pytest.raises(InputError, match="field 'ticket' is a list"):
+        load_inputs(str(f), task)
