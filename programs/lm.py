@@ -227,6 +227,7 @@ class TransformersEngine:
         self._queue: list[_Pending] = []
         self._arrived = threading.Condition()
         self._seeds = _SeedSchedule()
+        self._adapter_checked = False
 
     def _load(self):
         if self._loaded is None:
@@ -235,6 +236,23 @@ class TransformersEngine:
             self._loaded = load_student(self.model_path)
         return self._loaded
 
+    def _check_adapter(self, request: Request) -> None:
+        """A distilled student learned `LabeledAdapter`'s messages: say so, once, when DSPy's own `[[ ## field ## ]]`
+        format (ChatAdapter, JSONAdapter: DSPy's default when nothing is configured) reaches it instead, since its
+        answers then come from prompts it never saw."""
+        if self._adapter_checked:
+            return
+        self._adapter_checked = True
+        folder = Path(self.model_path).resolve()  # `<out>/student` links to the best student's folder
+        if not any((d / "train_result.json").exists() for d in (folder, folder.parent)):
+            return  # not trained by critic-distill: any adapter is the user's choice
+        if any("[[ ## " in m["content"] for m in _messages(request)):
+            import warnings
+
+            warnings.warn(f"local/{self.model_path} was trained on programs.adapter.LabeledAdapter's prompts, but this "
+                          "call uses DSPy's [[ ## field ## ]] format: dspy.configure(adapter=LabeledAdapter()) "
+                          "first", UserWarning, stacklevel=2)
+
     @staticmethod
     def _prompt(model, tok, messages: list[dict]) -> str:
         if model.config.is_encoder_decoder or not getattr(tok, "chat_template", None):
@@ -242,6 +260,7 @@ class TransformersEngine:
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def complete(self, request: Request) -> Response:
+        self._check_adapter(request)
         cfg = request.config
         if not cfg.temperature and cfg.logprobs is None and self.batch_size > 1:
             return self._complete_batched(request)

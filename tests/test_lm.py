@@ -293,3 +293,30 @@ def test_llama_seed_reproducible_and_n(gguf_spec):
     assert isinstance(first, list) and len(first) == 2
     assert sample(n=2) == first  # same seed, same samples
     assert first[0] != first[1]  # each candidate has its own seed
+
+
+def test_a_distilled_student_warns_once_when_called_through_another_adapter(tiny_causal_dir, tmp_path):
+    """A folder critic-distill trained (its train_result.json marker) learned LabeledAdapter's prompts: DSPy's
+    default ChatAdapter reaching it gets one warning that says how to configure it; LabeledAdapter gets none."""
+    import shutil
+    import warnings
+
+    import dspy
+
+    from programs.adapter import LabeledAdapter
+    from programs.lm import resolve_lm
+
+    folder = tmp_path / "student-ft" / "final"
+    shutil.copytree(tiny_causal_dir, folder)
+    (folder.parent / "train_result.json").write_text("{}")
+    for adapter, warned in ((LabeledAdapter(), False), (dspy.ChatAdapter(use_json_adapter_fallback=False), True)):
+        lm = resolve_lm(f"local/{folder}", temperature=0.0, max_tokens=4, cache=False)
+        with warnings.catch_warnings(record=True) as caught, dspy.context(lm=lm, adapter=adapter):
+            warnings.simplefilter("always")
+            for _ in range(2):
+                try:
+                    dspy.Predict("question -> answer")(question="Why?")
+                except Exception:  # noqa: BLE001 - a random tiny model's answer need not parse
+                    pass
+        mine = [w for w in caught if "trained on programs.adapter.LabeledAdapter" in str(w.message)]
+        assert len(mine) == (1 if warned else 0), [str(w.message) for w in caught]
