@@ -103,6 +103,12 @@ def sql_dataset(store: Store, kind: str, sql: str, params: dict[str, Any], *, na
     return rows, dataset_id
 
 
+def _prompt(task: Task, row: dict) -> list[dict]:
+    """A dataset row's training prompt, through the predictor it is of (also for a row with nothing to learn)."""
+    step, stepped = row_task(task, row)
+    return training_prompt(step, step.encode_inputs(json.loads(row["input"])) if stepped else row["input"])
+
+
 def default_sft_sql(task: Task) -> str:
     """Imitation's default query: the teacher's pairs, or every step of its runs for a program of several
     predictors."""

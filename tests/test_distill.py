@@ -19,30 +19,18 @@ ROOT = Path(__file__).resolve().parent.parent
 RUBRIC = "Choose the better answer: the one that answers the question correctly from the context, briefly."
 
 
-def _example_module():
-    """examples/python/qa_distill.py, the program docs/python-api.md shows: tested here, so it keeps working."""
+def _example_module(name: str = "qa_distill"):
+    """A program of examples/python/ that docs/python-api.md shows: tested here, so it keeps working."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("qa_distill", ROOT / "examples" / "python" / "qa_distill.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / "python" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 QA = _example_module().QA
-
-
-def _steps_module():
-    """examples/python/qa_steps_distill.py: example (b), a program of two predictors."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("qa_steps_distill", ROOT / "examples" / "python" / "qa_steps_distill.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-QASteps = _steps_module().QASteps
+QASteps = _example_module("qa_steps_distill").QASteps  # example (b): two predictors
 
 
 class Point(pydantic.BaseModel):

@@ -245,3 +245,35 @@ def test_a_program_of_two_predictors_exports_each_step_as_trained(tmp_path):
     assert find["messages"][-1] == {"role": "assistant", "content": "Evidence: Because it rained.\nConfidence: high"}
     assert answer["messages"][:-1] == LabeledAdapter().format(program.answer.signature, [], trace[1]["inputs"])
     assert answer["messages"][-1]["content"] == "Rain." and answer["predictor"] == "answer"
+
+
+def test_a_step_that_wrote_an_empty_field_is_recorded_but_not_trained(tmp_path):
+    """A teacher run whose first predictor wrote nothing: its row keeps its prompt (the dataset is what the query
+    returned), its completion is NULL, and training skips it."""
+    import dspy
+
+    from finetune.objectives import STEPS_SQL
+    from programs.student import training_examples
+    from programs.tasks import Task
+
+    class Steps(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.find = dspy.Predict("question -> evidence")
+            self.answer = dspy.Predict("question, evidence -> answer")
+
+        def forward(self, question):
+            return self.answer(question=question, evidence=self.find(question=question).evidence)
+
+    task = Task.from_program(Steps(), critic_instruction="c", name="steps")
+    s, now = Store(tmp_path / "t.duckdb"), datetime.now()
+    trace = [{"predictor": "find", "inputs": {"question": "Why?"}, "outputs": {"evidence": ""}},
+             {"predictor": "answer", "inputs": {"question": "Why?", "evidence": ""}, "outputs": {"answer": "No idea."}}]
+    s.insert("inputs", [{"input_id": "in0", "task": "steps", "text": "Why?", "split": "train", "created_at": now}])
+    s.insert("candidates", [{"candidate_id": "c0", "input_id": "in0", "role": "teacher", "producer": TEACHER, "rank": 0,
+                             "text": "No idea.", "created_at": now, "trace": json.dumps(trace)}])
+    rows, dataset_id = sql_dataset(s, "sft", STEPS_SQL, {"teacher": TEACHER, "inputs": ["in0"]}, name="imitation",
+                                   run_id="run1", task=task)
+    d = s.query("SELECT prompts, completions FROM datasets WHERE dataset_id = ?", [dataset_id])[0]
+    assert len(json.loads(d["prompts"])) == 2 and json.loads(d["completions"]) == [None, {"output": "No idea."}]
+    assert [e["output"] for e in training_examples(task, rows)] == ["No idea."]

@@ -474,6 +474,20 @@ def test_tiny_pipeline_end_to_end_on_a_two_input_task(tmp_path):
 QA_PROGRAM = ROOT / "examples" / "tasks" / "qa_program.toml"
 
 
+def _tiny_compile(task: Path, objective: str, tmp_path: Path):
+    """`python -m programs.compile` on the tiny profile, 2 inputs a split, 2 steps: the finished run's store."""
+    from store import Store
+
+    db = tmp_path / "t.duckdb"
+    cmd = [sys.executable, "-m", "programs.compile", "--task", str(task), "--profile", "tiny", "--limit", "2",
+           "--max-steps", "2", "--objective", objective, "--db", str(db), "--out", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=1800, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    s = Store(db, create=False)
+    assert s.scalar("SELECT status FROM runs") == "finished"
+    return s
+
+
 def test_a_task_file_can_name_a_dspy_program():
     from programs.student import training_prompt
 
@@ -509,15 +523,7 @@ def test_a_program_named_as_a_task_asks_for_its_rubric():
 
 @pytest.mark.slow
 def test_tiny_pipeline_runs_a_program_named_in_a_task_file(tmp_path):
-    from store import Store
-
-    db = tmp_path / "t.duckdb"
-    cmd = [sys.executable, "-m", "programs.compile", "--task", str(QA_PROGRAM), "--profile", "tiny", "--limit", "2",
-           "--max-steps", "2", "--objective", "none", "--db", str(db), "--out", str(tmp_path / "out")]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=1800, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    s = Store(db, create=False)
-    assert s.scalar("SELECT status FROM runs") == "finished"
+    s = _tiny_compile(QA_PROGRAM, "none", tmp_path)
     producers = [r["producer"] for r in s.query("SELECT DISTINCT producer FROM candidates WHERE role = 'teacher'")]
     assert len(producers) == 1 and "#program-" in producers[0]  # the program taught, N runs per input
     assert s.scalar("SELECT count(*) FROM evaluations") >= 1
@@ -530,15 +536,7 @@ QA_STEPS = ROOT / "examples" / "tasks" / "qa_steps.toml"
 def test_tiny_pipeline_runs_a_program_of_two_predictors_from_a_task_file(tmp_path):
     """examples/tasks/qa_steps.toml (quote the evidence, then answer) through the CLI with DPO: the student learns
     both predictors from the teacher's steps, feedback trains the last one, evaluation runs the program."""
-    from store import Store
-
-    db = tmp_path / "t.duckdb"
-    cmd = [sys.executable, "-m", "programs.compile", "--task", str(QA_STEPS), "--profile", "tiny", "--limit", "2",
-           "--max-steps", "2", "--objective", "dpo", "--db", str(db), "--out", str(tmp_path / "out")]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=1800, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    s = Store(db, create=False)
-    assert s.scalar("SELECT status FROM runs") == "finished"
+    s = _tiny_compile(QA_STEPS, "dpo", tmp_path)
     assert {r["predictor"] for r in s.query("SELECT DISTINCT predictor FROM teacher_steps")} == {"find", "answer"}
     rows = json.loads(s.scalar("SELECT rows FROM datasets WHERE name = 'imitation'"))
     assert {r["predictor"] for r in rows} == {"find", "answer"}
