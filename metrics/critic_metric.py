@@ -37,7 +37,7 @@ def outputs_of(pred: Any, name: str = "paraphrase") -> list[str]:
 
 def _inputs(task: Task) -> dict:
     """The task's input fields, then the one output judged."""
-    fields = {n: (str, dspy.InputField(desc=d)) for n, d in task.inputs.items()}
+    fields = {n: (task.types.get(n, str), dspy.InputField(desc=d)) for n, d in task.inputs.items()}
     return fields | {"output": (str, dspy.InputField(desc=next(iter(task.outputs.values()))))}
 
 
@@ -105,12 +105,13 @@ class CriticScore:
 
     def judge(self, example: Any, pred: Any, *, reasons: bool) -> tuple[float, list[str]]:
         """(score, the critic's reasons); reasons cost the critic a sentence per order, so they are opt-in."""
-        texts = outputs_of(pred, self.task.output_name) if len(self.task.outputs) == 1 else [
-            t for t in [self.task.encode_outputs(pred)] if t]
+        texts = outputs_of(pred, self.task.output_name) if len(self.task.outputs) == 1 and not self.task.field_types \
+            else [t for t in [self.task.encode_outputs(pred)] if t]
         if not texts:
             return 0.0, ["no output to judge (empty or unparsable prediction)"]
         get = example.get if hasattr(example, "get") else lambda n: getattr(example, n, None)
-        if any(not isinstance(get(n), str) for n in self.task.inputs):
+        types = self.task.types
+        if any(get(n) is None if n in types else not isinstance(get(n), str) for n in self.task.inputs):
             return 0.0, [f"the example lacks the input field(s) {', '.join(self.task.inputs)}"]
         source = self.task.encode_inputs({n: get(n) for n in self.task.inputs})  # as the store keeps an input
         reference = example.get(self.reference_field) if hasattr(example, "get") else None

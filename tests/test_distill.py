@@ -320,3 +320,13 @@ def test_the_critic_metric_scores_a_program_of_two_inputs():
     metric = CriticDistill(critic=RUBRIC, profile="tiny").metric(QA(), feedback=False)
     value, reasons = metric.judge(dspy.Example(question="Why?"), dspy.Prediction(answer="Because."), reasons=False)
     assert value == 0.0 and "lacks the input field(s) question, context" in reasons[0]
+
+
+def test_the_critic_metric_reads_fields_that_are_not_text():
+    metric = CriticDistill(critic="Choose the kind that fits.", profile="tiny").metric(Kind(), feedback=False)
+    value, reasons = metric.judge(dspy.Example(question="Who?"), dspy.Prediction(kind="person"), reasons=False)
+    assert value == 0.0 and "lacks the input field(s) question, sentences" in reasons[0]
+    value, reasons = metric.judge(dspy.Example(question="Who?", sentences=["Otto did."]), dspy.Prediction(kind=None),
+                                  reasons=False)
+    assert value == 0.0 and "no output to judge" in reasons[0]
+    assert metric.task.encode_outputs(dspy.Prediction(kind="person")) == '"person"'
