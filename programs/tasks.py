@@ -287,9 +287,9 @@ class Task:
 
     @property
     def prompt_format(self) -> str | None:
-        """A hash of the named fields and their descriptions (and each predictor's, for a program of several), which
-        shape the student's prompts and answers beside its instruction (a trainer's identity takes it); None for a task of the built-in fields `text` ->
-        `paraphrase`, whose runs keep the ids they had."""
+        """A hash of the named fields, their descriptions and types (and each predictor's, for a program of several),
+        which shape the student's prompts and answers beside its instruction (a trainer's identity takes it); None
+        for a task of the built-in fields `text` -> `paraphrase`, whose runs keep the ids they had."""
         if not self.input_fields and not self.output_fields:
             return None
         steps = [[n, t.student_instruction, t.input_fields, t.output_fields, t.field_types] for n, t in self.steps]
