@@ -77,18 +77,43 @@ def test_programs_and_data_it_cannot_use_are_one_line(tmp_path, program, trainse
     assert not (tmp_path / "t.duckdb").exists()  # nothing created, no model loaded
 
 
-@pytest.mark.slow
-def test_compile_distills_a_two_input_program_end_to_end(tmp_path):
+def _distill_qa(tmp_path, program: type) -> tuple:
+    """`compile(program(), teacher=program())` with DPO on 4 train and 2 test QA examples, 2 steps a training: the
+    teleprompter, the returned program, the finished run's store, and the examples."""
     from store import Store
 
-    db, out = tmp_path / "t.duckdb", tmp_path / "out"
+    db = tmp_path / "t.duckdb"
     distill = CriticDistill(critic=PairwiseCritic(RUBRIC), objective="dpo", profile="tiny", store=str(db),
-                            out=str(out), config={"max_steps": 2})
+                            out=str(tmp_path / "out"), config={"max_steps": 2})
     train, test = _examples("train", 4), _examples("test", 2)
-    small = distill.compile(QA(), teacher=QA(), trainset=train, valset=test)
-
+    small = distill.compile(program(), teacher=program(), trainset=train, valset=test)
     s = Store(db, create=False)
     assert s.scalar("SELECT status FROM runs") == "finished"
+    return distill, small, s, train, test
+
+
+def _round_trip_and_rerun(tmp_path, distill, small, program: type, train, test) -> None:
+    """The returned program answers; `save`/`load` brings every predictor's distilled LM back, answering the same;
+    a rerun of the same `compile` asks no model anything (the calls above ran outside any stage)."""
+    from store import Store
+
+    pred = small(question=test[0].question, context=test[0].context)
+    assert isinstance(pred.answer, str) and pred.answer.strip()
+    small.save(str(tmp_path / "small.json"))
+    loaded = program()
+    loaded.load(str(tmp_path / "small.json"), allow_unsafe_lm_state=True)
+    assert [p.lm.model for _, p in loaded.named_predictors()] == [p.lm.model for _, p in small.named_predictors()]
+    assert loaded(question=test[0].question, context=test[0].context).answer == pred.answer
+    pipeline_calls = "SELECT count(*) FROM lm_calls WHERE NOT cache_hit AND stage IS NOT NULL"
+    calls = Store(tmp_path / "t.duckdb", create=False).scalar(pipeline_calls)
+    distill.compile(program(), teacher=program(), trainset=train, valset=test)
+    assert Store(tmp_path / "t.duckdb", create=False).scalar(pipeline_calls) == calls
+
+
+@pytest.mark.slow
+def test_compile_distills_a_two_input_program_end_to_end(tmp_path):
+    distill, small, s, train, test = _distill_qa(tmp_path, QA)
+    out = tmp_path / "out"
     producers = {r["producer"] for r in s.query("SELECT DISTINCT producer FROM candidates WHERE role = 'teacher'")}
     assert len(producers) == 1 and "#program-" in producers.pop()  # the teacher program's runs, N per input
     assert s.scalar("SELECT count(*) FROM candidates WHERE role = 'teacher'") >= 6
@@ -97,27 +122,13 @@ def test_compile_distills_a_two_input_program_end_to_end(tmp_path):
 
     # the returned program: a copy of QA whose predictor answers through the distilled model
     assert isinstance(small, QA) and small.answer.lm.model == f"local/{(out / 'student').resolve()}"
-    pred = small(question=test[0].question, context=test[0].context)
-    assert isinstance(pred.answer, str) and pred.answer.strip()
     # ... on the very messages its training data recorded
     inputs = {"question": train[0].question, "context": train[0].context}
     dataset = s.query("SELECT rows, prompts FROM datasets WHERE name = 'imitation'")[0]
     recorded = {json.dumps(json.loads(r["input"])): p
                 for r, p in zip(json.loads(dataset["rows"]), json.loads(dataset["prompts"]))}
     assert LabeledAdapter().format(small.answer.signature, [], inputs) == recorded[json.dumps(inputs)]
-
-    # save / load: the distilled LM comes back with the program
-    small.save(str(tmp_path / "small.json"))
-    loaded = QA()
-    loaded.load(str(tmp_path / "small.json"), allow_unsafe_lm_state=True)
-    assert loaded.answer.lm.model == small.answer.lm.model
-    assert loaded(question=test[0].question, context=test[0].context).answer == pred.answer
-
-    # a rerun asks no model anything (the pipeline's calls: the ones above ran outside any stage)
-    pipeline_calls = "SELECT count(*) FROM lm_calls WHERE NOT cache_hit AND stage IS NOT NULL"
-    calls = s.scalar(pipeline_calls)
-    distill.compile(QA(), teacher=QA(), trainset=train, valset=test)
-    assert Store(db, create=False).scalar(pipeline_calls) == calls
+    _round_trip_and_rerun(tmp_path, distill, small, QA, train, test)
 
 
 def test_a_program_of_two_predictors_is_a_task_of_its_inputs_and_last_output():
@@ -150,16 +161,8 @@ def test_a_two_predictor_student_needs_a_teacher_of_the_same_predictors(tmp_path
 @pytest.mark.slow
 def test_compile_distills_a_two_predictor_program_with_feedback(tmp_path):
     """Example (b): a program of two predictors (quote the evidence, then answer) through `compile` with DPO."""
-    from store import Store
-
-    db, out = tmp_path / "t.duckdb", tmp_path / "out"
-    distill = CriticDistill(critic=PairwiseCritic(RUBRIC), objective="dpo", profile="tiny", store=str(db),
-                            out=str(out), config={"max_steps": 2})
-    train, test = _examples("train", 4), _examples("test", 2)
-    small = distill.compile(QASteps(), teacher=QASteps(), trainset=train, valset=test)
-
-    s = Store(db, create=False)
-    assert s.scalar("SELECT status FROM runs") == "finished"
+    distill, small, s, train, test = _distill_qa(tmp_path, QASteps)
+    out = tmp_path / "out"
     # the teacher's runs, step by step: each candidate's trace has both predictors' calls
     n_teacher = s.scalar("SELECT count(*) FROM candidates WHERE role = 'teacher'")
     assert n_teacher >= 4 and s.scalar("SELECT count(*) FROM teacher_steps") == 2 * n_teacher
@@ -182,18 +185,7 @@ def test_compile_distills_a_two_predictor_program_with_feedback(tmp_path):
     # the returned program: both predictors answer through the distilled model
     student = f"local/{(out / 'student').resolve()}"
     assert isinstance(small, QASteps) and small.find.lm.model == small.answer.lm.model == student
-    pred = small(question=test[0].question, context=test[0].context)
-    assert isinstance(pred.answer, str) and pred.answer.strip()
-    small.save(str(tmp_path / "small.json"))
-    loaded = QASteps()
-    loaded.load(str(tmp_path / "small.json"), allow_unsafe_lm_state=True)
-    assert loaded.find.lm.model == loaded.answer.lm.model == student
-    assert loaded(question=test[0].question, context=test[0].context).answer == pred.answer
-
-    pipeline_calls = "SELECT count(*) FROM lm_calls WHERE NOT cache_hit AND stage IS NOT NULL"
-    calls = s.scalar(pipeline_calls)
-    distill.compile(QASteps(), teacher=QASteps(), trainset=train, valset=test)
-    assert Store(db, create=False).scalar(pipeline_calls) == calls
+    _round_trip_and_rerun(tmp_path, distill, small, QASteps, train, test)
 
 
 class Kind(dspy.Module):
