@@ -15,6 +15,7 @@ from programs.progress import stage_progress
 from programs.teacher import Teacher
 from store import Store, stable_id, to_json
 from store.callback import last_lm_call_id
+from store.cli import UserError
 
 
 def candidate_id(input_id: str, role: str, producer: str, rank: int) -> str:
@@ -32,6 +33,8 @@ def teach(store: Store, teacher: Teacher, teacher_lm: dspy.LM, inputs: list[dict
         try:
             prediction = teacher(text=item["text"])
             candidates, traces = prediction.candidates, prediction.get("traces")
+        except UserError:  # a mistake in the user's program or task: one line, the run stops
+            raise
         except Exception:  # noqa: BLE001 - a failed call is in lm_calls/module_calls with its error; go on
             candidates, traces = [], None
         return candidates, traces, last_lm_call_id()

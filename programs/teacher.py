@@ -9,6 +9,7 @@ from contextlib import nullcontext
 import dspy
 
 from programs.tasks import Task
+from store.cli import UserError
 
 _ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+(.*\S)\s*$")
 
@@ -92,6 +93,18 @@ class ProgramTeacher(dspy.Module):
                  "outputs": {n: getattr(outputs, n, None) for n in p.signature.output_fields}}
                 for p, inputs, outputs in trace]
 
+    def _check_returns(self, prediction) -> None:
+        """A program that returns none of the task's output fields is a mistake no rerun mends (its last predictor
+        in `__init__` is not the one that answers, or it wraps the answer in fields of its own): one line, not a
+        teacher that writes nothing."""
+        names = set(prediction.keys()) if hasattr(prediction, "keys") else set()
+        if names and not names & set(self.task.outputs):
+            from programs.tasks import TaskError
+
+            raise TaskError(f"{type(self.program).__name__} returned {', '.join(sorted(names))}, but its task's "
+                            f"output is {', '.join(self.task.outputs)} (the last predictor `__init__` sets): return "
+                            "that predictor's prediction, or set the predictor that answers last")
+
     def forward(self, text: str) -> dspy.Prediction:
         """N runs of the program: its distinct final outputs as candidates, with the trace of the run that wrote each
         (`traces`, stored beside the candidate)."""
@@ -100,9 +113,12 @@ class ProgramTeacher(dspy.Module):
         for i in range(self.n):
             try:
                 prediction, trace = self._rollout(i, inputs)
+            except UserError:
+                raise
             except Exception as e:  # noqa: BLE001 - a run whose answer does not parse is no candidate; the call
                 failed = e  # is in lm_calls / module_calls with its error, and the other runs still count
                 continue
+            self._check_returns(prediction)
             value = self.task.encode_outputs(prediction)  # every output field, or None
             if value is not None and value not in candidates:
                 candidates.append(value)

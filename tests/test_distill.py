@@ -322,3 +322,32 @@ def test_the_critic_metric_reads_fields_that_are_not_text():
                                   reasons=False)
     assert value == 0.0 and "no output to judge" in reasons[0]
     assert metric.task.encode_outputs(dspy.Prediction(kind="person")) == '"person"'
+
+
+class AnswersFirst(dspy.Module):
+    """Its predictors in `__init__` in the other order than it calls them: the task's output is `evidence`."""
+
+    def __init__(self):
+        super().__init__()
+        self.answer = dspy.Predict("question, evidence -> answer")
+        self.find = dspy.Predict("question, context -> evidence")
+
+    def forward(self, question, context):
+        return dspy.Prediction(answer=f"{question} {context}")  # what its predictors would give, without an LM
+
+
+def test_a_program_that_returns_other_fields_than_its_task_stops_teaching_in_one_line(tmp_path):
+    from programs.teach import teach
+    from programs.teacher import ProgramTeacher
+    from programs.tasks import TaskError
+    from store import Store
+
+    task = task_from_program(AnswersFirst(), PairwiseCritic(RUBRIC))
+    assert list(task.outputs) == ["evidence"]
+    inputs = [{"input_id": f"i{n}", "text": task.encode_inputs({"question": f"q{n}", "context": "c"})}
+              for n in range(3)]
+    with pytest.raises(TaskError) as e:
+        teach(Store(tmp_path / "t.duckdb"), ProgramTeacher(AnswersFirst(), task), None, inputs, producer="p",
+              run_id="r", threads=2)
+    assert "AnswersFirst returned answer, but its task's output is evidence" in str(e.value)
+    assert "\n" not in str(e.value)
