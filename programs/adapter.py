@@ -23,9 +23,10 @@ def label(name: str, field: Any = None) -> str:
     return re.sub(r"_(\d+)$", r" \1", name).replace("_", " ").capitalize()
 
 
-def describe(field: Any, default: str = "the answer") -> str:
+def describe(field: Any, default: str | None = None) -> str | None:
     """A field's description as the prompt shows it (DSPy's `${name}` placeholder is no description); a field that
-    is not text and has none is described by its type, so a small model learns what to write (`one of: a, b`)."""
+    is not text and has none is described by its type, so a small model learns what to write (`one of: a, b`); a
+    text field without one, by `default`."""
     extra = getattr(field, "json_schema_extra", None) or {}
     desc = extra.get("desc") if isinstance(extra, dict) else None
     if desc and not desc.startswith("${"):
@@ -59,9 +60,10 @@ class LabeledAdapter(ChatAdapter):
         outputs = signature.output_fields
         if len(outputs) == 1:
             (name, field), = outputs.items()
-            shape = f"Answer with the {label(name).lower()} only: {describe(field).rstrip('.')}."
+            desc = describe(field)  # none made up: "the answer" misled a predictor whose output is not the answer
+            shape = f"Answer with the {label(name).lower()} only" + (f": {desc.rstrip('.')}." if desc else ".")
         else:
-            lines = "\n".join(f"{label(n, f)}: <{describe(f)}>" for n, f in outputs.items())
+            lines = "\n".join(f"{label(n, f)}: <{describe(f) or label(n).lower()}>" for n, f in outputs.items())
             shape = f"Answer in exactly this format:\n{lines}"
         return f"{signature.instructions.strip()}\n\n{shape}"
 

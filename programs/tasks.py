@@ -644,7 +644,9 @@ def _predictor_task(predictor: Any, what: str, name: str, critic_instruction: st
                 critic_instruction=critic_instruction, critic_rubrics=tuple(critic_rubrics),
                 student_instruction=instructions,
                 input_fields=tuple((n, describe(f, n.replace("_", " "))) for n, f in signature.input_fields.items()),
-                output_fields=tuple((n, describe(f)) for n, f in signature.output_fields.items()), field_types=types)
+                # a field without a description keeps DSPy's placeholder, which no prompt shows, as in the program
+                output_fields=tuple((n, describe(f) or f"${{{n}}}") for n, f in signature.output_fields.items()),
+                field_types=types)
 
 
 def _program_inputs(program: Any, steps: list[tuple[str, Task]]) -> tuple[tuple[str, str], ...]:
