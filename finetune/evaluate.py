@@ -247,11 +247,11 @@ def _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, criti
             teach(store, teacher, teacher_lm, items, producer=reference, run_id=run_id)
         checkpoint = store.query("SELECT checkpoint_id FROM checkpoints WHERE path = ?", [producer])
         student_lm = resolve_lm(student_spec, temperature=0.0, max_tokens=64)
+        student = ProgramStudent(task, task.program) if task.steps else Student(task)  # a program runs whole
         summary = {}
         for name, lm in ((args.critic, critic_lm), (args.judge, judge_lm)):
             if lm is None:
                 continue
-            student = ProgramStudent(task, task.program) if task.steps else Student(task)  # a program runs whole
             summary[name] = evaluate(store, student=student, student_lm=student_lm, student_name=producer,
                                      checkpoint_id=checkpoint[0]["checkpoint_id"] if checkpoint else None,
                                      critic=Critic(task, DEFAULT), critic_lm=lm, critic_name=name, inputs=items,

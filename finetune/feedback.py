@@ -138,9 +138,9 @@ def judge_round(store: Store, critic: Critic, critic_lm: dspy.LM, critic_name: s
     if cfg.pair_selection == "embedding":
         from metrics.similarity import embed
     items, why = [], {"anchored": 0, "different": 0, "length": 0, "identical": 0}
-    for item in inputs:
-        one_to_one = len(critic.task.inputs) == len(critic.task.outputs) == 1
-        band = item["text"] if one_to_one else None  # several fields: no one text an output should match in length
+    one_to_one = len(critic.task.inputs) == len(critic.task.outputs) == 1  # several fields: no one text an output
+    for item in inputs:                                                   # should match in length
+        band = item["text"] if one_to_one else None
         pair, reason = pick_pair(samples.get(item["input_id"], []), band, cfg, embed)
         why[reason] += 1
         if pair is not None:

@@ -25,7 +25,7 @@ from metrics.judge import judge_pairs
 from finetune.feedback import FeedbackConfig, judge_round, sample_producer, sample_round
 from finetune.runner import TrainResult, changed_settings
 from programs.critic import Critic
-from programs.student import row_task, training_completion, training_example, training_examples, training_prompt
+from programs.student import row_input, training_answers, training_completion, training_examples, training_prompt
 from programs.tasks import Task
 from store import Store, stable_id, to_json
 from store.cli import UserError
@@ -89,10 +89,9 @@ def sql_dataset(store: Store, kind: str, sql: str, params: dict[str, Any], *, na
     rows = store.query(sql, used)
     dataset_id = stable_id("dataset", name, sql, to_json(used), to_json(rows))
     prompts = completions = None
-    if task is not None:
-        answers = [training_example(task, r, ANSWERS[kind]) for r in rows]
-        prompts = to_json([e["prompt"] if e else _prompt(task, r) for e, r in zip(answers, rows)])
-        completions = to_json([{c: e[c] for c in ANSWERS[kind]} if e else None for e in answers])
+    if task is not None:  # every row's prompt, also a row with nothing to learn (its completions are null)
+        prompts = to_json([training_prompt(*row_input(task, r)) for r in rows])
+        completions = to_json([training_answers(task, r, ANSWERS[kind]) for r in rows])
     store.insert("datasets", [{"dataset_id": dataset_id, "name": name, "sql": sql, "n_rows": len(rows),
                                "rows": to_json(rows), "prompts": prompts, "completions": completions,
                                "run_id": run_id, "created_at": datetime.now()}])
@@ -101,12 +100,6 @@ def sql_dataset(store: Store, kind: str, sql: str, params: dict[str, Any], *, na
                       "AND (prompts IS DISTINCT FROM ? OR completions IS DISTINCT FROM ?)",
                       [prompts, completions, dataset_id, prompts, completions])  # what the latest training read
     return rows, dataset_id
-
-
-def _prompt(task: Task, row: dict) -> list[dict]:
-    """A dataset row's training prompt, through the predictor it is of (also for a row with nothing to learn)."""
-    step, stepped = row_task(task, row)
-    return training_prompt(step, step.encode_inputs(json.loads(row["input"])) if stepped else row["input"])
 
 
 def default_sft_sql(task: Task) -> str:

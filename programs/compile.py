@@ -254,13 +254,15 @@ def _check_steps(task, teacher_program: Any, student_program: Any) -> None:
         raise ConfigError(f"task {task.name!r} has several predictors: the student runs as that program, so pass it")
     from programs.tasks import Task, TaskError
 
-    mine = [(n, t.inputs, t.outputs) for n, t in task.steps]
+    def fields(t: Task) -> list[tuple[str, list[str], list[str]]]:
+        return [(n, list(s.inputs), list(s.outputs)) for n, s in t.steps]
+
+    mine = fields(task)
     try:
-        theirs = [(n, t.inputs, t.outputs) for n, t in Task.from_program(
-            teacher_program, critic_instruction=task.critic_instruction).steps]
+        theirs = fields(Task.from_program(teacher_program, critic_instruction=task.critic_instruction))
     except TaskError as e:
         raise ConfigError(f"the teacher program: {e}") from e
-    if [(n, list(i), list(o)) for n, i, o in theirs] != [(n, list(i), list(o)) for n, i, o in mine]:
+    if theirs != mine:
         def show(steps):
             return "; ".join(f"{n}: {', '.join(i)} -> {', '.join(o)}" for n, i, o in steps) or "one predictor"
         raise ConfigError(f"the student learns each predictor from the teacher's of the same name and fields, but the "
@@ -511,6 +513,7 @@ def _judge_students(p: Pipeline, teacher: Teaching, students: list[tuple[str, An
     if p.chosen.get("ood"):
         splits["ood"] = p.chosen["ood"]
     judges = [(cfg.critic, p.lms.critic)] + ([(cfg.judge, p.lms.judge)] if p.lms.judge is not None else [])
+    student = ProgramStudent(p.task, p.student_program) if p.task.steps else Student(p.task)  # on the LM in context
     evaluations = []
     with p.stage("evaluate"):
         for label, model in students:
@@ -518,7 +521,6 @@ def _judge_students(p: Pipeline, teacher: Teaching, students: list[tuple[str, An
                                     max_tokens=cfg.student_max_tokens)
             for split, items in splits.items():
                 for judge_name, lm in judges:
-                    student = ProgramStudent(p.task, p.student_program) if p.task.steps else Student(p.task)
                     r = evaluate(p.store, student=student, student_lm=student_lm,
                                  student_name=model.checkpoint_id, checkpoint_id=model.checkpoint_id,
                                  critic=p.critic, critic_lm=lm, critic_name=judge_name, inputs=items,

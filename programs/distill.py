@@ -59,7 +59,7 @@ def task_from_program(program: dspy.Module, critic: PairwiseCritic, name: str | 
 
 
 def _rows(examples: list, task: Task, split: str, what: str) -> list[dict]:
-    rows = []
+    rows, types = [], task.types
     for i, ex in enumerate(examples):
         if not isinstance(ex, dspy.Example):
             raise DistillError(f"{what}[{i}] is a {type(ex).__name__}, not a dspy.Example")
@@ -67,7 +67,6 @@ def _rows(examples: list, task: Task, split: str, what: str) -> list[dict]:
             values = {n: ex[n] for n in task.inputs}
         except KeyError as e:
             raise DistillError(f"{what}[{i}] has no {e.args[0]!r}: every example needs {', '.join(task.inputs)}") from e
-        types = task.types
         bad = [n for n, v in values.items() if n not in types and (not isinstance(v, str) or not v.strip())]
         if bad:
             raise DistillError(f"{what}[{i}]: {', '.join(bad)} must be non-empty text")

@@ -45,16 +45,30 @@ def row_task(task: Task, row: dict) -> tuple[Task, bool]:
     return task, False
 
 
-def training_example(task: Task, row: dict, outputs: tuple[str, ...] = ("output",)) -> dict | None:
-    """A dataset row as the student trains on it: its `input`, the `prompt` the student reads and, for each column
-    in `outputs`, the answer it learns (or learns to prefer), each through the predictor the row is of."""
+def row_input(task: Task, row: dict) -> tuple[Task, str]:
+    """The task a dataset row trains and its input as that task stores it."""
     step, stepped = row_task(task, row)
-    text = step.encode_inputs(json.loads(row["input"])) if stepped else row["input"]
+    return step, step.encode_inputs(json.loads(row["input"])) if stepped else row["input"]
+
+
+def training_answers(task: Task, row: dict, outputs: tuple[str, ...] = ("output",)) -> dict[str, str] | None:
+    """For each column in `outputs`, the answer the student learns (or learns to prefer) from a dataset row, as it
+    writes it, through the predictor the row is of; None for a step that wrote an empty field: nothing to learn."""
+    step, stepped = row_task(task, row)
     stored = {c: step.encode_outputs(json.loads(row[c])) if stepped else row[c] for c in outputs}
-    if any(v is None for v in stored.values()):  # a step that wrote an empty field: nothing to learn
+    if any(v is None for v in stored.values()):
         return None
-    return {"input": text, **{c: training_completion(step, v) for c, v in stored.items()},
-            "prompt": training_prompt(step, text)}
+    return {c: training_completion(step, v) for c, v in stored.items()}
+
+
+def training_example(task: Task, row: dict, outputs: tuple[str, ...] = ("output",)) -> dict | None:
+    """A dataset row as the student trains on it: its `input`, the `prompt` the student reads and its answers
+    (`training_answers`); None when it has nothing to learn."""
+    answers = training_answers(task, row, outputs)
+    if answers is None:
+        return None
+    step, text = row_input(task, row)
+    return {"input": text, **answers, "prompt": training_prompt(step, text)}
 
 
 def training_examples(task: Task, rows: list[dict], outputs: tuple[str, ...] = ("output",)) -> list[dict]:

@@ -264,7 +264,7 @@ class Task:
         meaning) compare an output with, rather than the JSON around them."""
         return "\n".join(map(_shown, self.input_values(text).values()))
 
-    @property
+    @functools.cached_property  # read per field and per value: parsed once (the task is frozen)
     def types(self) -> dict[str, Any]:
         """Field name -> its type, for the fields that are not text."""
         return {n: parse_type(t) for n, t in self.field_types}

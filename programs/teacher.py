@@ -8,7 +8,7 @@ from contextlib import nullcontext
 
 import dspy
 
-from programs.tasks import Task
+from programs.tasks import Task, TaskError
 from store.cli import UserError
 
 _ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+(.*\S)\s*$")
@@ -99,8 +99,6 @@ class ProgramTeacher(dspy.Module):
         teacher that writes nothing."""
         names = set(prediction.keys()) if hasattr(prediction, "keys") else set()
         if names and not names & set(self.task.outputs):
-            from programs.tasks import TaskError
-
             raise TaskError(f"{type(self.program).__name__} returned {', '.join(sorted(names))}, but its task's "
                             f"output is {', '.join(self.task.outputs)} (the last predictor `__init__` sets): return "
                             "that predictor's prediction, or set the predictor that answers last")
