@@ -487,15 +487,17 @@ def _final_step(p: Pipeline, ctx):
 def _evaluate(p: Pipeline, teacher: Teaching, students: list[tuple[str, Any]]) -> Results:
     """Every student against the teacher; the critic-independent checks; what feedback bought; the best student
     linked as `<out>/student`; the optimized teacher against the one as written."""
+    from finetune.compare import add_checks, paired_lift
+
     cfg = p.cfg
     evaluations = _judge_students(p, teacher, students)
-    _checks(evaluations, p.task)
+    add_checks(evaluations, p.task)
     lift = []
     if len(students) > 1:
         with p.stage("evaluate"):
-            lift = _lift(p.store, students, evaluations, critic=p.critic, critic_lm=p.lms.critic,
-                         critic_name=cfg.critic, inputs=p.evaluated, split=cfg.eval_split, run_id=p.run_id,
-                         threads=p.threads(cfg.critic))
+            lift = paired_lift(p.store, students, evaluations, critic=p.critic, critic_lm=p.lms.critic,
+                               critic_name=cfg.critic, inputs=p.evaluated, split=cfg.eval_split, run_id=p.run_id,
+                               threads=p.threads(cfg.critic))
     best = _link_student(p.out_dir, students, evaluations, cfg.critic, cfg.eval_split)
     teacher_quality = _teacher_quality(p, teacher) if teacher.optimized is not None else None
     return Results(evaluations, lift, best, teacher_quality)
@@ -504,6 +506,7 @@ def _evaluate(p: Pipeline, teacher: Teaching, students: list[tuple[str, Any]]) -
 def _judge_students(p: Pipeline, teacher: Teaching, students: list[tuple[str, Any]]) -> list[dict]:
     """WTR of each student against the teacher on the evaluation split (and the OOD inputs), by the critic and by the
     second judge."""
+    from finetune.compare import mean_meaning
     from finetune.evaluate import evaluate
     from programs.lm import resolve_lm
     from programs.student import ProgramStudent, Student
@@ -527,7 +530,7 @@ def _judge_students(p: Pipeline, teacher: Teaching, students: list[tuple[str, An
                                  teacher_name=teacher.name, split=split, run_id=p.run_id,
                                  threads=p.threads(judge_name))
                     evaluations.append({"label": label, "judge": judge_name, "split": split, **r,
-                                        "meaning": _meaning(r["items"], p.task), "log_history": model.log_history})
+                                        "meaning": mean_meaning(r["items"], p.task), "log_history": model.log_history})
     return evaluations
 
 
@@ -547,6 +550,7 @@ def _teacher_quality(p: Pipeline, teacher: Teaching) -> dict:
 
 def _report(p: Pipeline, warm, pairs: list[dict], results: Results) -> Path:
     """`<out>/report.md` with its plots: the evaluations, what feedback bought, examples, cost and usage."""
+    from finetune.compare import mean
     from finetune.report import write_report
 
     cfg = p.cfg
@@ -559,7 +563,7 @@ def _report(p: Pipeline, warm, pairs: list[dict], results: Results) -> Path:
         p.out_dir, config=asdict(cfg), command=p.command, db=p.db, log_history=warm.log_history, examples=examples,
         counts={"train_inputs": len(p.chosen["train"]), f"{cfg.eval_split}_inputs": len(p.evaluated),
                 "pairs": len(pairs), "dropped_overlap": p.dropped},
-        evaluations=[dict(e, length_ratio=_mean(e["length_ratios"])) for e in results.evaluations], usage=usage,
+        evaluations=[dict(e, length_ratio=mean(e["length_ratios"])) for e in results.evaluations], usage=usage,
         teacher_quality=results.teacher_quality, lift=results.lift,
     )
 
@@ -625,66 +629,6 @@ def _warm_start_dir(out_dir: Path, icfg, dataset_id: str) -> Path:
     folder, earlier = (out_dir / f"student-ft-{stable_id({**key, 'merge_lora': merge}, dataset_id)[:10]}"
                        for merge in (False, True))
     return earlier if not (folder / MARKER).exists() and (earlier / MARKER).exists() else folder
-
-
-def _checks(evaluations: list[dict], task: Task) -> None:
-    """Critic-independent checks per student and split (`metrics.checks`), against the warm start's outputs on the
-    same inputs; added to each evaluation as `checks`."""
-    from metrics.checks import student_checks
-    from metrics.similarity import meaning_preservation
-
-    first = evaluations[0]["label"] if evaluations else None
-    done: dict[tuple[str, str], dict] = {}
-    for e in evaluations:
-        key = (e["label"], e["split"])
-        if key not in done:
-            warm = next((w for w in evaluations if w["label"] == first and w["split"] == e["split"]), None)
-            before = {it["input_id"]: it["a"] for it in (warm["items"] if warm else [])}
-            items = [it for it in e["items"] if it["input_id"] in before] if e["label"] != first else e["items"]
-            done[key] = student_checks([task.input_text(it["text"]) for it in items],
-                                       [task.output_text(it["a"]) for it in items],
-                                       before=None if e["label"] == first else [task.output_text(before[it["input_id"]])
-                                                                               for it in items],
-                                       similarity=meaning_preservation)
-        e["checks"] = done[key]
-
-
-def _lift(store, models: list, evaluations: list[dict], *, critic, critic_lm, critic_name: str, inputs: list[dict],
-          split: str, run_id: str, threads: int) -> list[dict]:
-    """What feedback bought, per trained student against the warm start, on the evaluation split by the critic: the paired
-    difference of their P(student >= teacher) on the same inputs (bootstrap over inputs), and the direct comparison
-    (the critic judging one student's output against the other's, both orders)."""
-    from finetune.evaluate import compare_producers
-    from metrics.winrate import paired_difference
-
-    per_item = {e["label"]: {it["input_id"]: p for it, p in zip(e["items"], e["p_student"])}
-                for e in evaluations if e["split"] == split and e["judge"] == critic_name}
-    (base_label, base), rows = models[0], []
-    for label, model in models[1:]:
-        direct = compare_producers(store, critic=critic, critic_lm=critic_lm, critic_name=critic_name, inputs=inputs,
-                                   producer=model.checkpoint_id, reference=base.checkpoint_id, split=split,
-                                   run_id=run_id, threads=threads, role="student", purpose="student-eval")
-        rows.append({"label": label, "baseline": base_label,
-                     "paired_prob": paired_difference(per_item.get(label, {}), per_item.get(base_label, {})),
-                     "paired_decision": paired_difference(per_item.get(label, {}), per_item.get(base_label, {}),
-                                                          decisions=True),
-                     "direct_prob": direct["wtr_prob"], "direct_decision": direct["wtr_decision"]})
-    return rows
-
-
-def _mean(values: list[float]) -> float:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else float("nan")
-
-
-def _meaning(items: list[dict], task: Task) -> float:
-    """Mean sentence-embedding similarity of input and student output (the bundled MiniLM)."""
-    if not items:
-        return float("nan")
-    from metrics.similarity import meaning_preservation
-
-    return _mean(meaning_preservation([task.input_text(it["text"]) for it in items],
-                                      [task.output_text(it["a"]) for it in items]))
 
 
 def _link_student(out_dir: Path, models: list, evaluations: list[dict], critic: str, split: str) -> str:

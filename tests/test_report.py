@@ -15,7 +15,7 @@ def _evaluation(label, outputs, log_history):
 
 def test_report_shows_whether_each_student_moved(tmp_path):
     from finetune.report import write_report
-    from programs.compile import _checks
+    from finetune.compare import add_checks
     from programs.config import PipelineConfig
     from programs.tasks import HUMOR
 
@@ -24,7 +24,7 @@ def test_report_shows_whether_each_student_moved(tmp_path):
     evaluations = [_evaluation("warm start (imitation)", ["It rained all day long.", "Cat: laptop owner now."],
                                [{"loss": 2.0, "step": 4}]),
                    _evaluation("DPO", ["The sky wept on my day off.", "Cat: laptop owner now."], dpo_log)]
-    _checks(evaluations, HUMOR)  # the bundled MiniLM for meaning
+    add_checks(evaluations, HUMOR)  # the bundled MiniLM for meaning
     assert evaluations[0]["checks"]["copy_rate"] == 0.5 and evaluations[0]["checks"]["changed"] is None
     assert evaluations[1]["checks"]["changed"] == 0.5 and evaluations[1]["checks"]["copy_rate"] == 0.0
     assert 0 < evaluations[1]["checks"]["meaning"] <= 1
