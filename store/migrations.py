@@ -380,11 +380,51 @@ def m010_dataset_completions(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE datasets ADD COLUMN completions JSON")
 
 
+def m011_guards_and_ratings(con: duckdb.DuckDBPyConnection) -> None:
+    """What guards the critic's blind spots and what lets any rater check it: each candidate's meaning similarity to
+    its input (the meaning guard, critic-curated imitation), the critic's length preference fitted on its own verdicts
+    (length-controlled verdicts), and the key of each blind-pairs file (which candidate a rater saw as A and as B)."""
+    con.execute(
+        """
+        CREATE TABLE similarities (            -- a candidate's meaning similarity to its input (metrics/similarity.py)
+            candidate_id VARCHAR,
+            embedder VARCHAR,                  -- the sentence-embedding model
+            meaning DOUBLE,                    -- cosine of the input's and the candidate's embeddings
+            created_at TIMESTAMP,
+            PRIMARY KEY (candidate_id, embedder)
+        );
+        CREATE TABLE length_fits (             -- the critic's preference for the longer output (metrics/length_control.py)
+            fit_id VARCHAR PRIMARY KEY,        -- hash of judge, method and the verdicts fitted
+            judge VARCHAR,
+            method VARCHAR,                    -- the critic settings of the verdicts fitted
+            purpose VARCHAR,                   -- feedback | eval
+            n INTEGER,                         -- verdicts fitted
+            slope DOUBLE,                      -- log-odds per unit of the length feature tanh(diff / scale)
+            scale DOUBLE,                      -- the standard deviation of the word-count differences fitted
+            run_id VARCHAR,
+            created_at TIMESTAMP
+        );
+        CREATE TABLE blind_pairs (             -- the key of a blind-pairs file (finetune/rate.py)
+            pair_id VARCHAR PRIMARY KEY,       -- what the file names; random
+            batch VARCHAR,                     -- one export
+            input_id VARCHAR,
+            a_id VARCHAR,                      -- the candidate shown as A
+            b_id VARCHAR,                      -- the candidate shown as B
+            x VARCHAR,                         -- the two systems compared (producers; 'teacher' for the reference)
+            y VARCHAR,
+            repeat_of VARCHAR,                 -- a pair shown again swapped: the pair it repeats (rater consistency)
+            split VARCHAR,
+            created_at TIMESTAMP
+        );
+        """
+    )
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_views, m003_audits,
                                                                    m004_feedback_views, m005_usage_views,
                                                                    m006_optimization, m007_critic_methods,
                                                                    m008_dataset_prompts, m009_teacher_traces,
-                                                                   m010_dataset_completions]
+                                                                   m010_dataset_completions, m011_guards_and_ratings]
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
