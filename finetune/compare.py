@@ -1,6 +1,7 @@
-"""What feedback bought and the checks beside it: each trained student's paired difference over the warm start by the
-critic, and the critic-independent checks (`metrics.checks`) of every student. The pipeline's evaluate stage calls
-these; they read evaluations and the store and ask the critic only for the direct comparisons."""
+"""Students compared with each other: the critic-independent checks of each one's outputs, and what feedback bought
+over the warm start on the same inputs (paired differences, the direct comparison). The pipeline's evaluate stage
+reads them; they know no stage.
+"""
 
 from __future__ import annotations
 
@@ -47,12 +48,55 @@ def paired_lift(store, models: list, evaluations: list[dict], *, critic, critic_
         direct = compare_producers(store, critic=critic, critic_lm=critic_lm, critic_name=critic_name, inputs=inputs,
                                    producer=model.checkpoint_id, reference=base.checkpoint_id, split=split,
                                    run_id=run_id, threads=threads, role="student", purpose="student-eval")
+        lc = {e["label"]: {it["input_id"]: p for it, p in zip(e["items"], e["p_lc"])}
+              for e in evaluations if e["split"] == split and e["judge"] == critic_name and "p_lc" in e}
         rows.append({"label": label, "baseline": base_label,
+                     "paired_prob_lc": paired_difference(lc.get(label, {}), lc.get(base_label, {})) if lc else None,
                      "paired_prob": paired_difference(per_item.get(label, {}), per_item.get(base_label, {})),
                      "paired_decision": paired_difference(per_item.get(label, {}), per_item.get(base_label, {}),
                                                           decisions=True),
-                     "direct_prob": direct["wtr_prob"], "direct_decision": direct["wtr_decision"]})
+                     "direct_prob": direct["wtr_prob"], "direct_decision": direct["wtr_decision"],
+                     "raters": rater_lift(store, model.checkpoint_id, base.checkpoint_id, inputs)})
     return rows
+
+
+_RATED = """
+    SELECT v.judge, x.input_id, CASE WHEN v.a_id = x.candidate_id THEN v.p_a ELSE 1 - v.p_a END AS p
+    FROM candidates x
+    JOIN candidates y ON y.input_id = x.input_id AND y.role = 'student' AND y.producer = ? AND y.rank = 0
+    JOIN verdicts v ON (v.a_id = x.candidate_id AND v.b_id = y.candidate_id)
+                    OR (v.a_id = y.candidate_id AND v.b_id = x.candidate_id)
+    WHERE x.role = 'student' AND x.producer = ? AND x.rank = 0 AND v.judge LIKE 'rater:%' AND v.p_a IS NOT NULL
+      AND list_contains(?, x.input_id)"""
+
+
+def rater_lift(store, x: str, y: str, inputs: list[dict]) -> list[dict]:
+    """The independent check of a lift: every rater (`rater:NAME` verdicts, `finetune/rate.py`) that judged student x's
+    outputs against student y's on these inputs. Per rater: P(x >= y) on the pairs that differ (`decided`: the share
+    of the rated pairs where x was preferred, ties as half), and over all inputs with identical outputs as ties."""
+    from metrics.winrate import bootstrap
+
+    ids = [i["input_id"] for i in inputs]
+    same = store.scalar("SELECT count(*) FROM candidates x JOIN candidates y ON y.input_id = x.input_id "
+                        "AND y.role = 'student' AND y.producer = ? AND y.rank = 0 WHERE x.role = 'student' "
+                        "AND x.producer = ? AND x.rank = 0 AND trim(x.text) = trim(y.text) "
+                        "AND list_contains(?, x.input_id)", [y, x, ids]) or 0
+    by_judge: dict[str, list[float]] = {}
+    for r in store.query(_RATED, [y, x, ids]):
+        by_judge.setdefault(r["judge"], []).append(r["p"])
+    return [{"judge": judge, "rated": bootstrap(ps), "with_ties": bootstrap(ps + [0.5] * same), "identical": same}
+            for judge, ps in sorted(by_judge.items())]
+
+
+def independent_check(lift: list[dict]) -> str:
+    """One line on where the independent check of the lift stands: each rater's verdict, or how to get one."""
+    said = [f"{r['judge']} prefers {d['label']} to {d['baseline']} on {r['rated']} of the rated pairs "
+            f"({r['with_ties']} with the {r['identical']} identical outputs as ties)"
+            for d in lift for r in d.get("raters", [])]
+    if said:
+        return "; ".join(said)
+    return ("none in the store yet: `python -m finetune.rate export` writes blind pairs of two students for any rater, "
+            "`python -m finetune.rate import` reads the ratings back (docs/rating.md)")
 
 
 def mean(values: list[float]) -> float:
@@ -70,4 +114,27 @@ def mean_meaning(items: list[dict], task: Task) -> float:
                                       [task.output_text(it["a"]) for it in items]))
 
 
-__all__ = ["add_checks", "mean", "mean_meaning", "paired_lift"]
+def length_controlled(store, evaluations: list[dict], task: Task, *, critic_name: str, split: str, method: str,
+                      run_id: str):
+    """The critic's preference for the longer output, fitted on every student's verdicts against the teacher on this
+    split (one intercept per student: the slope is what length buys within a student) and removed from each item:
+    each of those evaluations gains `p_lc`, `wtr_prob_lc` and `wtr_decision_lc`. Returns the fit (None: no verdicts).
+    No model is asked: the fit reads the verdicts the evaluation already has."""
+    from metrics.guards import record_length_control
+    from metrics.winrate import win_tie_rate
+
+    chosen = [e for e in evaluations if e["judge"] == critic_name and e["split"] == split]
+    pairs, groups = [], []
+    for e in chosen:
+        for it, p in zip(e["items"], e["p_student"]):
+            pairs.append({"input_id": it["input_id"], "a_id": it["a_id"], "b_id": it["b_id"],
+                          "a": task.output_text(it["a"]), "b": task.output_text(it["b"]), "p_a": p})
+            groups.append(e["label"])
+    if not pairs:
+        return None
+    length_fit, lc = record_length_control(store, pairs, judge=critic_name, method=method, purpose="eval",
+                                           run_id=run_id, groups=groups)
+    for e in chosen:
+        e["p_lc"] = [lc.get(f"{it['a_id']}|{it['b_id']}") for it in e["items"]]
+        e["wtr_prob_lc"], e["wtr_decision_lc"] = win_tie_rate(e["p_lc"])
+    return length_fit

@@ -17,7 +17,8 @@ from datetime import datetime
 
 import dspy
 
-from metrics.judge import judge_pairs
+from metrics.guards import LC, candidate_meaning, record_length_control
+from metrics.judge import judge_verdicts
 from finetune.pairs import select_pair, within_length
 from finetune.sample import sample_candidates
 from programs.student_lm import load_student
@@ -49,6 +50,10 @@ class FeedbackConfig:
     seed: int = 0
     min_confidence: float = 0.0  # keep judged pairs whose debiased confidence |2 P - 1| is at least this
     both_orders_agree: bool = False  # keep only pairs both presentation orders decide the same way
+    # guards where the critic is blind (metrics/guards.py); None / False: off, the paper's loop
+    meaning_floor: float | None = None  # candidates less similar in meaning to the input never enter a pair
+    meaning_margin: float | None = None  # drop a pair whose chosen side is less faithful than the rejected by more
+    length_control: bool = False  # choose the sides by the critic's verdicts with its length term removed
 
 
 # Sampling settings whose values make other samples; at these values the producer is the checkpoint itself (so a
@@ -132,23 +137,63 @@ def pair_key(a_id: str, b_id: str) -> str:
 
 def judge_round(store: Store, critic: Critic, critic_lm: dspy.LM, critic_name: str, inputs: list[dict],
                 samples: dict[str, list[dict]], cfg: FeedbackConfig, *, run_id: str, threads: int = 1) -> dict:
-    """Select one pair per input (length band first), judge both orders. Returns counts and the judged `pairs`
-    (`pair_key`s: this round's data, whatever else the store holds for the same producer)."""
+    """Select one pair per input (length band and meaning floor first), judge both orders, then apply the guards:
+    length control (the sides chosen by the verdicts without the critic's length term) and the meaning margin.
+    Returns counts, the judged `pairs` that passed (`pair_key`s: this round's data, whatever else the store holds for
+    the same producer) and the verdicts' `method` the data is to be read with."""
     embed = None  # texts -> normalised embeddings, for the embedding-distance pair rule
     if cfg.pair_selection == "embedding":
         from metrics.similarity import embed
-    items, why = [], {"anchored": 0, "different": 0, "length": 0, "identical": 0}
-    one_to_one = len(critic.task.inputs) == len(critic.task.outputs) == 1  # several fields: no one text an output
-    for item in inputs:                                                   # should match in length
+    task = critic.task
+    meaning = _meaning(store, task, inputs, samples) if (cfg.meaning_floor is not None
+                                                         or cfg.meaning_margin is not None) else {}
+    items, why = [], {"anchored": 0, "different": 0, "length": 0, "identical": 0, "meaning": 0}
+    one_to_one = len(task.inputs) == len(task.outputs) == 1  # several fields: no one text an output should match
+    for item in inputs:                                      # in length
         band = item["text"] if one_to_one else None
-        pair, reason = pick_pair(samples.get(item["input_id"], []), band, cfg, embed)
+        cands = samples.get(item["input_id"], [])
+        if cfg.meaning_floor is not None:
+            faithful = [c for c in cands if meaning[c["candidate_id"]] >= cfg.meaning_floor]
+            if len(faithful) < 2 <= len(cands):
+                why["meaning"] += 1
+                continue
+            cands = faithful
+        pair, reason = pick_pair(cands, band, cfg, embed)
         why[reason] += 1
         if pair is not None:
             a, b = pair
             items.append({"input_id": item["input_id"], "text": item["text"], "a_id": a["candidate_id"],
                           "a": a["text"], "b_id": b["candidate_id"], "b": b["text"]})
-    p = judge_pairs(store, critic, critic_lm, items, judge=critic_name, run_id=run_id, purpose="feedback",
-                    threads=threads)
-    return {"pairs": [pair_key(it["a_id"], it["b_id"]) for it in items],
-            "judged": sum(v is not None for v in p.values()), "anchored": why["anchored"],
-            "dropped_length": why["length"], "dropped_identical": why["identical"]}
+    verdicts = judge_verdicts(store, critic, critic_lm, items, judge=critic_name, run_id=run_id, purpose="feedback",
+                              threads=threads)
+    p = {pair_key(v.a_id, v.b_id): v.p_a for v in verdicts}
+    method, slope = critic.method, None
+    if cfg.length_control:
+        length_fit, lc = record_length_control(
+            store, [{"input_id": it["input_id"], "a_id": it["a_id"], "b_id": it["b_id"], "a": task.output_text(it["a"]),
+                     "b": task.output_text(it["b"]), "p_a": v.p_a, "orders_agree": v.orders_agree,
+                     "n_orders": sum(x is not None for o in v.orders for x in o)} for it, v in zip(items, verdicts)],
+            judge=critic_name, method=method, purpose="feedback", run_id=run_id)
+        p = {pair_key(*key.split("|")): value for key, value in lc.items()}
+        method, slope = method + LC, length_fit.slope
+    kept, drifted = [], 0
+    for it in items:
+        key, pa = pair_key(it["a_id"], it["b_id"]), p.get(pair_key(it["a_id"], it["b_id"]))
+        if cfg.meaning_margin is not None and pa is not None:
+            chosen, rejected = (it["a_id"], it["b_id"]) if pa >= 0.5 else (it["b_id"], it["a_id"])
+            if meaning[chosen] < meaning[rejected] - cfg.meaning_margin:
+                drifted += 1
+                continue
+        kept.append(key)
+    return {"pairs": kept, "method": method, "length_slope": slope,
+            "judged": sum(v.p_a is not None for v in verdicts), "anchored": why["anchored"],
+            "dropped_length": why["length"], "dropped_identical": why["identical"],
+            "dropped_meaning": why["meaning"], "dropped_margin": drifted}
+
+
+def _meaning(store: Store, task: Task, inputs: list[dict], samples: dict[str, list[dict]]) -> dict[str, float]:
+    """Each of the round's candidates' meaning similarity to its input (stored, computed once)."""
+    texts = {i["input_id"]: task.input_text(i["text"]) for i in inputs}
+    return candidate_meaning(store, [{"candidate_id": c["candidate_id"], "input": texts[iid],
+                                      "text": task.output_text(c["text"])}
+                                     for iid, cands in samples.items() if iid in texts for c in cands])

@@ -3,6 +3,8 @@
     ft        more imitation: SFT on the teacher's pairs
     sd        self-distillation: SFT on the critic's positives among the student's own samples
     dpo       DPO on the critic's (positive, negative) student pairs; reference = the warm start
+    curated   critic-curated imitation: SFT on each input's teacher candidate the critic ranks first, among those
+              that pass the meaning guard (best-of-N by the critic: the cheap baseline feedback has to beat)
     brio      BRIO on the teacher's outputs ranked by the critic (ranking loss + cross-entropy)
     brio-dpo  BRIO, then DPO on pairs sampled from the BRIO model
 
@@ -21,7 +23,8 @@ from typing import Any
 
 import dspy
 
-from metrics.judge import judge_pairs
+from metrics.guards import LC, candidate_meaning, record_length_control
+from metrics.judge import judge_verdicts
 from finetune.feedback import FeedbackConfig, judge_round, sample_producer, sample_round
 from finetune.runner import TrainResult, changed_settings
 from programs.critic import Critic
@@ -50,6 +53,14 @@ _CHOSEN, _REJECTED = ("CASE WHEN v.p_a >= 0.5 THEN ca.text ELSE cb.text END",
                       "CASE WHEN v.p_a >= 0.5 THEN cb.text ELSE ca.text END")
 SD_SQL = f"SELECT i.text AS input, {_CHOSEN} AS output {_JUDGED}"
 PAIRS_SQL = f"SELECT i.text AS input, {_CHOSEN} AS chosen, {_REJECTED} AS rejected {_JUDGED}"
+# Best-of-N by the critic: per input, the teacher candidate with the highest mean verdict over its ranking pairs, among
+# those whose meaning similarity to the input (`similarities`, $embedder) reaches $meaning_floor
+CURATED_SQL = ("SELECT s.input, s.text AS output FROM teacher_scores s JOIN similarities m "
+               "ON m.candidate_id = s.candidate_id AND m.embedder = $embedder WHERE s.teacher = $teacher "
+               "AND s.judge = $judge AND s.method = $method AND list_contains($inputs, s.input_id) "
+               "AND m.meaning >= $meaning_floor "
+               "QUALIFY row_number() OVER (PARTITION BY s.input_id ORDER BY s.score DESC, s.rank) = 1 "
+               "ORDER BY s.input_id")
 BRIO_SQL = ("SELECT input_id, input, text, score FROM teacher_scores WHERE teacher = $teacher AND judge = $judge "
             "AND method = $method AND list_contains($inputs, input_id) ORDER BY input_id, score DESC, rank")
 
@@ -153,13 +164,25 @@ class ObjectiveContext:
     sd_sql: str = SD_SQL
     pairs_sql: str = PAIRS_SQL
     brio_sql: str = BRIO_SQL
+    curated_sql: str = CURATED_SQL
     threads: int = 1
 
-    def params(self, producer: str | None = None, pairs: list[str] | None = None) -> dict[str, Any]:
-        return {"teacher": self.teacher, "judge": self.critic_name, "method": self.critic.method,
+    @property
+    def ranking_method(self) -> str:
+        """The verdicts that rank the teacher's candidates (BRIO, curated): the critic's, length-controlled when the
+        feedback says so."""
+        return self.critic.method + (LC if self.feedback.length_control else "")
+
+    def params(self, producer: str | None = None, pairs: list[str] | None = None,
+               method: str | None = None) -> dict[str, Any]:
+        from metrics.similarity import EMBEDDER
+
+        floor = self.feedback.meaning_floor
+        return {"teacher": self.teacher, "judge": self.critic_name, "method": method or self.critic.method,
                 "producer": producer, "inputs": [i["input_id"] for i in self.train_inputs], "pairs": pairs or [],
                 "min_confidence": float(self.feedback.min_confidence),
-                "both_orders": bool(self.feedback.both_orders_agree)}
+                "both_orders": bool(self.feedback.both_orders_agree),
+                "embedder": EMBEDDER, "meaning_floor": -1.0 if floor is None else float(floor)}
 
     def rounds(self) -> list[float]:
         """Epochs per feedback round: one round of all epochs, or rounds of `feedback_every` epochs."""
@@ -215,14 +238,16 @@ def _feedback_rounds(ctx: ObjectiveContext, name: str, start: TrainResult) -> Tr
         kind, sql = ("sft", ctx.sd_sql) if name == "sd" else ("pairs", ctx.pairs_sql)
         rows = []
         if judged["pairs"] or "$pairs" not in sql:
-            rows, dataset_id = sql_dataset(ctx.store, kind, sql, ctx.params(producer, judged["pairs"]),
+            rows, dataset_id = sql_dataset(ctx.store, kind, sql, ctx.params(producer, judged["pairs"],
+                                                                            judged["method"]),
                                            name=f"{name}-round{i}", run_id=ctx.run_id, task=ctx.task)
         if not rows:
             raise DatasetError(
-                f"{name}: no usable feedback pairs in round {i} ({len(judged['pairs'])} judged, "
-                f"{judged['dropped_length']} inputs without two in-band candidates, {judged['dropped_identical']} "
-                "with identical ones; min_confidence / both_orders_agree drop the unsure ones); see "
-                "`python -m store query \"SELECT * FROM feedback_pairs\"`")
+                f"{name}: no usable feedback pairs in round {i} ({judged['judged']} judged, {len(judged['pairs'])} "
+                f"kept; {judged['dropped_length']} inputs without two in-band candidates, "
+                f"{judged['dropped_identical']} with identical ones, {judged['dropped_meaning']} without two above "
+                f"meaning_floor, {judged['dropped_margin']} pairs over meaning_margin; min_confidence / "
+                "both_orders_agree drop the unsure ones); see `python -m store query \"SELECT * FROM feedback_pairs\"`")
         if name == "sd":
             current = _imitation(ctx, current, rows, dataset_id, "sd", epochs)
         else:
@@ -230,8 +255,9 @@ def _feedback_rounds(ctx: ObjectiveContext, name: str, start: TrainResult) -> Tr
     return current
 
 
-def rank_teacher_outputs(ctx: ObjectiveContext) -> None:
-    """The critic compares every pair of the teacher's candidates per input, both orders (BRIO's ranking)."""
+def rank_teacher_outputs(ctx: ObjectiveContext) -> dict[str, list[dict]]:
+    """The critic compares every pair of the teacher's candidates per input, both orders (BRIO's ranking; with
+    length control, its verdicts without the length term too). Returns input_id -> the teacher's candidates."""
     cands: dict[str, list[dict]] = {}
     for r in ctx.store.query("SELECT input_id, candidate_id, text FROM candidates WHERE role = 'teacher' AND producer = ? "
                              "AND list_contains(?, input_id) ORDER BY input_id, rank",
@@ -241,16 +267,42 @@ def rank_teacher_outputs(ctx: ObjectiveContext) -> None:
     items = [{"input_id": iid, "text": texts[iid], "a_id": a["candidate_id"], "a": a["text"], "b_id": b["candidate_id"],
               "b": b["text"]}
              for iid, cs in cands.items() for n, a in enumerate(cs) for b in cs[n + 1:]]
-    judge_pairs(ctx.store, ctx.critic, ctx.critic_lm, items, judge=ctx.critic_name, run_id=ctx.run_id, purpose="brio",
-                threads=ctx.threads)
+    verdicts = judge_verdicts(ctx.store, ctx.critic, ctx.critic_lm, items, judge=ctx.critic_name, run_id=ctx.run_id,
+                              purpose="brio", threads=ctx.threads)
+    if ctx.feedback.length_control:
+        task = ctx.task
+        record_length_control(ctx.store, [{"input_id": it["input_id"], "a_id": it["a_id"], "b_id": it["b_id"],
+                                           "a": task.output_text(it["a"]), "b": task.output_text(it["b"]),
+                                           "p_a": v.p_a, "orders_agree": v.orders_agree} for it, v in zip(items, verdicts)],
+                              judge=ctx.critic_name, method=ctx.critic.method, purpose="brio", run_id=ctx.run_id)
+    return cands
+
+
+def _curated(ctx: ObjectiveContext) -> TrainResult:
+    """Critic-curated imitation: the teacher's candidates ranked by the critic (BRIO's ranking, reused), each one's
+    meaning similarity to its input stored, then imitation from the warm start on each input's best faithful one."""
+    if ctx.task.steps:
+        raise DatasetError("curated: critic-curated imitation of a program of several predictors is not supported "
+                           "yet; use ft, dpo or brio")
+    cands = rank_teacher_outputs(ctx)
+    texts = {i["input_id"]: ctx.task.input_text(i["text"]) for i in ctx.train_inputs}
+    candidate_meaning(ctx.store, [{"candidate_id": c["candidate_id"], "input": texts[iid],
+                                   "text": ctx.task.output_text(c["text"])} for iid, cs in cands.items() for c in cs])
+    rows, dataset_id = sql_dataset(ctx.store, "sft", ctx.curated_sql, ctx.params(method=ctx.ranking_method),
+                                   name="curated", run_id=ctx.run_id, task=ctx.task)
+    if not rows:
+        raise DatasetError("curated: no teacher candidate passes the meaning guard (meaning_floor "
+                           f"{ctx.feedback.meaning_floor}); lower it, or see `python -m store query "
+                           "\"SELECT * FROM similarities\"`")
+    return _imitation(ctx, ctx.warm, rows, dataset_id, "curated", float(ctx.train_settings.get("epochs", 1.0)))
 
 
 def _brio(ctx: ObjectiveContext, base: TrainResult) -> TrainResult:
     from finetune.brio import BRIOTrainConfig, train_brio
 
     rank_teacher_outputs(ctx)
-    rows, dataset_id = sql_dataset(ctx.store, "brio", ctx.brio_sql, ctx.params(), name="brio", run_id=ctx.run_id,
-                                   task=ctx.task)
+    rows, dataset_id = sql_dataset(ctx.store, "brio", ctx.brio_sql, ctx.params(method=ctx.ranking_method),
+                                   name="brio", run_id=ctx.run_id, task=ctx.task)
     groups: dict[str, dict] = {}
     for r in rows:
         g = groups.setdefault(r["input_id"], {"input": r["input"], "prompt": training_prompt(ctx.task, r["input"]),
@@ -273,6 +325,8 @@ def run_objective(name: str, ctx: ObjectiveContext) -> TrainResult:
         rows, dataset_id = sql_dataset(ctx.store, "sft", ctx.sft_sql, ctx.params(), name="ft", run_id=ctx.run_id,
                                        task=ctx.task)
         return _imitation(ctx, ctx.warm, rows, dataset_id, "ft", float(ctx.train_settings.get("epochs", 1.0)))
+    if name == "curated":
+        return _curated(ctx)
     if name in ("sd", "dpo"):
         return _feedback_rounds(ctx, name, ctx.warm)
     if name == "brio":

@@ -159,19 +159,29 @@ def _lift_lines(lift: list[dict], split: str) -> list[str]:
         return "–" if not e.n else f"{100 * e.value:.1f} [{100 * e.lo:.1f}, {100 * e.hi:.1f}]"
 
     rows = [f"| {d['label']} | {d['baseline']} | {d['paired_prob'].n} | {pts(d['paired_prob'])} | "
+            f"{pts(d['paired_prob_lc']) if d.get('paired_prob_lc') else '–'} | "
             f"{pts(d['paired_decision'])} | {pct(d['direct_prob'])} | {pct(d['direct_decision'])} |" for d in lift]
-    return [f"## What feedback bought ({split} split, by the critic)", "",
-            "| student | vs | n | Δ WTR mean P, points [95% CI] | Δ WTR decisions | direct WTR mean P ×100 | "
-            "direct WTR decisions ×100 |", "|---|---|---|---|---|---|---|", *rows, "",
+    rated = [f"| {d['label']} | {d['baseline']} | `{r['judge']}` | {r['rated'].n} | {pct(r['rated'])} | "
+             f"{r['identical']} | {pct(r['with_ties'])} |" for d in lift for r in d.get("raters", [])]
+    raters = (["Independent raters (blind pairs, `python -m finetune.rate`; docs/rating.md):", "",
+               "| student | vs | rater | pairs rated | prefers the student ×100 | identical outputs | with ties ×100 |",
+               "|---|---|---|---|---|---|---|", *rated, ""] if rated else
+              ["No independent rating of these students is in the store yet: `python -m finetune.rate export` writes "
+               "blind pairs of two students for a person or any model, `import` reads the ratings back "
+               "(docs/rating.md). Where the critic and a rater disagree, believe neither alone.", ""])
+    return [f"## What feedback bought ({split} split, by the critic that labelled the training pairs)", "",
+            "| student | vs | n | Δ WTR mean P, points [95% CI] | Δ length-controlled | Δ WTR decisions | "
+            "direct WTR mean P ×100 | direct WTR decisions ×100 |", "|---|---|---|---|---|---|---|---|", *rows, "",
             "Δ: the student's P(output ≥ teacher's) minus the warm start's on the same inputs, averaged, with a "
             "bootstrap over inputs (paired: the inputs' difficulty cancels). A lift is real when its interval lies "
-            "above zero. Direct: the critic judging the two students' outputs against each other (both orders); "
-            "50 is a tie.", ""]
+            "above zero. Length-controlled: the same with the critic's fitted preference for the longer output "
+            "removed from every verdict (metrics/length_control.py). Direct: the critic judging the two students' "
+            "outputs against each other (both orders); 50 is a tie.", "", *raters]
 
 
 def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dict], log_history: list[dict],
                  examples: list[dict], command: str, db: str, usage: list[dict] | None = None,
-                 teacher_quality: dict | None = None, lift: list[dict] | None = None) -> Path:
+                 teacher_quality: dict | None = None, lift: list[dict] | None = None, length_fit: Any = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     main_judge = evaluations[0]["judge"] if evaluations else None
     split = config.get("eval_split", "test")
@@ -196,13 +206,16 @@ def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dic
            "not evaluated on what it was trained on)"] if counts.get("dropped_overlap") else []), "",
         *(_lift_lines(lift, split) if lift else []),
         "## Win-tie rate vs the teacher", "",
-        "| student | judge | split | n | WTR (mean P) ×100 [95% CI] | WTR (decisions) ×100 [95% CI] | meaning | length ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        "| student | judge | split | n | WTR (mean P) ×100 [95% CI] | length-controlled ×100 | "
+        "WTR (decisions) ×100 [95% CI] | meaning | length ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for e in evaluations:
         meaning = e.get("meaning")
+        lc = e.get("wtr_prob_lc")
         lines.append(f"| {e['label']} | `{e['judge']}` | {e['split']} | {e['wtr_prob'].n} | "
                      f"{100 * e['wtr_prob'].value:.1f} [{100 * e['wtr_prob'].lo:.1f}, {100 * e['wtr_prob'].hi:.1f}] | "
+                     f"{'–' if lc is None or not lc.n else f'{100 * lc.value:.1f} [{100 * lc.lo:.1f}, {100 * lc.hi:.1f}]'} | "
                      f"{100 * e['wtr_decision'].value:.1f} [{100 * e['wtr_decision'].lo:.1f}, {100 * e['wtr_decision'].hi:.1f}] | "
                      f"{'' if meaning is None else f'{meaning:.2f}'} | {e['length_ratio']:.2f} |")
     lines += ["", "![win-tie rate](wtr.png)", "",
@@ -211,6 +224,11 @@ def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dic
               "share of items where that probability is at least 0.5. Small critics sit near 0.5, which squeezes the "
               "first toward 50; the second separates better. Meaning: cosine similarity of input and output "
               "embeddings (all-MiniLM-L6-v2). Length ratio: output words / input words.", ""]
+    if length_fit is not None:
+        lines += [f"Length control: on these {length_fit.n} verdicts the critic's log-odds rise by "
+                  f"{length_fit.slope:+.3f} per unit of tanh(word difference / {length_fit.scale:.1f}) (one intercept "
+                  "per student; > 0: it prefers the longer output). The length-controlled column removes that term "
+                  "from each verdict, the length-controlled AlpacaEval method.", ""]
     lines += _moved_lines(evaluations)
     if teacher_quality:
         lines += _teacher_lines(teacher_quality, config)

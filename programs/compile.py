@@ -168,6 +168,7 @@ class Results:
     lift: list[dict]  # what feedback bought, per trained student against the warm start
     best: str  # the student `<out>/student` points at
     teacher_quality: dict | None  # the optimized teacher against the one as written
+    length_fit: Any = None  # the critic's length preference fitted on the evaluation's verdicts (metrics.length_control)
 
 
 def run(cfg: PipelineConfig, *, db: str, out: str, command: str, teacher_program: Any = None,
@@ -456,14 +457,15 @@ def _feedback(p: Pipeline, teacher: Teaching, warm) -> list[tuple[str, Any]]:
         feedback=FeedbackConfig(k=cfg.k_samples, method=cfg.sampling, pair_selection=cfg.pair_selection,
                                 temperature=cfg.sampling_temperature, top_p=cfg.sampling_top_p,
                                 anchor=cfg.pair_anchor, min_confidence=cfg.min_confidence,
-                                both_orders_agree=cfg.both_orders_agree,
+                                both_orders_agree=cfg.both_orders_agree, meaning_floor=cfg.meaning_floor,
+                                meaning_margin=cfg.meaning_margin, length_control=cfg.length_control,
                                 length_lo=cfg.length_band[0], length_hi=cfg.length_band[1], seed=cfg.seed,
                                 max_new_tokens=cfg.student_max_tokens),
         threads=p.threads(cfg.critic), sft_sql=cfg.sft_sql or default_sft_sql(p.task),
         **({"pairs_sql": cfg.pairs_sql} if cfg.pairs_sql else {}))
     for name in wanted:
         with p.stage(name), dspy.context(lm=p.lms.critic):
-            students.append((LABELS[name], run_objective(name, _final_step(p, ctx) if name != "ft" else ctx)))
+            students.append((LABELS[name], run_objective(name, _final_step(p, ctx) if name not in ("ft", "curated") else ctx)))
     return students
 
 
@@ -487,28 +489,30 @@ def _final_step(p: Pipeline, ctx):
 def _evaluate(p: Pipeline, teacher: Teaching, students: list[tuple[str, Any]]) -> Results:
     """Every student against the teacher; the critic-independent checks; what feedback bought; the best student
     linked as `<out>/student`; the optimized teacher against the one as written."""
-    from finetune.compare import add_checks, paired_lift
+    from finetune.compare import add_checks, length_controlled, paired_lift
 
     cfg = p.cfg
     evaluations = _judge_students(p, teacher, students)
     add_checks(evaluations, p.task)
+    length_fit = length_controlled(p.store, evaluations, p.task, critic_name=cfg.critic, split=cfg.eval_split,
+                                   method=p.critic.method, run_id=p.run_id)
     lift = []
     if len(students) > 1:
         with p.stage("evaluate"):
             lift = paired_lift(p.store, students, evaluations, critic=p.critic, critic_lm=p.lms.critic,
-                               critic_name=cfg.critic, inputs=p.evaluated, split=cfg.eval_split, run_id=p.run_id,
-                               threads=p.threads(cfg.critic))
+                         critic_name=cfg.critic, inputs=p.evaluated, split=cfg.eval_split, run_id=p.run_id,
+                         threads=p.threads(cfg.critic))
     best = _link_student(p.out_dir, students, evaluations, cfg.critic, cfg.eval_split)
     teacher_quality = _teacher_quality(p, teacher) if teacher.optimized is not None else None
-    return Results(evaluations, lift, best, teacher_quality)
+    return Results(evaluations, lift, best, teacher_quality, length_fit)
 
 
 def _judge_students(p: Pipeline, teacher: Teaching, students: list[tuple[str, Any]]) -> list[dict]:
     """WTR of each student against the teacher on the evaluation split (and the OOD inputs), by the critic and by the
     second judge."""
-    from finetune.compare import mean_meaning
     from finetune.evaluate import evaluate
     from programs.lm import resolve_lm
+    from finetune.compare import mean_meaning
     from programs.student import ProgramStudent, Student
 
     cfg = p.cfg
@@ -564,7 +568,7 @@ def _report(p: Pipeline, warm, pairs: list[dict], results: Results) -> Path:
         counts={"train_inputs": len(p.chosen["train"]), f"{cfg.eval_split}_inputs": len(p.evaluated),
                 "pairs": len(pairs), "dropped_overlap": p.dropped},
         evaluations=[dict(e, length_ratio=mean(e["length_ratios"])) for e in results.evaluations], usage=usage,
-        teacher_quality=results.teacher_quality, lift=results.lift,
+        teacher_quality=results.teacher_quality, lift=results.lift, length_fit=results.length_fit,
     )
 
 
@@ -573,13 +577,20 @@ def _print_results(p: Pipeline, results: Results, report: Path) -> None:
     are, and what logging to the store cost."""
     cfg, out_dir = p.cfg, p.out_dir
     for d in results.lift:
-        console.print(f"[bold]{d['label']} vs {d['baseline']}[/], {cfg.eval_split}, judge {cfg.critic}: "
-                      f"paired difference {d['paired_prob'].signed()} points of WTR (mean P) · "
-                      f"{d['paired_decision'].signed()} (decisions) · direct comparison WTR {d['direct_prob']}",
-                      highlight=False, soft_wrap=True)
+        lc = f" · length-controlled {d['paired_prob_lc'].signed()}" if d.get("paired_prob_lc") else ""
+        console.print(f"[bold]{d['label']} vs {d['baseline']}[/], {cfg.eval_split}, judge {cfg.critic} (the critic "
+                      f"that labelled the training pairs): paired difference {d['paired_prob'].signed()} points of WTR "
+                      f"(mean P){lc} · {d['paired_decision'].signed()} (decisions) · direct comparison WTR "
+                      f"{d['direct_prob']}", highlight=False, soft_wrap=True)
+    if results.lift:
+        from finetune.compare import independent_check
+
+        console.print(f"independent check: {independent_check(results.lift)}", highlight=False, soft_wrap=True)
     for e in results.evaluations:
+        lc = f" · length-controlled {e['wtr_prob_lc']}" if "wtr_prob_lc" in e else ""
         console.print(f"[bold]{e['label']}[/] vs teacher, {e['split']}, judge {e['judge']}: "
-                      f"WTR mean P {e['wtr_prob']} · decisions {e['wtr_decision']}", highlight=False, soft_wrap=True)
+                      f"WTR mean P {e['wtr_prob']}{lc} · decisions {e['wtr_decision']}", highlight=False,
+                      soft_wrap=True)
     teacher_quality = results.teacher_quality
     if teacher_quality is not None:
         console.print(f"optimized teacher ({cfg.optimize}) vs teacher as written, {cfg.eval_split}, judge {cfg.critic}: "
@@ -599,7 +610,7 @@ def _threads(cfg: PipelineConfig, spec: str) -> int:
     return 1 if spec.startswith("local/") else cfg.threads
 
 
-LABELS = {"ft": "FT", "sd": "SD", "brio": "BRIO", "dpo": "DPO", "brio-dpo": "BRIO→DPO"}
+LABELS = {"ft": "FT", "curated": "curated imitation", "sd": "SD", "brio": "BRIO", "dpo": "DPO", "brio-dpo": "BRIO→DPO"}
 
 
 def _warmstart_settings(cfg: PipelineConfig) -> dict:
@@ -671,8 +682,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--critic-rubrics", dest="critic_rubrics", type=int, metavar="N",
                    help="average the critic over N phrasings of the task's rubric")
     g = p.add_argument_group("feedback distillation (after the imitation warm start)")
-    g.add_argument("--objective", help="dpo (default) | none (imitation only) | ft | sd | brio | brio-dpo | all | "
-                                       "a comma list")
+    g.add_argument("--objective", help="dpo (default) | none (imitation only) | ft | curated | sd | brio | brio-dpo | "
+                                       "all | a comma list")
+    g.add_argument("--meaning-floor", type=float, dest="meaning_floor", metavar="COS",
+                   help="guard: candidates less similar in meaning to their input never enter a pair (off by default)")
+    g.add_argument("--meaning-margin", type=float, dest="meaning_margin", metavar="COS",
+                   help="guard: drop a pair whose chosen side loses more meaning than this to the rejected one")
+    g.add_argument("--length-control", action="store_true", dest="length_control", default=None,
+                   help="guard: choose the sides by the critic's verdicts with its fitted length preference removed")
     g.add_argument("--feedback-every", type=float, dest="feedback_every", metavar="K",
                    help="sample fresh pairs from the current student every K epochs (default: feedback once)")
     g.add_argument("--k", type=int, dest="k_samples", help="candidates sampled per input (default 6)")
@@ -717,7 +734,8 @@ def config_overrides(args: argparse.Namespace) -> dict:
                  "max_cost": args.max_cost, "optimize": args.optimize, "reflection_lm": args.reflection_lm,
                  "optimize_inputs": args.optimize_inputs, "optimize_trials": args.optimize_trials,
                  "critic_mode": args.critic_mode, "critic_rubrics": args.critic_rubrics,
-                 "eval_split": args.eval_split}
+                 "eval_split": args.eval_split, "meaning_floor": args.meaning_floor,
+                 "meaning_margin": args.meaning_margin, "length_control": args.length_control}
     if args.full_finetune:
         overrides["lora"] = False
     if args.merge_lora:

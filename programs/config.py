@@ -69,7 +69,8 @@ class PipelineConfig:
     max_length: int = 128
     threads: int = 4  # parallel LM calls for hosted teachers/critics (local models run one at a time)
     # feedback distillation (after the imitation warm start); "none" stops at imitation
-    # after the imitation warm start: dpo (the paper's best single method) | none | ft | sd | brio | brio-dpo | all |
+    # after the imitation warm start: dpo (the paper's best single method) | none | ft | curated | sd | brio |
+    # brio-dpo | all |
     # a comma-separated list
     objective: str = "dpo"
     feedback_every: float | None = None  # epochs between on-policy feedback rounds; None: feedback once
@@ -84,6 +85,12 @@ class PipelineConfig:
     min_confidence: float = 0.0  # keep judged pairs whose debiased confidence |2 P - 1| is at least this
     both_orders_agree: bool = False  # keep only pairs that each presentation order alone decides the same way
     length_band: tuple[float, float] = (0.8, 1.2)  # keep pairs whose length ratio to the input is inside
+    # guards where the critic is blind (docs/critic.md; metrics/guards.py), each chosen on dev (docs/results/guards)
+    meaning_floor: float | None = None  # a candidate less similar in meaning (MiniLM cosine) to its input never
+    #                                     enters a feedback pair, nor critic-curated imitation's data
+    meaning_margin: float | None = None  # drop a pair whose chosen side loses more meaning than this to the rejected
+    length_control: bool = False  # choose the sides (and rank the teacher's candidates) by the critic's verdicts
+    #                               with its fitted preference for the longer text removed
     sft_sql: str | None = None  # replaces the imitation/ft dataset query (columns input, output)
     pairs_sql: str | None = None  # replaces the DPO preference query (columns input, chosen, rejected)
     # evaluation beyond the critic on the test split
@@ -129,6 +136,7 @@ NEWER_KEYS: dict[str, Any] = {
     "feedback_warmup_ratio": 0.0, "dpo_beta": 0.1, "dpo_loss_type": "sigmoid", "dpo_loss_weights": None,
     "dpo_label_smoothing": 0.0, "sampling_temperature": 1.0, "sampling_top_p": 0.9, "pair_anchor": "greedy",
     "min_confidence": 0.0, "both_orders_agree": False, "eval_split": "test",
+    "meaning_floor": None, "meaning_margin": None, "length_control": False,
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -262,6 +270,12 @@ def _check_training(cfg: PipelineConfig) -> None:
         raise ConfigError(f"pair_anchor must be one of greedy, none, got {cfg.pair_anchor!r}")
     if not (_number(cfg.min_confidence) and 0 <= cfg.min_confidence < 1):
         raise ConfigError(f"min_confidence must be in [0, 1), got {cfg.min_confidence!r}")
+    for name in ("meaning_floor", "meaning_margin"):
+        v = getattr(cfg, name)
+        if v is not None and not (_number(v) and -1 <= v <= 1):
+            raise ConfigError(f"{name} must be a number in [-1, 1] (a cosine similarity), got {v!r}")
+    if not isinstance(cfg.length_control, bool):
+        raise ConfigError(f"length_control must be true or false, got {cfg.length_control!r}")
     if not isinstance(cfg.both_orders_agree, bool):
         raise ConfigError(f"both_orders_agree must be true or false, got {cfg.both_orders_agree!r}")
     if not (_number(cfg.dpo_beta) and cfg.dpo_beta > 0):
@@ -293,7 +307,7 @@ def _check_training(cfg: PipelineConfig) -> None:
         raise ConfigError(f"feedback_warmup_ratio must be in [0, 1), got {cfg.feedback_warmup_ratio!r}")
 
 
-OBJECTIVE_NAMES = ("ft", "sd", "brio", "dpo", "brio-dpo")
+OBJECTIVE_NAMES = ("ft", "curated", "sd", "brio", "dpo", "brio-dpo")
 
 
 def objectives(cfg: PipelineConfig) -> list[str]:
