@@ -553,6 +553,26 @@ def _critic_verdicts(store: Store, rated: list[Rated]) -> dict[tuple[str, str], 
     return {k: dict(sorted(ps.items())) for k, ps in sorted(out.items())}
 
 
+def _scores(store: Store, judge: str, rated: list[Rated]) -> dict | None:
+    """The rater's optional scores on the rated pairs that differ: x's and y's mean (each candidate's scores averaged
+    over its showings) and their paired difference, bootstrapped over inputs. None when the rater gave no scores."""
+    shown = [r for r in rated if not r.identical]
+    cands = sorted({c for r in shown for c in (r.x_id, r.y_id)})
+    if not cands:
+        return None
+    by: dict[str, list[float]] = {}
+    for j in store.query("SELECT first_id, score FROM judgments WHERE judge = ? AND method = ? AND score IS NOT NULL "
+                         "AND list_contains(?, first_id)", [judge, SCORE_METHOD, cands]):
+        by.setdefault(j["first_id"], []).append(j["score"])
+    both = [r for r in shown if r.x_id in by and r.y_id in by]
+    if not both:
+        return None
+    sx = [sum(by[r.x_id]) / len(by[r.x_id]) for r in both]
+    sy = [sum(by[r.y_id]) / len(by[r.y_id]) for r in both]
+    return {"x": _estimate(bootstrap(sx)), "y": _estimate(bootstrap(sy)),
+            "difference": _estimate(bootstrap([a - b for a, b in zip(sx, sy)]))}
+
+
 def _estimate(e: Estimate) -> dict:
     nan = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
     return {"value": nan(e.value), "lo": nan(e.lo), "hi": nan(e.hi), "n": e.n}
@@ -580,7 +600,7 @@ def report(store: Store, rater: str, x: str, y: str, split: str | None = None, *
             "identical": sum(r.identical for r in rated), "wtr_prob": _estimate(prob),
             "wtr_decision": _estimate(decision), "x_preferred": _estimate(bootstrap([float(d) for d in decided])),
             "ties": len(rated) - len(decided), "consistency": {"same": sum(repeats), "n": len(repeats)},
-            "critics": critics, "p": ps}
+            "scores": _scores(store, _judge(rater), rated), "critics": critics, "p": ps}
 
 
 def _pct(e: dict) -> str:
@@ -598,6 +618,11 @@ def format_report(r: dict) -> str:
              f"  {x} preferred among decided pairs: {_pct(r['x_preferred'])}; {r['ties']} ties",
              f"  consistency on swapped repeats: {c['same']} of {c['n']} gave the same system"
              + ("" if c["n"] else " (no repeat rated)")]
+    sc = r.get("scores")
+    if sc:
+        num = lambda e: "n/a" if e["value"] is None else f"{e['value']:.2f} [{e['lo']:.2f}, {e['hi']:.2f}]"  # noqa: E731
+        lines.append(f"  scores on the {sc['x']['n']} differing pairs: {x} {num(sc['x'])}, {r['y']} {num(sc['y'])}; "
+                     f"paired difference {num(sc['difference'])}")
     for k in r["critics"]:
         lines.append(f"  critic {k['judge']} ({k['method']}) on the same pairs: WTR (mean P) {_pct(k['wtr_prob'])}, "
                      f"(decisions) {_pct(k['wtr_decision'])}; agrees with the rater on "

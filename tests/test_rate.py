@@ -230,6 +230,13 @@ def test_import_writes_judgments_and_verdicts_and_is_idempotent(db, tmp_path):
     assert again["judgments_written"] == again["verdicts_written"] == 0
     assert {t: store.query(f"SELECT * FROM {t} ORDER BY ALL") for t in tables} == before  # nothing changed
 
+    # the scores as the report reads them: each side's mean over the differing pairs, and the paired difference
+    sc = report(store, "alice", FT, "teacher")["scores"]
+    ft = [4.0 if i % 3 == 0 else 2.0 for i in range(N)]  # the rater scores 4 where the text has '!', else 2
+    assert sc["x"]["value"] == pytest.approx(sum(ft) / N) and sc["y"]["value"] == pytest.approx(4.0)
+    assert sc["difference"]["value"] == pytest.approx(sum(ft) / N - 4.0) and sc["difference"]["n"] == N
+    assert sc["difference"]["lo"] <= sc["difference"]["value"] <= sc["difference"]["hi"]
+
 
 def test_import_reads_csv_with_a_header(db, tmp_path, capsys):
     rows, _, path = _export(db, tmp_path, repeat=0)
