@@ -30,15 +30,16 @@ def test_all_objectives_from_one_warm_start(tmp_path):
     s = Store(tmp_path / "t.duckdb", create=False)
 
     runs = {r["objective"]: r for r in s.query("SELECT objective, status, config, base_model FROM training_runs")}
-    assert set(runs) == {"ft", "sd", "brio", "dpo", "brio-dpo"}
+    assert set(runs) == {"ft", "curated", "sd", "brio", "dpo", "brio-dpo"}
     assert all(r["status"] == "finished" for r in runs.values())
     # one warm start: ft, sd, dpo and brio start from the imitation model; brio-dpo's DPO starts from BRIO's model
     warm = s.scalar("SELECT path FROM checkpoints k JOIN training_runs t USING (training_id) "
                     "WHERE t.objective = 'ft' AND k.merged ORDER BY k.created_at LIMIT 1")  # merged after training
     starts = {name: json.loads(r["config"])["base_model"] for name, r in runs.items()}
     rates = {name: json.loads(r["config"])["learning_rate"] for name, r in runs.items()}
-    assert rates == {"ft": None, "sd": None, "brio": 7e-5, "dpo": 3e-5, "brio-dpo": 3e-5}  # each trainer's own
-    assert starts["sd"] == starts["dpo"] == starts["brio"] == warm
+    assert rates == {"ft": None, "curated": None, "sd": None, "brio": 7e-5, "dpo": 3e-5,
+                     "brio-dpo": 3e-5}  # each trainer's own
+    assert starts["curated"] == starts["sd"] == starts["dpo"] == starts["brio"] == warm
     assert starts["brio-dpo"] != warm
     for path in s.query("SELECT path, merged FROM checkpoints"):  # a LoRA adapter, or a full (merged) model
         assert (Path(path["path"]) / ("config.json" if path["merged"] else "adapter_config.json")).exists() or \
@@ -49,22 +50,23 @@ def test_all_objectives_from_one_warm_start(tmp_path):
     assert s.scalar("SELECT count(*) FROM candidates WHERE role = 'sample'") > 0
     assert s.scalar("SELECT count(*) FROM feedback_pairs") > 0
     names = {r["name"] for r in s.query("SELECT name FROM datasets")}
-    assert {"imitation", "ft", "sd-round0", "dpo-round0", "brio", "brio-dpo-round0"} <= names
+    assert {"imitation", "ft", "curated", "sd-round0", "dpo-round0", "brio", "brio-dpo-round0"} <= names
 
     evals = s.query("SELECT student, split, judge, wtr_prob, wtr_decision FROM evaluations")
     assert {e["split"] for e in evals} == {"test", "ood"}
-    assert len({e["student"] for e in evals}) == 6  # warm start + five objectives
+    assert len({e["student"] for e in evals}) == 7  # warm start + six objectives
     assert all(0 <= e["wtr_prob"] <= 1 and 0 <= e["wtr_decision"] <= 1 for e in evals)
 
     report = (tmp_path / "out" / "report.md").read_text()
-    for label in ("warm start (imitation)", "| FT |", "| SD |", "| BRIO |", "| DPO |", "BRIO→DPO"):
+    for label in ("warm start (imitation)", "| FT |", "| curated imitation |", "| SD |", "| BRIO |", "| DPO |",
+                  "BRIO→DPO"):
         assert label in report, label
     for png in ("wtr.png", "loss.png", "length_ratio.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000
 
     # a rerun trains nothing and calls no model
     calls, trainings = s.scalar("SELECT count(*) FROM lm_calls"), s.scalar("SELECT count(*) FROM training_runs")
-    assert trainings == 6  # the warm start and five objectives
+    assert trainings == 7  # the warm start and six objectives
     again = compile_run(tmp_path, "--objective", "all", "--ood", "2")
     assert again.returncode == 0, again.stderr[-4000:]
     assert s.scalar("SELECT count(*) FROM lm_calls") == calls

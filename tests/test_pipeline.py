@@ -78,10 +78,14 @@ def check_store(db: Path, out: Path, *, feedback: bool = True) -> None:
 def test_tiny_pipeline_end_to_end_then_rerun_makes_no_new_calls(tmp_path):
     first = run(compile_cmd(tmp_path))
     assert first.returncode == 0, first.stderr[-3000:]
-    assert re.search(r"vs teacher, test, judge \S+: WTR mean P [\d.]+ \[[\d., ]+\] \(n=2\) · decisions", first.stderr)
-    # the lead: what feedback bought over imitation, paired and direct, each with its interval
-    assert re.search(r"DPO vs warm start \(imitation\), test, judge \S+: paired difference [+-][\d.]+ \[[+-][\d.]+, "
-                     r"[+-][\d.]+\] \(n=\d\) points of WTR \(mean P\) · .* direct comparison WTR [\d.]+", first.stderr)
+    assert re.search(r"vs teacher, test, judge \S+: WTR mean P [\d.]+ \[[\d., ]+\] \(n=2\) · length-controlled [\d.]+ "
+                     r"\[[\d., ]+\] \(n=2\) · decisions", first.stderr)
+    # the lead: what feedback bought over imitation by the critic that labelled the pairs, paired (raw and length-
+    # controlled) and direct, each with its interval; then where the independent check stands
+    assert re.search(r"DPO vs warm start \(imitation\), test, judge \S+ \(the critic that labelled the training pairs\): "
+                     r"paired difference [+-][\d.]+ \[[+-][\d.]+, [+-][\d.]+\] \(n=\d\) points of WTR \(mean P\) · "
+                     r"length-controlled [+-][\d.]+ .* direct comparison WTR [\d.]+", first.stderr)
+    assert "independent check: none in the store yet: `python -m finetune.rate export`" in first.stderr
     check_store(tmp_path / "t.duckdb", tmp_path / "out")
     # piped, not a terminal: every stage says when it starts and ends, with counts, on stderr and in the log file
     log = (tmp_path / "out" / "progress.log").read_text()
