@@ -643,17 +643,23 @@ def _warm_start_dir(out_dir: Path, icfg, dataset_id: str) -> Path:
 
 
 def _link_student(out_dir: Path, models: list, evaluations: list[dict], critic: str, split: str) -> str:
-    """`<out>/student` points at the distilled student (the best by the critic on the evaluation split), so `local/<out>/student`
-    is a model spec for any DSPy program."""
-    scored = {e["label"]: e["wtr_prob"].value for e in evaluations
-              if e["split"] == split and e["judge"] == critic and e["wtr_prob"].value == e["wtr_prob"].value}
-    label, model = max(models, key=lambda m: scored.get(m[0], float("-inf")))
+    """`<out>/student` points at the distilled student, so `local/<out>/student` is a model spec for any DSPy program:
+    the one objective the run trained (what the task's evidence or the user chose: the critic is blind where it is
+    blind, so its verdict does not overrule the choice), else the best of several by the critic on the evaluation
+    split."""
+    if len(models) == 2:  # the warm start and one objective
+        (label, model), how = models[1], "the run's objective"
+    else:
+        scored = {e["label"]: e["wtr_prob"].value for e in evaluations
+                  if e["split"] == split and e["judge"] == critic and e["wtr_prob"].value == e["wtr_prob"].value}
+        label, model = max(models, key=lambda m: scored.get(m[0], float("-inf")))
+        how = "the best by the critic" if len(models) > 1 else "the only student"
     link = out_dir / "student"
     target = os.path.relpath(Path(model.path).resolve(), out_dir.resolve())
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(target, target_is_directory=True)
-    return f"{model.path} ({label})"
+    return f"{model.path} ({label}, {how})"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -682,14 +688,16 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--critic-rubrics", dest="critic_rubrics", type=int, metavar="N",
                    help="average the critic over N phrasings of the task's rubric")
     g = p.add_argument_group("feedback distillation (after the imitation warm start)")
-    g.add_argument("--objective", help="dpo (default) | none (imitation only) | ft | curated | sd | brio | brio-dpo | "
-                                       "all | a comma list")
-    g.add_argument("--meaning-floor", type=float, dest="meaning_floor", metavar="COS",
-                   help="guard: candidates less similar in meaning to their input never enter a pair (off by default)")
-    g.add_argument("--meaning-margin", type=float, dest="meaning_margin", metavar="COS",
+    g.add_argument("--objective", help="the task's default (humor: curated; formal and your own tasks: dpo) | none "
+                                       "(imitation only) | dpo | ft | curated | sd | brio | brio-dpo | all | a comma list")
+    g.add_argument("--meaning-floor", type=_cosine_or_off, dest="meaning_floor", metavar="COS|off",
+                   help="guard: candidates less similar in meaning to their input never enter a pair or curated data "
+                        "(the task's default: humor 0.75, others off)")
+    g.add_argument("--meaning-margin", type=_cosine_or_off, dest="meaning_margin", metavar="COS|off",
                    help="guard: drop a pair whose chosen side loses more meaning than this to the rejected one")
-    g.add_argument("--length-control", action="store_true", dest="length_control", default=None,
-                   help="guard: choose the sides by the critic's verdicts with its fitted length preference removed")
+    g.add_argument("--length-control", action=argparse.BooleanOptionalAction, dest="length_control", default=None,
+                   help="guard: choose the sides by the critic's verdicts with its fitted length preference removed "
+                        "(the task's default: humor on, others off)")
     g.add_argument("--feedback-every", type=float, dest="feedback_every", metavar="K",
                    help="sample fresh pairs from the current student every K epochs (default: feedback once)")
     g.add_argument("--k", type=int, dest="k_samples", help="candidates sampled per input (default 6)")
@@ -721,6 +729,16 @@ def parser() -> argparse.ArgumentParser:
                    help="stop before the spend could pass USD, as the provider prices the calls (local models: "
                         "free); rerun with more to continue (exit 3)")
     return p
+
+
+def _cosine_or_off(text: str) -> float | str:
+    """A guard's cosine, or `off` (the config layer turns it into no guard, over a task's default)."""
+    if text.strip().lower() in ("off", "none"):
+        return "off"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a cosine in [-1, 1] or off, got {text!r}") from None
 
 
 def config_overrides(args: argparse.Namespace) -> dict:

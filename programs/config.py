@@ -70,8 +70,7 @@ class PipelineConfig:
     threads: int = 4  # parallel LM calls for hosted teachers/critics (local models run one at a time)
     # feedback distillation (after the imitation warm start); "none" stops at imitation
     # after the imitation warm start: dpo (the paper's best single method) | none | ft | curated | sd | brio |
-    # brio-dpo | all |
-    # a comma-separated list
+    # brio-dpo | all | a comma-separated list. A task's defaults may choose another (humor: curated, guarded)
     objective: str = "dpo"
     feedback_every: float | None = None  # epochs between on-policy feedback rounds; None: feedback once
     k_samples: int = 6  # the paper's k
@@ -144,7 +143,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "tiny": dict(teacher="local/qwen2.5-coder-0.5b-instruct", critic="local/qwen2.5-coder-0.5b-instruct",
                  train_inputs=24, test_inputs=8, teacher_max_tokens=120, critic_max_tokens=64, max_steps=-1,
                  # a student trained for a step or two rambles: keep its pairs, so that feedback has data
-                 length_band=(0.2, 5.0), k_samples=3),
+                 length_band=(0.2, 5.0), k_samples=3,
+                 # every feedback stage (sampling, pairs, DPO) in minutes: a task's guards and curation were chosen
+                 # for the default's 1.5B teacher and critic, not for the 0.5B ones
+                 objective="dpo", meaning_floor=None, length_control=False),
     # the README's first command: the 1.5B teacher/critic, 140 train inputs, every test input (69) so that students
     # can be told apart
     "default": dict(test_inputs=None),
@@ -168,7 +170,7 @@ def task_label(task: Any) -> str:
 def build_config(profile: str = "default", toml_path: str | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    values: dict[str, Any] = {"profile": profile, **PROFILES[profile]}
+    data: dict[str, Any] = {}
     if toml_path:
         p = Path(toml_path)
         if not p.is_file():
@@ -181,9 +183,14 @@ def build_config(profile: str = "default", toml_path: str | None = None, overrid
         if "profile" in data:
             if data["profile"] not in PROFILES:
                 raise ConfigError(f"{p}: unknown profile {data['profile']!r}; choose one of {', '.join(PROFILES)}")
-            values.update({"profile": data["profile"], **PROFILES[data["profile"]]})
-        values.update(data)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+            profile = data["profile"]
+    given = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    # the layers, each over the one before: the dataclass, the task's own defaults, the profile, the file, the flags
+    values: dict[str, Any] = {**_task_defaults(given.get("task", PipelineConfig.task)), "profile": profile,
+                              **PROFILES[profile], **given}
+    for name in ("meaning_floor", "meaning_margin"):  # `off` turns a guard a task's defaults set back off
+        if isinstance(values.get(name), str) and values[name].strip().lower() in OFF:
+            values[name] = None
     known = {f.name: f for f in fields(PipelineConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -241,6 +248,19 @@ def build_config(profile: str = "default", toml_path: str | None = None, overrid
     except TaskError as e:
         raise ConfigError(str(e)) from e
     return cfg
+
+
+OFF = ("off", "none")
+
+
+def _task_defaults(spec: Any) -> dict[str, Any]:
+    """The settings the task's own dev split chose; a task that does not load has none (build_config says why)."""
+    from programs.tasks import TaskError, get_task
+
+    try:
+        return dict(get_task(spec).defaults)
+    except (TaskError, TypeError):
+        return {}
 
 
 def _number(v: Any) -> bool:

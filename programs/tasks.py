@@ -62,6 +62,9 @@ class Task:
     # the fields that are not text: (name, type as a DSPy signature string writes it: "int", "list[str]",
     # "Literal['bug', 'billing']"). The store keeps their values as JSON; the adapter formats and parses them.
     field_types: tuple[tuple[str, str], ...] = ()
+    # pipeline settings this task's own dev split chose (config key, value): beneath a profile, a config file and
+    # flags, so they change only what the user left at the default. Empty for every task not measured here.
+    defaults: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
 
     def __post_init__(self):
         if isinstance(self.bundled_inputs, str):
@@ -399,6 +402,10 @@ HUMOR = Task(
         "Pick the paraphrase a person would enjoy more: witty and fluent, with the meaning of the input text kept.",
     ),
     student_instruction="Rewrite the sentence as a humorous paraphrase with the same meaning.",
+    # the 1.5B critic is blind to lost meaning and padding (docs/critic.md): on the dev split an independent rater
+    # preferred critic-curated imitation behind a meaning floor to imitation 76.9% of decided pairs, and DPO 27.6%
+    # (docs/results/humor-guards). On formal, where the critic can judge, DPO unguarded stays the default.
+    defaults=(("objective", "curated"), ("meaning_floor", 0.75), ("length_control", True)),
     input_desc="a literal sentence",
     output_desc="a humorous paraphrase of the text",
     bundled_inputs=DATA / "humor_inputs.jsonl",

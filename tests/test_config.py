@@ -33,7 +33,7 @@ def test_new_keys_at_their_defaults_leave_run_ids_as_they_were():
     from store import stable_id
 
     # the imitation-only main job of before (the default since became imitation then DPO, on every test input)
-    before = {"objective": "none"}
+    before = {"objective": "none", "meaning_floor": "off", "length_control": False}  # humor's guards came later
     assert stable_id("run", build_config("default", overrides={**before, "test_inputs": 40}).identity()) == \
         "fe64c4b5a7b77d1d6921d8f2"
     tiny = build_config("tiny", overrides=before)
@@ -137,3 +137,40 @@ def test_eval_split_dev_evaluates_dev_inputs_and_never_reads_test(tmp_path):
     assert not test & {r["input_id"] for r in chosen["dev"]}
     with pytest.raises(ConfigError, match="eval_split must be one of test, dev"):
         build_config(overrides={"eval_split": "train"})
+
+
+def test_a_task_brings_the_defaults_its_dev_split_chose_and_every_layer_above_overrides_them(tmp_path):
+    """Humor's main job is what the rater preferred on dev (curated imitation behind a meaning floor); formal, where
+    the critic can judge, and a user's own task keep DPO unguarded; the tiny profile keeps the DPO smoke path."""
+    from programs.compile import config_overrides, parser
+
+    humor = build_config()
+    assert (humor.objective, humor.meaning_floor, humor.length_control) == ("curated", 0.75, True)
+    # the rated run of docs/results/humor-guards (--objective curated --meaning-floor 0.75 --length-control) is the
+    # main job's run: a store that holds it answers the main job with no new work
+    assert stable_id("run", humor.identity()) == "8eaa67db8bdcf5faece213b2"
+    formal = build_config(overrides={"task": "formal"})
+    assert (formal.objective, formal.meaning_floor, formal.length_control) == ("dpo", None, False)
+    toml_task = tmp_path / "t.toml"
+    toml_task.write_text('name = "t"\nteacher_instruction = "Write {n}."\ncritic_instruction = "Choose."\n'
+                         'student_instruction = "Write."\ninput_desc = "a text"\noutput_desc = "a text"\n')
+    own = build_config(overrides={"task": str(toml_task)})
+    assert (own.objective, own.meaning_floor, own.length_control) == ("dpo", None, False)
+    tiny = build_config("tiny")
+    assert (tiny.objective, tiny.meaning_floor, tiny.length_control) == ("dpo", None, False)
+
+    def flags(*argv):
+        return build_config(overrides=config_overrides(parser().parse_args(list(argv))))
+
+    off = flags("--objective", "dpo", "--meaning-floor", "off", "--no-length-control")
+    assert (off.objective, off.meaning_floor, off.length_control) == ("dpo", None, False)
+    assert "meaning_floor" not in off.identity()  # off is the guard's old default: the id of an unguarded run
+    assert flags("--profile", "tiny", "--meaning-floor", "0.6").meaning_floor == 0.6
+    file = tmp_path / "c.toml"
+    file.write_text('objective = "dpo"\nmeaning_floor = "off"\n')
+    from_file = build_config("default", str(file))
+    assert (from_file.objective, from_file.meaning_floor, from_file.length_control) == ("dpo", None, True)
+    from store.cli import UserError
+
+    with pytest.raises(UserError, match="--meaning-floor: expected a cosine in \\[-1, 1\\] or off, got 'high'"):
+        parser().parse_args(["--meaning-floor", "high"])

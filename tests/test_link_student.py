@@ -1,0 +1,48 @@
+"""`<out>/student`: the student of the objective the run trained (the task's evidence chose it, not the critic's
+verdict on the run), else the critic's best of several."""
+
+from types import SimpleNamespace
+
+from metrics.winrate import Estimate
+from programs.compile import _link_student
+
+
+def _students(tmp_path, *labels):
+    models = []
+    for label in labels:
+        folder = tmp_path / label.replace(" ", "-")
+        folder.mkdir()
+        models.append((label, SimpleNamespace(path=str(folder))))
+    return models
+
+
+def _evaluation(label, wtr, judge="critic"):
+    return {"label": label, "judge": judge, "split": "test", "wtr_prob": Estimate(wtr, wtr - 1, wtr + 1, 69)}
+
+
+def test_one_objective_is_linked_even_when_the_critic_prefers_the_warm_start(tmp_path):
+    models = _students(tmp_path, "warm start (imitation)", "curated imitation")
+    out = tmp_path / "out"
+    out.mkdir()
+    evaluations = [_evaluation("warm start (imitation)", 47.3), _evaluation("curated imitation", 47.0)]
+    line = _link_student(out, models, evaluations, "critic", "test")
+    assert (out / "student").resolve() == (tmp_path / "curated-imitation").resolve()
+    assert line.endswith("(curated imitation, the run's objective)")
+
+
+def test_several_objectives_link_the_critics_best(tmp_path):
+    models = _students(tmp_path, "warm start (imitation)", "DPO", "BRIO")
+    out = tmp_path / "out"
+    out.mkdir()
+    evaluations = [_evaluation("warm start (imitation)", 47.3), _evaluation("DPO", 48.2), _evaluation("BRIO", 48.0),
+                   _evaluation("BRIO", 60.0, judge="second judge")]  # only the critic's verdicts choose
+    assert _link_student(out, models, evaluations, "critic", "test").endswith("(DPO, the best by the critic)")
+    assert (out / "student").resolve() == (tmp_path / "DPO").resolve()
+
+
+def test_an_imitation_only_run_links_its_one_student(tmp_path):
+    models = _students(tmp_path, "FT (imitation)")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert _link_student(out, models, [], "critic", "test").endswith("(FT (imitation), the only student)")
+    assert (out / "student").resolve() == (tmp_path / "FT-(imitation)").resolve()
