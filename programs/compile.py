@@ -17,7 +17,6 @@ from there.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import sys
@@ -34,62 +33,15 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from programs.config import PROFILES, ConfigError, PipelineConfig, build_config  # noqa: E402
-from programs.inputs import InputError, load_inputs  # noqa: E402
+from programs.config import ConfigError, PipelineConfig, build_config  # noqa: E402
+from programs.flags import config_overrides, parser  # noqa: E402
+from programs.inputs import InputError, split_inputs, store_inputs  # noqa: E402
 from programs import progress  # noqa: E402
 from programs.progress import console  # noqa: E402
-from store.cli import ArgumentParser, code_version, entry_point, quiet_libraries  # noqa: E402
+from store.cli import code_version, entry_point, quiet_libraries  # noqa: E402
 
 if TYPE_CHECKING:
     from programs.tasks import Task
-
-
-def select_inputs(cfg: PipelineConfig, task) -> dict[str, list[dict]]:
-    """The run's inputs per split (input_id = hash of task + text, so a rerun finds the same rows)."""
-    return split_inputs(cfg, task)[0]
-
-
-def split_inputs(cfg: PipelineConfig, task) -> tuple[dict[str, list[dict]], int]:
-    """The run's inputs per split, and how many evaluation inputs were dropped because the same text is among the
-    train inputs (a student evaluated on what it was trained on; a file's split column can do that). Inputs without
-    such overlap, the bundled ones included, are chosen exactly as before."""
-    from store import stable_id
-
-    rows = load_inputs(cfg.inputs, task)
-    chosen: dict[str, list[dict]] = {}
-    dropped = 0
-    for split in ("train", cfg.eval_split):
-        items = [r for r in rows if r["split"] == split]
-        if split != "train":
-            trained = {r["text"] for r in chosen["train"]}
-            kept = [r for r in items if r["text"] not in trained]
-            dropped, items = len(items) - len(kept), kept
-            if dropped:
-                console.print(f"warning: {dropped} {split} input(s) also in train were dropped from {split}",
-                              highlight=False, soft_wrap=True)
-        limit = cfg.split_limit(split)
-        items = items[:limit] if limit else items
-        if not items:
-            raise InputError(f"the inputs have no {split!r} rows (add a 'split' column, or more rows)")
-        chosen[split] = [{"input_id": stable_id("input", task.name, r["text"]), "text": r["text"], "split": split}
-                         for r in items]
-    if cfg.ood_inputs:
-        from programs.inputs import load_file
-
-        # the task's out-of-distribution file, else the inputs' rows whose split is 'ood'
-        ood = load_file(task.ood_inputs, task) if task.ood_inputs else [r for r in rows if r["split"] == "ood"]
-        if not ood:
-            raise InputError(f"task {task.name} has no out-of-distribution inputs (no ood_inputs file, no rows "
-                             "with split 'ood'); pass --ood 0")
-        chosen["ood"] = [{"input_id": stable_id("input", task.name, r["text"]), "text": r["text"], "split": "ood"}
-                         for r in ood[: cfg.ood_inputs]]
-    return chosen, dropped
-
-
-def store_inputs(store, cfg: PipelineConfig, task, chosen: dict[str, list[dict]]) -> None:
-    source = cfg.inputs if cfg.inputs in ("bundled", "empathetic_dialogues") else str(Path(cfg.inputs).resolve())
-    store.insert("inputs", [{**r, "task": task.name, "source": source, "created_at": datetime.now()}
-                            for items in chosen.values() for r in items])
 
 
 # -- the pipeline: one function per stage, called in order ----------------------------------------------------------
@@ -660,105 +612,6 @@ def _link_student(out_dir: Path, models: list, evaluations: list[dict], critic: 
         link.unlink()
     link.symlink_to(target, target_is_directory=True)
     return f"{model.path} ({label}, {how})"
-
-
-def parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m programs.compile", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", default=None, choices=list(PROFILES), help="preset sizes and models (default: default)")
-    p.add_argument("--config", metavar="FILE.toml", help="config file; flags override it")
-    p.add_argument("--limit", type=int, metavar="N", help="use at most N train and N test inputs")
-    p.add_argument("--db", default=None, help="DuckDB store (default: $CRITIC_DISTILL_DB or ./traces.duckdb)")
-    p.add_argument("--out", default="out", help="output folder for checkpoints and the report (default: out)")
-    p.add_argument("--task", help="humor (default) | formal | a task .toml file | package.module:ATTR | file.py:ATTR "
-                                  "(docs/tasks.md)")
-    p.add_argument("--inputs", help="bundled | empathetic_dialogues | a .txt/.jsonl/.csv/.parquet file")
-    p.add_argument("--teacher", metavar="SPEC", help="model spec: local/<name|path> or a LiteLLM string")
-    p.add_argument("--critic", metavar="SPEC", help="model spec for the critic")
-    p.add_argument("--student", metavar="SPEC", help="embedded student name, model folder, or hub id")
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--max-steps", type=int, dest="max_steps")
-    p.add_argument("--full-finetune", action="store_true", help="train all weights instead of a LoRA adapter")
-    p.add_argument("--merge-lora", action="store_true", help="also save the LoRA student merged into its base")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int, help="parallel calls to hosted models (default 4; local models: 1)")
-    c = p.add_argument_group("the critic (docs/critic.md; config keys critic_*)")
-    c.add_argument("--critic-mode", dest="critic_mode", choices=["choice-first", "reason-first"],
-                   help="choice-first: read the choice alone (default); reason-first: the paper's reason, then choice")
-    c.add_argument("--critic-rubrics", dest="critic_rubrics", type=int, metavar="N",
-                   help="average the critic over N phrasings of the task's rubric")
-    g = p.add_argument_group("feedback distillation (after the imitation warm start)")
-    g.add_argument("--objective", help="the task's default (humor: curated; formal and your own tasks: dpo) | none "
-                                       "(imitation only) | dpo | ft | curated | sd | brio | brio-dpo | all | a comma list")
-    g.add_argument("--meaning-floor", type=_cosine_or_off, dest="meaning_floor", metavar="COS|off",
-                   help="guard: candidates less similar in meaning to their input never enter a pair or curated data "
-                        "(the task's default: humor 0.75, others off)")
-    g.add_argument("--meaning-margin", type=_cosine_or_off, dest="meaning_margin", metavar="COS|off",
-                   help="guard: drop a pair whose chosen side loses more meaning than this to the rejected one")
-    g.add_argument("--length-control", action=argparse.BooleanOptionalAction, dest="length_control", default=None,
-                   help="guard: choose the sides by the critic's verdicts with its fitted length preference removed "
-                        "(the task's default: humor on, others off)")
-    g.add_argument("--feedback-every", type=float, dest="feedback_every", metavar="K",
-                   help="sample fresh pairs from the current student every K epochs (default: feedback once)")
-    g.add_argument("--k", type=int, dest="k_samples", help="candidates sampled per input (default 6)")
-    g.add_argument("--sampling", choices=["nucleus", "diverse_beam"])
-    g.add_argument("--pair-selection", dest="pair_selection", choices=["edit", "embedding"])
-    g.add_argument("--sft-sql", dest="sft_sql", metavar="SQL",
-                   help="imitation/ft data: a query returning input, output ($teacher, $inputs available)")
-    g.add_argument("--pairs-sql", dest="pairs_sql", metavar="SQL",
-                   help="DPO data: a query returning input, chosen, rejected ($producer, $judge, $inputs available)")
-    o = p.add_argument_group("optimization of the teacher (DSPy, the critic as metric), before it teaches")
-    o.add_argument("--optimize", choices=["bootstrap", "mipro", "gepa"],
-                   help="BootstrapFewShot, MIPROv2 or GEPA; the program is saved as program-*.json and reused")
-    o.add_argument("--reflection-lm", dest="reflection_lm", metavar="SPEC",
-                   help="model that proposes instructions for MIPROv2/GEPA (default: the teacher)")
-    o.add_argument("--optimize-inputs", type=int, dest="optimize_inputs", metavar="N",
-                   help="train inputs the optimizer sees (default 16: half train, half validation)")
-    o.add_argument("--optimize-trials", type=int, dest="optimize_trials", metavar="N",
-                   help="MIPROv2 trials; GEPA gets 6 critic calls per trial (default 4)")
-    e = p.add_argument_group("evaluation")
-    e.add_argument("--eval-split", dest="eval_split", choices=["test", "dev"],
-                   help="the split students are evaluated on: test (default) | dev, to choose settings without "
-                        "looking at test")
-    e.add_argument("--judge", metavar="SPEC", help="a second, independent judge")
-    e.add_argument("--ood", type=int, dest="ood_inputs", metavar="N", help="also evaluate on N bundled OOD inputs")
-    b = p.add_argument_group("budget (this command's new LM calls; answers already in the store are free)")
-    b.add_argument("--max-calls", type=int, dest="max_calls", metavar="N",
-                   help="stop before the LM call that would make more than N; rerun with more to continue (exit 3)")
-    b.add_argument("--max-cost", type=float, dest="max_cost", metavar="USD",
-                   help="stop before the spend could pass USD, as the provider prices the calls (local models: "
-                        "free); rerun with more to continue (exit 3)")
-    return p
-
-
-def _cosine_or_off(text: str) -> float | str:
-    """A guard's cosine, or `off` (the config layer turns it into no guard, over a task's default)."""
-    if text.strip().lower() in ("off", "none"):
-        return "off"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a cosine in [-1, 1] or off, got {text!r}") from None
-
-
-def config_overrides(args: argparse.Namespace) -> dict:
-    """The config keys the command line sets (None: not given)."""
-    overrides = {"limit": args.limit, "inputs": args.inputs, "teacher": args.teacher, "critic": args.critic,
-                 "student": args.student, "epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed,
-                 "threads": args.threads, "objective": args.objective, "feedback_every": args.feedback_every,
-                 "k_samples": args.k_samples, "sampling": args.sampling, "pair_selection": args.pair_selection,
-                 "sft_sql": args.sft_sql, "pairs_sql": args.pairs_sql, "judge": args.judge,
-                 "ood_inputs": args.ood_inputs, "task": args.task, "max_calls": args.max_calls,
-                 "max_cost": args.max_cost, "optimize": args.optimize, "reflection_lm": args.reflection_lm,
-                 "optimize_inputs": args.optimize_inputs, "optimize_trials": args.optimize_trials,
-                 "critic_mode": args.critic_mode, "critic_rubrics": args.critic_rubrics,
-                 "eval_split": args.eval_split, "meaning_floor": args.meaning_floor,
-                 "meaning_margin": args.meaning_margin, "length_control": args.length_control}
-    if args.full_finetune:
-        overrides["lora"] = False
-    if args.merge_lora:
-        overrides["merge_lora"] = True
-    return overrides
 
 
 @entry_point(interrupted="interrupted: rerun the same command to finish (nothing done so far is lost)")

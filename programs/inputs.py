@@ -1,4 +1,5 @@
-"""Input sources: the bundled sentences, a txt/jsonl/csv/parquet file, or EmpatheticDialogues when online.
+"""Input sources (the bundled sentences, a txt/jsonl/csv/parquet file, or EmpatheticDialogues when online) and the
+run's choice among them per split.
 
 Every source yields `{"text", "split"}` rows; a file without a split column is split by a hash of the text
 (70/15/15 train/dev/test), so a row keeps its split across reruns and machines.
@@ -9,10 +10,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from programs.tasks import Task
 from store.cli import UserError
+
+if TYPE_CHECKING:
+    from programs.config import PipelineConfig
 
 TEXT_COLUMNS = ("text", "input", "sentence", "prompt", "utterance")
 REFERENCE_COLUMNS = ("reference", "teacher", "target", "output")
@@ -177,3 +183,51 @@ def load_inputs(source: str, task: Task) -> list[dict]:
     if source in ("empathetic_dialogues", "hf:empathetic_dialogues"):
         return load_empathetic_dialogues()
     return load_file(source, task)
+
+
+def select_inputs(cfg: PipelineConfig, task: Task) -> dict[str, list[dict]]:
+    """The run's inputs per split (input_id = hash of task + text, so a rerun finds the same rows)."""
+    return split_inputs(cfg, task)[0]
+
+
+def split_inputs(cfg: PipelineConfig, task: Task) -> tuple[dict[str, list[dict]], int]:
+    """The run's inputs per split, and how many evaluation inputs were dropped because the same text is among the
+    train inputs (a student evaluated on what it was trained on; a file's split column can do that). Inputs without
+    such overlap, the bundled ones included, are chosen exactly as before."""
+    from store import stable_id
+
+    rows = load_inputs(cfg.inputs, task)
+    chosen: dict[str, list[dict]] = {}
+    dropped = 0
+    for split in ("train", cfg.eval_split):
+        items = [r for r in rows if r["split"] == split]
+        if split != "train":
+            trained = {r["text"] for r in chosen["train"]}
+            kept = [r for r in items if r["text"] not in trained]
+            dropped, items = len(items) - len(kept), kept
+            if dropped:
+                from programs.progress import console
+
+                console.print(f"warning: {dropped} {split} input(s) also in train were dropped from {split}",
+                              highlight=False, soft_wrap=True)
+        limit = cfg.split_limit(split)
+        items = items[:limit] if limit else items
+        if not items:
+            raise InputError(f"the inputs have no {split!r} rows (add a 'split' column, or more rows)")
+        chosen[split] = [{"input_id": stable_id("input", task.name, r["text"]), "text": r["text"], "split": split}
+                         for r in items]
+    if cfg.ood_inputs:
+        # the task's out-of-distribution file, else the inputs' rows whose split is 'ood'
+        ood = load_file(task.ood_inputs, task) if task.ood_inputs else [r for r in rows if r["split"] == "ood"]
+        if not ood:
+            raise InputError(f"task {task.name} has no out-of-distribution inputs (no ood_inputs file, no rows "
+                             "with split 'ood'); pass --ood 0")
+        chosen["ood"] = [{"input_id": stable_id("input", task.name, r["text"]), "text": r["text"], "split": "ood"}
+                         for r in ood[: cfg.ood_inputs]]
+    return chosen, dropped
+
+
+def store_inputs(store, cfg: PipelineConfig, task: Task, chosen: dict[str, list[dict]]) -> None:
+    source = cfg.inputs if cfg.inputs in ("bundled", "empathetic_dialogues") else str(Path(cfg.inputs).resolve())
+    store.insert("inputs", [{**r, "task": task.name, "source": source, "created_at": datetime.now()}
+                            for items in chosen.values() for r in items])

@@ -241,7 +241,7 @@ def test_an_evaluation_input_also_in_train_is_dropped_with_a_warning_and_reporte
     from dataclasses import asdict
 
     from finetune.report import write_report
-    from programs.compile import select_inputs, split_inputs
+    from programs.inputs import select_inputs, split_inputs
     from programs.config import PipelineConfig
     from programs.tasks import get_task
 

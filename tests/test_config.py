@@ -125,7 +125,8 @@ def test_critic_keys_from_toml_and_flags_one_line_errors(tmp_path):
 
 def test_eval_split_dev_evaluates_dev_inputs_and_never_reads_test(tmp_path):
     """Settings are chosen on dev: a dev run teaches and evaluates the dev inputs only, with its own run id."""
-    from programs.compile import config_overrides, parser, select_inputs
+    from programs.flags import config_overrides, parser
+    from programs.inputs import select_inputs
     from programs.tasks import get_task
 
     cfg = build_config(overrides=config_overrides(parser().parse_args(["--eval-split", "dev"])))
@@ -142,7 +143,7 @@ def test_eval_split_dev_evaluates_dev_inputs_and_never_reads_test(tmp_path):
 def test_a_task_brings_the_defaults_its_dev_split_chose_and_every_layer_above_overrides_them(tmp_path):
     """Humor's main job is what the rater preferred on dev (curated imitation behind a meaning floor); formal, where
     the critic can judge, and a user's own task keep DPO unguarded; the tiny profile keeps the DPO smoke path."""
-    from programs.compile import config_overrides, parser
+    from programs.flags import config_overrides, parser
 
     humor = build_config()
     assert (humor.objective, humor.meaning_floor, humor.length_control) == ("curated", 0.75, True)

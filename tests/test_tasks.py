@@ -272,7 +272,7 @@ def test_a_bad_task_fails_when_the_config_is_built(tmp_path):
 
 
 def test_ood_inputs_follow_the_task(tmp_path):
-    from programs.compile import select_inputs
+    from programs.inputs import select_inputs
 
     cfg = PipelineConfig(task="formal", limit=2, ood_inputs=3)
     chosen = select_inputs(cfg, FORMAL)
