@@ -186,8 +186,9 @@ def build_config(profile: str = "default", toml_path: str | None = None, overrid
             profile = data["profile"]
     given = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     # the layers, each over the one before: the dataclass, the task's own defaults, the profile, the file, the flags
-    values: dict[str, Any] = {**_task_defaults(given.get("task", PipelineConfig.task)), "profile": profile,
-                              **PROFILES[profile], **given}
+    task, task_error = _load_task(given.get("task", PROFILES[profile].get("task", PipelineConfig.task)))
+    values: dict[str, Any] = {**dict(task.defaults if task else ()), "profile": profile, **PROFILES[profile],
+                              **given}
     for name in ("meaning_floor", "meaning_margin"):  # `off` turns a guard a task's defaults set back off
         if isinstance(values.get(name), str) and values[name].strip().lower() in OFF:
             values[name] = None
@@ -241,26 +242,23 @@ def build_config(profile: str = "default", toml_path: str | None = None, overrid
         cfg.optimize = None
     if cfg.optimize and (cfg.optimize_inputs < 2 or cfg.optimize_trials < 1):
         raise ConfigError("optimize_inputs must be at least 2 and optimize_trials at least 1")
-    from programs.tasks import TaskError, get_task
-
-    try:
-        get_task(cfg.task)  # a bad task fails here, before any model is loaded
-    except TaskError as e:
-        raise ConfigError(str(e)) from e
+    if task_error is not None:  # a bad task fails here, before any model is loaded
+        raise ConfigError(str(task_error)) from task_error
     return cfg
 
 
 OFF = ("off", "none")
 
 
-def _task_defaults(spec: Any) -> dict[str, Any]:
-    """The settings the task's own dev split chose; a task that does not load has none (build_config says why)."""
+def _load_task(spec: Any) -> tuple[Any, Exception | None]:
+    """The config's task, loaded once: its defaults are a layer of the config, and its error is reported after the
+    config's own keys are checked."""
     from programs.tasks import TaskError, get_task
 
     try:
-        return dict(get_task(spec).defaults)
-    except (TaskError, TypeError):
-        return {}
+        return get_task(spec), None
+    except TaskError as e:
+        return None, e
 
 
 def _number(v: Any) -> bool:

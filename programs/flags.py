@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from programs.config import PROFILES
+from programs.config import OFF, PROFILES
 from store.cli import ArgumentParser
 
 
@@ -83,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _cosine_or_off(text: str) -> float | str:
     """A guard's cosine, or `off` (the config layer turns it into no guard, over a task's default)."""
-    if text.strip().lower() in ("off", "none"):
+    if text.strip().lower() in OFF:
         return "off"
     try:
         return float(text)
