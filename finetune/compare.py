@@ -41,14 +41,14 @@ def paired_lift(store, models: list, evaluations: list[dict], *, critic, critic_
     from finetune.evaluate import compare_producers
     from metrics.winrate import paired_difference
 
-    per_item = {e["label"]: {it["input_id"]: p for it, p in zip(e["items"], e["p_student"])}
+    per_item = {e["label"]: per_input(e, e["p_student"])
                 for e in evaluations if e["split"] == split and e["judge"] == critic_name}
     (base_label, base), rows = models[0], []
     for label, model in models[1:]:
         direct = compare_producers(store, critic=critic, critic_lm=critic_lm, critic_name=critic_name, inputs=inputs,
                                    producer=model.checkpoint_id, reference=base.checkpoint_id, split=split,
                                    run_id=run_id, threads=threads, role="student", purpose="student-eval")
-        lc = {e["label"]: {it["input_id"]: p for it, p in zip(e["items"], e["p_lc"])}
+        lc = {e["label"]: per_input(e, e["p_lc"])
               for e in evaluations if e["split"] == split and e["judge"] == critic_name and "p_lc" in e}
         rows.append({"label": label, "baseline": base_label,
                      "paired_prob_lc": paired_difference(lc.get(label, {}), lc.get(base_label, {})) if lc else None,
@@ -58,6 +58,13 @@ def paired_lift(store, models: list, evaluations: list[dict], *, critic, critic_
                      "direct_prob": direct["wtr_prob"], "direct_decision": direct["wtr_decision"],
                      "raters": rater_lift(store, model.checkpoint_id, base.checkpoint_id, inputs)})
     return rows
+
+
+def per_input(evaluation: dict, ps: list[float | None]) -> dict[str, float | None]:
+    """input_id -> P(student >= teacher) of an evaluation's judged items (`ps`, in their order), and 0 for each input
+    its student failed on: a failure loses, in a paired difference as in a win rate."""
+    return {**{k: 0.0 for k in evaluation.get("failed") or {}},
+            **{it["input_id"]: p for it, p in zip(evaluation["items"], ps)}}
 
 
 _RATED = """
@@ -136,5 +143,5 @@ def length_controlled(store, evaluations: list[dict], task: Task, *, critic_name
                                            run_id=run_id, groups=groups)
     for e in chosen:
         e["p_lc"] = [lc.get(f"{it['a_id']}|{it['b_id']}") for it in e["items"]]
-        e["wtr_prob_lc"], e["wtr_decision_lc"] = win_tie_rate(e["p_lc"])
+        e["wtr_prob_lc"], e["wtr_decision_lc"] = win_tie_rate(list(per_input(e, e["p_lc"]).values()))
     return length_fit

@@ -30,7 +30,8 @@ def student_outputs(store: Store, student: Student, student_lm: dspy.LM, inputs:
     """input_id -> {candidate_id, text} of the student's output, generating only what the store lacks.
 
     Each output is one DSPy call (cached and recorded like any other); `threads` of them at a time, by default as many
-    as the student's engine batches (a local transformers student generates them together), else one."""
+    as the student's engine batches (a local transformers student generates them together), else one. An input the
+    student's program fails on (or answers with nothing) is a `student_failures` row (`failures`), not a candidate."""
     if threads is None:
         threads = getattr(getattr(student_lm, "engine", None), "batch_size", 1)
     have = {r["input_id"]: r for r in store.query(
@@ -38,24 +39,50 @@ def student_outputs(store: Store, student: Student, student_lm: dspy.LM, inputs:
     todo = [i for i in inputs if i["input_id"] not in have]
     with stage_progress("generate", total=len(inputs), done=len(inputs) - len(todo), unit="inputs") as advance, \
             dspy.context(lm=student_lm):
-        def one(item: dict) -> tuple[str, str | None]:
+        def one(item: dict) -> tuple[str, str | None, str | None]:
             try:
-                text = student.task.encode_outputs(student(text=item["text"])) or ""
-            except Exception:  # noqa: BLE001 - recorded as a failed call; the item is left out of the evaluation
-                text = ""
-            return text, last_lm_call_id()
+                text, error = student.task.encode_outputs(student(text=item["text"])) or "", None
+            except Exception as e:  # noqa: BLE001 - the user's program failed on this input: stored, a loss
+                text, error = "", _one_line(e)
+            return text, error or (None if text else "the student's program returned an empty output"), \
+                last_lm_call_id()
 
-        for item, (text, call_id) in imap(one, todo, threads):
-            if text:
+        for item, (text, error, call_id) in imap(one, todo, threads):
+            row = {"input_id": item["input_id"], "producer": producer, "lm_call_id": call_id, "run_id": run_id,
+                   "created_at": datetime.now()}
+            if error is None:
                 cid = candidate_id(item["input_id"], "student", producer, 0)
-                row = {"candidate_id": cid, "input_id": item["input_id"], "role": "student", "producer": producer,
-                       "rank": 0, "text": text, "lm_call_id": call_id, "run_id": run_id,
-                       "created_at": datetime.now()}
+                row.update(candidate_id=cid, role="student", rank=0, text=text)
                 store.add("candidates", row)
                 have[item["input_id"]] = row
+            else:
+                store.add("student_failures", {**row, "error": error})
             advance(1)
     store.flush()
     return have
+
+
+def failures(store: Store, producer: str, inputs: list[dict]) -> dict[str, str]:
+    """input_id -> error, for the inputs where the student's program failed and wrote no output."""
+    return {r["input_id"]: r["error"] for r in store.query(
+        "SELECT input_id, error FROM student_failures f WHERE producer = ? AND list_contains(?, input_id) "
+        "AND NOT EXISTS (SELECT 1 FROM candidates c WHERE c.input_id = f.input_id AND c.role = 'student' "
+        "AND c.producer = f.producer)", [producer, [i["input_id"] for i in inputs]])}
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception as one line (an adapter's parse error spans several: the first says what went wrong)."""
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {first}"[:300]
+
+
+def failure_line(evaluation: dict) -> str | None:
+    """"the student failed on K of N evaluation inputs: <first error>", or None when it failed on none."""
+    failed = evaluation.get("failed") or {}
+    if not failed:
+        return None
+    n = len(failed) + len(evaluation["items"])
+    return f"the student failed on {len(failed)} of {n} evaluation inputs: {next(iter(failed.values()))}"
 
 
 def evaluate(store: Store, *, student: Student, student_lm: dspy.LM, student_name: str, checkpoint_id: str | None,
@@ -73,17 +100,20 @@ def evaluate(store: Store, *, student: Student, student_lm: dspy.LM, student_nam
     p, dropped = _both_orders(store, critic, critic_lm, items, judge=critic_name, run_id=run_id, purpose="eval",
                               threads=threads)
     items = [it for it in items if it["input_id"] in p]
-    prob, decision = win_tie_rate([p[it["input_id"]] for it in items])
+    failed = {k: v for k, v in failures(store, student_name, inputs).items() if k in refs}
+    prob, decision = win_tie_rate([p[it["input_id"]] for it in items] + [0.0] * len(failed))  # a failure loses
     task = student.task
     ratios = [len(task.output_text(it["a"]).split()) / max(1, len(task.input_text(it["text"]).split())) for it in items]
     details = {"items": [{"input_id": it["input_id"], "p_student": p[it["input_id"]],
                           "length_ratio": r} for it, r in zip(items, ratios)],
-               "skipped": len(inputs) - len(items), "one_order_only": dropped, "method": critic.method}
+               "skipped": len(inputs) - len(items) - len(failed), "one_order_only": dropped, "method": critic.method,
+               **({"failed": [{"input_id": k, "error": v} for k, v in failed.items()]} if failed else {})}
     evaluation_id = _store_evaluation(store, student=student_name, reference=teacher_name, judge=critic_name,
-                                      split=split, items=items, prob=prob, decision=decision, details=details,
-                                      run_id=run_id, checkpoint_id=checkpoint_id, method=critic.method)
+                                      split=split, items=items + [{"input_id": k} for k in failed], prob=prob,
+                                      decision=decision, details=details, run_id=run_id, checkpoint_id=checkpoint_id,
+                                      method=critic.method)
     return {"wtr_prob": prob, "wtr_decision": decision, "length_ratios": ratios, "items": items,
-            "p_student": [p[it["input_id"]] for it in items], "evaluation_id": evaluation_id}
+            "p_student": [p[it["input_id"]] for it in items], "failed": failed, "evaluation_id": evaluation_id}
 
 
 def _both_orders(store: Store, critic: Critic, critic_lm: dspy.LM, items: list[dict], **kw) -> tuple[dict, int]:
@@ -140,7 +170,7 @@ def compare_producers(store: Store, *, critic: Critic, critic_lm: dspy.LM, criti
             "p": {it["input_id"]: p[it["input_id"]] for it in items}}
 
 
-__all__ = ["Estimate", "compare_producers", "evaluate", "student_outputs"]
+__all__ = ["Estimate", "compare_producers", "evaluate", "failure_line", "failures", "student_outputs"]
 
 
 # -- python -m finetune.evaluate -----------------------------------------------------------------------------------

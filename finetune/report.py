@@ -214,10 +214,13 @@ def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dic
         meaning = e.get("meaning")
         lc = e.get("wtr_prob_lc")
         lines.append(f"| {e['label']} | `{e['judge']}` | {e['split']} | {e['wtr_prob'].n} | "
-                     f"{100 * e['wtr_prob'].value:.1f} [{100 * e['wtr_prob'].lo:.1f}, {100 * e['wtr_prob'].hi:.1f}] | "
-                     f"{'–' if lc is None or not lc.n else f'{100 * lc.value:.1f} [{100 * lc.lo:.1f}, {100 * lc.hi:.1f}]'} | "
-                     f"{100 * e['wtr_decision'].value:.1f} [{100 * e['wtr_decision'].lo:.1f}, {100 * e['wtr_decision'].hi:.1f}] | "
-                     f"{'' if meaning is None else f'{meaning:.2f}'} | {e['length_ratio']:.2f} |")
+                     f"{e['wtr_prob'].interval()} | {'–' if lc is None else lc.interval()} | "
+                     f"{e['wtr_decision'].interval()} | {_number(meaning, empty='')}"
+                     f" | {_number(e['length_ratio'])} |")
+    from finetune.evaluate import failure_line
+
+    lines += [f"- **{e['label']}**, {e['split']}, judge `{e['judge']}`: {line}; each counts as a loss in its WTR"
+              for e in evaluations if (line := failure_line(e))]
     lines += ["", "![win-tie rate](wtr.png)", "",
               "WTR (mean P) is the paper's definition: the critic's probability that the student's output is at least "
               "as good as the teacher's, averaged over both presentation orders and over items. WTR (decisions) is the "
@@ -248,3 +251,8 @@ def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dic
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _number(x: float | None, empty: str = "–") -> str:
+    """A table cell: two decimals, or `empty` for a value that is missing or NaN (nothing was measured)."""
+    return empty if x is None or x != x else f"{x:.2f}"

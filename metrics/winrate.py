@@ -19,12 +19,22 @@ class Estimate:
     hi: float
     n: int
 
+    NONE = "none judged (n=0)"  # an estimate of nothing is never printed as a number
+
     def __str__(self) -> str:
+        if not self.n:
+            return self.NONE
         return f"{100 * self.value:.1f} [{100 * self.lo:.1f}, {100 * self.hi:.1f}] (n={self.n})"
 
     def signed(self) -> str:
         """A difference in points, sign always shown: +7.4 [-0.9, +15.9] (n=69)."""
+        if not self.n:
+            return self.NONE
         return f"{100 * self.value:+.1f} [{100 * self.lo:+.1f}, {100 * self.hi:+.1f}] (n={self.n})"
+
+    def interval(self) -> str:
+        """×100 with its interval and no n, for a table with an n column: 48.6 [41.2, 55.9]; – for none."""
+        return "–" if not self.n else f"{100 * self.value:.1f} [{100 * self.lo:.1f}, {100 * self.hi:.1f}]"
 
 
 def bootstrap(values: list[float] | np.ndarray, *, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> Estimate:

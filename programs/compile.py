@@ -118,7 +118,7 @@ class Results:
 
     evaluations: list[dict]  # one per student, split and judge
     lift: list[dict]  # what feedback bought, per trained student against the warm start
-    best: str  # the student `<out>/student` points at
+    best: str | None  # the student `<out>/student` points at (None: no evaluation judged any student's output)
     teacher_quality: dict | None  # the optimized teacher against the one as written
     length_fit: Any = None  # the critic's length preference fitted on the evaluation's verdicts (metrics.length_control)
 
@@ -151,10 +151,13 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str, teacher_program
         results = _evaluate(p, teacher, students)
         report = _report(p, warm, pairs, results)
         progress.emit(f"run {p.run_id[:12]}: done in {progress.duration(time.monotonic() - p.started)}")
+    from finetune.evaluate import failure_line
+
     first = results.evaluations[0]
     summary = {"run_id": p.run_id, "teach": taught, "checkpoint": warm.path, "report": str(report),
                "wtr_prob": first["wtr_prob"], "wtr_decision": first["wtr_decision"],
-               "models": {label: model.path for label, model in students}}
+               "models": {label: model.path for label, model in students}, "best": results.best,
+               "failed": next((line for e in results.evaluations if (line := failure_line(e))), None)}
     _print_results(p, results, report)
     return summary
 
@@ -527,6 +530,8 @@ def _report(p: Pipeline, warm, pairs: list[dict], results: Results) -> Path:
 def _print_results(p: Pipeline, results: Results, report: Path) -> None:
     """The lead (what feedback bought), every evaluation, the optimized teacher, where the student and the report
     are, and what logging to the store cost."""
+    from finetune.evaluate import failure_line
+
     cfg, out_dir = p.cfg, p.out_dir
     for d in results.lift:
         lc = f" · length-controlled {d['paired_prob_lc'].signed()}" if d.get("paired_prob_lc") else ""
@@ -540,16 +545,23 @@ def _print_results(p: Pipeline, results: Results, report: Path) -> None:
         console.print(f"independent check: {independent_check(results.lift)}", highlight=False, soft_wrap=True)
     for e in results.evaluations:
         lc = f" · length-controlled {e['wtr_prob_lc']}" if "wtr_prob_lc" in e else ""
-        console.print(f"[bold]{e['label']}[/] vs teacher, {e['split']}, judge {e['judge']}: "
-                      f"WTR mean P {e['wtr_prob']}{lc} · decisions {e['wtr_decision']}", highlight=False,
-                      soft_wrap=True)
+        failed = failure_line(e)
+        wtr = (f"WTR mean P {e['wtr_prob']}{lc} · decisions {e['wtr_decision']}" if e["items"] else "nothing judged")
+        console.print(f"[bold]{e['label']}[/] vs teacher, {e['split']}, judge {e['judge']}: {wtr}"
+                      + (f" · {failed} (each a loss)" if failed and e["items"] else f": {failed}" if failed else ""),
+                      highlight=False, soft_wrap=True)
     teacher_quality = results.teacher_quality
     if teacher_quality is not None:
         console.print(f"optimized teacher ({cfg.optimize}) vs teacher as written, {cfg.eval_split}, judge {cfg.critic}: "
                       f"WTR mean P {teacher_quality['wtr_prob']} · decisions {teacher_quality['wtr_decision']}",
                       highlight=False, soft_wrap=True)
-    console.print(f"student: {out_dir / 'student'} -> {results.best} (use it as a model: local/{out_dir / 'student'})\n"
-                  f"report:  {report}", soft_wrap=True)
+    if results.best is None:
+        console.print(f"student: none linked (no evaluation judged any student's output: "
+                      f"python -m store query \"SELECT * FROM student_failures WHERE run_id = '{p.run_id}'\")\n"
+                      f"report:  {report}", soft_wrap=True, highlight=False)
+    else:
+        console.print(f"student: {out_dir / 'student'} -> {results.best} (use it as a model: "
+                      f"local/{out_dir / 'student'})\nreport:  {report}", soft_wrap=True)
     logged = p.callback.seconds + p.store.flush_seconds_total
     share = 100 * logged / (time.monotonic() - p.started)
     console.print(f"store: logging took {logged:.2f}s, {share:.2f}% of this run", soft_wrap=True)
@@ -594,23 +606,26 @@ def _warm_start_dir(out_dir: Path, icfg, dataset_id: str) -> Path:
     return earlier if not (folder / MARKER).exists() and (earlier / MARKER).exists() else folder
 
 
-def _link_student(out_dir: Path, models: list, evaluations: list[dict], critic: str, split: str) -> str:
+def _link_student(out_dir: Path, models: list, evaluations: list[dict], critic: str, split: str) -> str | None:
     """`<out>/student` points at the distilled student, so `local/<out>/student` is a model spec for any DSPy program:
     the one objective the run trained (what the task's evidence or the user chose: the critic is blind where it is
     blind, so its verdict does not overrule the choice), else the best of several by the critic on the evaluation
-    split."""
-    if len(models) == 2:  # the warm start and one objective
+    split. Only a student whose evaluation judged at least one of its outputs is chosen; with none, nothing is linked
+    (None)."""
+    chosen = [e for e in evaluations if e["split"] == split and e["judge"] == critic]
+    scored = {e["label"]: e["wtr_prob"].value for e in chosen if e["items"]}
+    eligible = [m for m in models if m[0] in scored or all(e["label"] != m[0] for e in chosen)]
+    link = out_dir / "student"
+    if link.is_symlink() or link.exists():
+        link.unlink()  # an earlier run's link would name a student this evaluation did not choose
+    if not eligible:
+        return None
+    if len(models) == 2 and models[1] in eligible:  # the warm start and one objective
         (label, model), how = models[1], "the run's objective"
     else:
-        scored = {e["label"]: e["wtr_prob"].value for e in evaluations
-                  if e["split"] == split and e["judge"] == critic and e["wtr_prob"].value == e["wtr_prob"].value}
-        label, model = max(models, key=lambda m: scored.get(m[0], float("-inf")))
+        label, model = max(eligible, key=lambda m: scored.get(m[0], float("-inf")))
         how = "the best by the critic" if len(models) > 1 else "the only student"
-    link = out_dir / "student"
-    target = os.path.relpath(Path(model.path).resolve(), out_dir.resolve())
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(target, target_is_directory=True)
+    link.symlink_to(os.path.relpath(Path(model.path).resolve(), out_dir.resolve()), target_is_directory=True)
     return f"{model.path} ({label}, {how})"
 
 

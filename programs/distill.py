@@ -149,8 +149,11 @@ class CriticDistill(Teleprompter):
         if not valset:
             rows = [{k: v for k, v in r.items() if k != "split"} for r in rows]  # split by a hash of each input
         _write_inputs(inputs, rows)
-        run(cfg, db=self.store, out=str(out), command=f"CriticDistill.compile({type(student).__name__})",
-            teacher_program=teacher if teacher is not None else student, student_program=student)
+        summary = run(cfg, db=self.store, out=str(out), command=f"CriticDistill.compile({type(student).__name__})",
+                      teacher_program=teacher if teacher is not None else student, student_program=student)
+        if summary["best"] is None:  # every evaluation output failed: there is no distilled program to hand back
+            raise DistillError(f"{summary['failed'] or 'no evaluation judged any output of the student'}; no student "
+                               f"was chosen (the failures: SELECT * FROM student_failures in {self.store})")
         return student_program(student, resolve_lm(f"local/{(out / 'student').resolve()}", temperature=0.0,
                                                    max_tokens=cfg.student_max_tokens))
 

@@ -420,11 +420,30 @@ def m011_guards_and_ratings(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m012_student_failures(con: duckdb.DuckDBPyConnection) -> None:
+    """Where a student's program failed on an input (an answer its adapter could not parse, a check the user's program
+    raised): the evaluation counts each as a loss, so a failure cannot raise a win rate by being left out."""
+    con.execute(
+        """
+        CREATE TABLE student_failures (        -- finetune/evaluate.py: student_outputs
+            input_id VARCHAR,
+            producer VARCHAR,                  -- the student (its checkpoint id or spec)
+            error VARCHAR,                     -- the exception, one line: type: message
+            lm_call_id VARCHAR,                -- the student's last LM call on this input, when it made one
+            run_id VARCHAR,
+            created_at TIMESTAMP,
+            PRIMARY KEY (input_id, producer)
+        );
+        """
+    )
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_views, m003_audits,
                                                                    m004_feedback_views, m005_usage_views,
                                                                    m006_optimization, m007_critic_methods,
                                                                    m008_dataset_prompts, m009_teacher_traces,
-                                                                   m010_dataset_completions, m011_guards_and_ratings]
+                                                                   m010_dataset_completions, m011_guards_and_ratings,
+                                                                   m012_student_failures]
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:

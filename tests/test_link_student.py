@@ -16,8 +16,9 @@ def _students(tmp_path, *labels):
     return models
 
 
-def _evaluation(label, wtr, judge="critic"):
-    return {"label": label, "judge": judge, "split": "test", "wtr_prob": Estimate(wtr, wtr - 1, wtr + 1, 69)}
+def _evaluation(label, wtr, judge="critic", judged=69):
+    return {"label": label, "judge": judge, "split": "test", "wtr_prob": Estimate(wtr, wtr - 1, wtr + 1, 69),
+            "items": [{"input_id": f"i{n}"} for n in range(judged)]}
 
 
 def test_one_objective_is_linked_even_when_the_critic_prefers_the_warm_start(tmp_path):
@@ -46,3 +47,23 @@ def test_an_imitation_only_run_links_its_one_student(tmp_path):
     out.mkdir()
     assert _link_student(out, models, [], "critic", "test").endswith("(FT (imitation), the only student)")
     assert (out / "student").resolve() == (tmp_path / "FT-(imitation)").resolve()
+
+
+def test_no_student_is_chosen_from_an_evaluation_that_judged_nothing(tmp_path):
+    """Every output of both students failed: nothing is linked, and an earlier run's link is gone."""
+    models = _students(tmp_path, "warm start (imitation)", "DPO")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "student").symlink_to(tmp_path / "DPO", target_is_directory=True)
+    evaluations = [_evaluation("warm start (imitation)", 0.0, judged=0), _evaluation("DPO", 0.0, judged=0)]
+    assert _link_student(out, models, evaluations, "critic", "test") is None
+    assert not (out / "student").exists() and not (out / "student").is_symlink()
+
+
+def test_an_objective_that_judged_nothing_is_passed_over(tmp_path):
+    models = _students(tmp_path, "warm start (imitation)", "DPO")
+    out = tmp_path / "out"
+    out.mkdir()
+    evaluations = [_evaluation("warm start (imitation)", 0.4), _evaluation("DPO", 0.0, judged=0)]
+    assert _link_student(out, models, evaluations, "critic", "test").endswith(
+        "(warm start (imitation), the best by the critic)")
