@@ -20,7 +20,7 @@ import dspy
 from metrics.guards import LC, candidate_meaning, record_length_control
 from metrics.judge import judge_verdicts
 from finetune.pairs import select_pair, within_length
-from finetune.sample import sample_candidates
+from finetune.sample import sample_candidates, typed_sample
 from programs.student_lm import load_student
 from programs.critic import Critic
 from programs.progress import stage_progress
@@ -97,10 +97,13 @@ def sample_round(store: Store, task: Task, student_path: str, producer: str, inp
         for jobs, method, k in ((greedy_todo, "greedy", 1), (todo, cfg.method, cfg.k)):
             for start in range(0, len(jobs), cfg.batch_size):
                 chunk = jobs[start:start + cfg.batch_size]
-                outs = sample_candidates(model, tokenizer, [training_prompt(task, i["text"]) for i in chunk], k=k,
+                prompts = [training_prompt(task, i["text"]) for i in chunk]
+                outs = sample_candidates(model, tokenizer, prompts, k=k,
                                          method=method, top_p=cfg.top_p, temperature=cfg.temperature,
                                          batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
                                          seed=cfg.seed + start)
+                outs = [[typed_sample(model, tokenizer, prompt, text) for text in texts]
+                        for prompt, texts in zip(prompts, outs)]
                 ranks = [GREEDY_RANK] if method == "greedy" else range(k)
                 rows = [_row(item, producer, rank, stored, run_id)  # several output fields: parsed, as JSON
                         for item, texts in zip(chunk, outs) for rank, text in zip(ranks, texts)

@@ -254,6 +254,16 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int] | None:
     return ids or None
 
 
+def typed_sample(model: Any, tokenizer: Any, prompt: Sequence[dict], text: str) -> str:
+    """A sample with its `Literal` fields decoded under their type, as the student's engine decodes its answers
+    (`programs.typed_outputs`): the feedback loop learns from the answers the distilled program will give."""
+    from programs.student_lm import continuation_logprobs, is_seq2seq
+    from programs.typed_outputs import snap
+
+    rendered = render_prompt(tokenizer, prompt, seq2seq=is_seq2seq(model))
+    return snap(prompt, text, lambda prefix, options: continuation_logprobs(model, tokenizer, rendered, prefix, options))
+
+
 def sample_candidates(
     model: Any,
     tokenizer: Any,

@@ -17,6 +17,8 @@ from dspy.adapters.utils import format_field_value, get_annotation_name, parse_v
 from dspy.signatures.signature import Signature
 from dspy.utils.exceptions import AdapterParseError
 
+from programs.typed_outputs import lenient
+
 
 def label(name: str, field: Any = None) -> str:
     """`paraphrase_1` -> `Paraphrase 1`: the label a field has in the prompt and in the answer."""
@@ -120,15 +122,22 @@ class LabeledAdapter(ChatAdapter):
         if typing.get_origin(annotation) is typing.Literal:
             options = [str(o) for o in typing.get_args(annotation)]
             m = re.search(r"\b(" + "|".join(re.escape(o) for o in options) + r")\b", raw)
-            if not m:
+            found = m.group(1) if m else lenient(raw, options)  # `Billing.` is billing: unambiguous
+            if found is None:
                 raise AdapterParseError(adapter_name="LabeledAdapter", signature=signature, lm_response=completion,
                                         message=f"{name} must be one of {options}, got {raw[:80]!r}")
-            raw = m.group(1)
+            raw = found
         if not raw:
             raise AdapterParseError(adapter_name="LabeledAdapter", signature=signature, lm_response=completion,
                                     message=f"empty {name}")
         try:
             return parse_value(raw, annotation)
         except ValueError as e:
+            bare = raw.strip().rstrip(".!,;").strip()  # a number or a bool with a closing period: unambiguous
+            if annotation in (bool, int, float) and bare != raw:
+                try:
+                    return parse_value(bare, annotation)
+                except ValueError:
+                    pass
             raise AdapterParseError(adapter_name="LabeledAdapter", signature=signature, lm_response=completion,
                                     message=f"cannot parse {name}: {e}") from e

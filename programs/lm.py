@@ -218,10 +218,11 @@ class TransformersEngine:
     gets one at a time. Sampled requests and those that want log-probabilities go one at a time, seeded as before.
     """
 
-    def __init__(self, model_path: str, *, name: str | None = None, batch_size: int = 8):
+    def __init__(self, model_path: str, *, name: str | None = None, batch_size: int = 8, typed: bool = True):
         self.model_path = str(model_path)
         self.name = name or Path(model_path).name
         self.batch_size = batch_size
+        self.typed = typed  # a `Literal` output is always one of its values (programs/typed_outputs.py)
         self._loaded = None
         self._lock = threading.Lock()  # one generation at a time
         self._queue: list[_Pending] = []
@@ -258,6 +259,15 @@ class TransformersEngine:
         if model.config.is_encoder_decoder or not getattr(tok, "chat_template", None):
             return "\n\n".join(m["content"] for m in messages)
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _snap(self, model, tok, messages: list[dict], prompt: str, text: str) -> str:
+        """The answer with its `Literal` fields decoded under their type (`programs.typed_outputs.snap`)."""
+        if not self.typed:
+            return text
+        from programs.student_lm import continuation_logprobs
+        from programs.typed_outputs import snap
+
+        return snap(messages, text, lambda prefix, options: continuation_logprobs(model, tok, prompt, prefix, options))
 
     def complete(self, request: Request) -> Response:
         self._check_adapter(request)
@@ -301,10 +311,12 @@ class TransformersEngine:
         try:
             model, tok = self._load()
             cfg = group[0].request.config
-            prompts = [self._prompt(model, tok, _messages(p.request)) for p in group]
+            messages = [_messages(p.request) for p in group]
+            prompts = [self._prompt(model, tok, m) for m in messages]
             out = generate_ids(model, tok, prompts, batch_size=len(group), max_new_tokens=cfg.max_tokens or 256)
-            for p, (prompt_tokens, rows) in zip(group, out):
+            for p, m, prompt, (prompt_tokens, rows) in zip(group, messages, prompts, out):
                 ids, text = _decode(tok, rows[0], cfg)
+                text = self._snap(model, tok, m, prompt, text)
                 finish = "length" if len(rows[0]) >= (cfg.max_tokens or 256) else "stop"
                 p.response = _response(p.request.model, text, finish, prompt_tokens, len(ids), None)
         except BaseException as e:  # noqa: BLE001 - every request of the batch gets the failure
@@ -338,6 +350,8 @@ class TransformersEngine:
         start = 1 if model.config.is_encoder_decoder else enc["input_ids"].shape[1]
         new = [int(t) for t in out.sequences[0, start:]]
         ids, text = _decode(tok, new, cfg)
+        if cfg.logprobs is None:  # log-probabilities score what was generated: left as it was
+            text = self._snap(model, tok, messages, prompt, text)
         logprobs = None
         if cfg.logprobs is not None and out.scores:
             k = max(1, min(cfg.logprobs or 1, 20))
@@ -354,7 +368,7 @@ class TransformersEngine:
         return _response(request.model, text, finish, int(enc["input_ids"].shape[1]), len(ids), logprobs)
 
     def dump_state(self) -> dict:
-        return {"model_path": self.model_path, "name": self.name, "batch_size": self.batch_size}
+        return {"model_path": self.model_path, "name": self.name, "batch_size": self.batch_size, "typed": self.typed}
 
     @classmethod
     def load_state(cls, state: dict) -> TransformersEngine:

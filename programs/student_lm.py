@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -284,3 +285,45 @@ def generate(
                        num_beams=num_beams, do_sample=do_sample, temperature=temperature, top_p=top_p,
                        num_return_sequences=num_return_sequences, seed=seed)
     return [[tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in rows] for _, rows in out]
+
+
+def continuation_logprobs(model: Any, tokenizer: Any, prompt: str, prefix: str, continuations: Sequence[str]
+                          ) -> list[float]:
+    """log p(prefix + c | prompt) for each continuation c, the prompt rendered as `generate_ids` takes it: how likely
+    the student finds each allowed value at one place in its answer (`programs.typed_outputs`). The shared prefix
+    is scored with every continuation, so a token that straddles the boundary counts fairly for each."""
+    seq2seq = is_seq2seq(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            if seq2seq:
+                enc = tokenizer([prompt] * len(continuations), return_tensors="pt")
+                labels = tokenizer([prefix + c for c in continuations], return_tensors="pt", padding=True,
+                                   add_special_tokens=False)
+                targets = labels["input_ids"].masked_fill(labels["attention_mask"] == 0, -100)
+                logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                               labels=targets).logits
+                return _summed(logits, targets)
+            start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            side = tokenizer.padding_side
+            tokenizer.padding_side = "right"
+            try:
+                full = tokenizer([prompt + prefix + c for c in continuations], return_tensors="pt", padding=True,
+                                 add_special_tokens=False)
+            finally:
+                tokenizer.padding_side = side
+            targets = full["input_ids"].masked_fill(full["attention_mask"] == 0, -100)
+            targets[:, :start] = -100
+            logits = model(input_ids=full["input_ids"], attention_mask=full["attention_mask"]).logits
+            return _summed(logits[:, :-1], targets[:, 1:])
+    finally:
+        model.train(was_training)
+
+
+def _summed(logits: Any, targets: Any) -> list[float]:
+    """Per row, the summed log-probability of the target tokens (-100: not scored)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    mask = targets != -100
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(dim=-1).tolist()
