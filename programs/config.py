@@ -124,7 +124,18 @@ class PipelineConfig:
         for key, default in NEWER_KEYS.items():  # at its default: left out, so earlier runs keep their ids
             if values[key] == default:
                 values.pop(key)
+        if isinstance(values.get("task"), dict):  # a program's task, recorded whole
+            values["task"] = _earlier_task(values["task"])
         return values
+
+
+def _earlier_task(task: dict) -> dict:
+    """A task as identities recorded it before `NEWER_TASK_FIELDS` were added (each at its default left out), its
+    steps too."""
+    task = {k: v for k, v in task.items() if k not in NEWER_TASK_FIELDS or v != NEWER_TASK_FIELDS[k]}
+    if task.get("steps"):
+        task["steps"] = tuple((name, _earlier_task(step)) for name, step in task["steps"])
+    return task
 
 
 # keys added after runs were recorded, with the value that leaves a run's id as it was
@@ -137,6 +148,9 @@ NEWER_KEYS: dict[str, Any] = {
     "min_confidence": 0.0, "both_orders_agree": False, "eval_split": "test",
     "meaning_floor": None, "meaning_margin": None, "length_control": False,
 }
+
+# Task fields added after runs of programs' tasks were recorded, with the value that leaves a run's id as it was
+NEWER_TASK_FIELDS: dict[str, Any] = {"defaults": (), "student_adapter": "labeled"}
 
 PROFILES: dict[str, dict[str, Any]] = {
     # fast: the 0.5B teacher/critic, a few inputs; for tests and a first look (<= 10 min on 2 CPU cores)

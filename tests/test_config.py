@@ -1,6 +1,7 @@
 """The pipeline config: learning rates per objective, validated, and left out of a run's identity while unset."""
 
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -175,3 +176,35 @@ def test_a_task_brings_the_defaults_its_dev_split_chose_and_every_layer_above_ov
 
     with pytest.raises(UserError, match="--meaning-floor: expected a cosine in \\[-1, 1\\] or off, got 'high'"):
         parser().parse_args(["--meaning-floor", "high"])
+
+
+def test_a_programs_task_keeps_the_run_id_it_had_before_tasks_gained_defaults_and_an_adapter():
+    """Task fields added later (`NEWER_TASK_FIELDS`), at their defaults, leave a program's run id as it was; a
+    student trained on another adapter's prompts is another run."""
+    import dspy
+
+    from programs.distill import PairwiseCritic, task_from_program
+    from store import stable_id
+
+    class QA(dspy.Module):  # the task's name is the class's: qa
+        def __init__(self):
+            super().__init__()
+            self.find = dspy.Predict("question, context -> evidence")
+            self.answer = dspy.Predict("question, evidence -> answer")
+
+        def forward(self, question, context):
+            return self.answer(question=question, evidence=self.find(question=question, context=context).evidence)
+
+    class One(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.answer = dspy.Predict("question -> answer")
+
+    def run_id(program, **more):
+        task = task_from_program(program, PairwiseCritic("x"))
+        task = replace(task, **more) if more else task
+        return stable_id("run", build_config("tiny", overrides={"task": task}).identity())
+
+    assert run_id(QA()) == "a91f485b0debd2ca6dd3e379"  # the ids of 5c21124, before Task.defaults
+    assert run_id(One()) == "bb95e036107698616ad3b50b"
+    assert run_id(One(), student_adapter="chat") != run_id(One())
