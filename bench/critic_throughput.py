@@ -37,7 +37,7 @@ from metrics.judge import judge_verdicts  # noqa: E402
 from programs.adapter import LabeledAdapter  # noqa: E402
 from programs.critic import DEFAULT, PAPER, Critic, CriticSettings  # noqa: E402
 from programs.lm import resolve_lm  # noqa: E402
-from programs.tasks import HUMOR  # noqa: E402
+from programs.builtin_tasks import HUMOR  # noqa: E402
 from store.callback import install  # noqa: E402
 from store.db import Store  # noqa: E402
 

@@ -44,7 +44,7 @@ from programs.adapter import LabeledAdapter  # noqa: E402
 from programs.lm import resolve_lm  # noqa: E402
 from programs.student import Student  # noqa: E402
 from programs.student_lm import DEFAULT_STUDENT  # noqa: E402
-from programs.tasks import HUMOR  # noqa: E402
+from programs.builtin_tasks import HUMOR  # noqa: E402
 from store import Store, stable_id  # noqa: E402
 from store.callback import install  # noqa: E402
 from store.cli import quiet_libraries  # noqa: E402

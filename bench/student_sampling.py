@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from finetune.sample import sample_candidates  # noqa: E402
 from programs.student_lm import DEFAULT_STUDENT, load_student  # noqa: E402
 from programs.student import training_prompt  # noqa: E402
-from programs.tasks import HUMOR  # noqa: E402
+from programs.builtin_tasks import HUMOR  # noqa: E402
 
 TARGET = 3.0
 INPUTS = ROOT / "programs" / "data" / "humor_inputs.jsonl"

@@ -31,7 +31,8 @@ from typing import Any
 
 from metrics.judge import judgment_id, verdict_id
 from metrics.winrate import Estimate, bootstrap, paired_difference, win_tie_rate
-from programs.tasks import Task, get_task
+from programs.task_sources import get_task
+from programs.tasks import Task
 from store import Store, stable_id
 from store.cli import ArgumentParser, UserError, entry_point
 

@@ -264,7 +264,7 @@ def audit(pairs: list[dict], critic, critic_lm, *, store, judge: str, run_id: st
     from metrics.judge import judge_verdicts
     from programs.adapter import LabeledAdapter
     from programs.critic import PAPER
-    from programs.tasks import HUMOR
+    from programs.builtin_tasks import HUMOR
     from programs.teach import candidate_id
     from store import stable_id, to_json
     from store.callback import trace_context
@@ -467,7 +467,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             raise AuditError(f"no pairs with split {args.split!r} in {pair_file.path}"
                              + (f" (it has: {', '.join(splits)})" if splits else " (it has no split field)"))
     pairs = pairs[: args.limit] if args.limit else pairs
-    from programs.tasks import TaskError, get_task
+    from programs.task_sources import get_task
+    from programs.tasks import TaskError
 
     try:
         task = get_task(args.task)

@@ -267,7 +267,8 @@ OFF = ("off", "none")
 def _load_task(spec: Any) -> tuple[Any, Exception | None]:
     """The config's task, loaded once: its defaults are a layer of the config, and its error is reported after the
     config's own keys are checked."""
-    from programs.tasks import TaskError, get_task
+    from programs.task_sources import get_task
+    from programs.tasks import TaskError
 
     try:
         return get_task(spec), None

@@ -1,9 +1,9 @@
-"""Task definitions: what the teacher writes, what the critic judges, what the student is asked.
+"""The task model: what the teacher writes, what the critic judges, what the student is asked.
 
 A task is data (instructions and field descriptions) from which the DSPy signatures are built, so a new task needs
-no new code path. Humor paraphrase, the paper's task, is the first one; plain -> formal rewriting is the second.
-`get_task` takes a built-in name, a TOML file, or a Python reference (`package.module:ATTR`, `path/file.py:ATTR`);
-docs/tasks.md walks through writing one.
+no new code path. The built-in tasks are in `programs.builtin_tasks`, where a task comes from (a name, a TOML file,
+a Python reference: `get_task`) in `programs.task_sources`, and a DSPy program read as a task in
+`programs.program_tasks`; this module names them too, so `from programs.tasks import HUMOR, get_task` works.
 """
 
 from __future__ import annotations
@@ -11,13 +11,9 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import importlib
 import json
 import re
-import importlib.util
-import sys
-import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
@@ -25,8 +21,6 @@ from store.cli import UserError
 
 if TYPE_CHECKING:
     import dspy
-
-DATA = Path(__file__).parent / "data"
 
 
 class TaskError(UserError, ValueError):
@@ -65,6 +59,10 @@ class Task:
     # pipeline settings this task's own dev split chose (config key, value): beneath a profile, a config file and
     # flags, so they change only what the user left at the default. Empty for every task not measured here.
     defaults: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
+    # the DSPy adapter whose prompts the student learns and answers (`programs.student.ADAPTERS`): "labeled" for the
+    # command line's tasks (the prompts the embedded models read best); "chat", DSPy's default ChatAdapter, for a
+    # user's program (`CriticDistill`), so the distilled program answers under the adapter it will run under
+    student_adapter: str = "labeled"
 
     def __post_init__(self):
         if isinstance(self.bundled_inputs, str):
@@ -112,6 +110,8 @@ class Task:
         names = [n for n, _ in self.input_fields + self.output_fields]
         if len(set(names)) != len(names):
             raise TaskError(f"{where}: a field name is used twice ({', '.join(names)})")
+        if self.student_adapter not in ("labeled", "chat"):
+            raise TaskError(f"{where}: student_adapter must be 'labeled' or 'chat', got {self.student_adapter!r}")
         for n, t in self.field_types:
             if n not in self.inputs and n not in self.outputs:
                 raise TaskError(f"{where}: field_types names {n!r}, which is not one of its fields")
@@ -146,37 +146,6 @@ class Task:
                 fields = "a text" if list(self.inputs) == ["text"] else " and ".join(self.inputs)
                 raise TaskError(f"{where}: teacher demo {i} needs {fields} and a non-empty list of output strings")
         return self
-
-    @classmethod
-    def from_program(cls, program: Any, *, critic_instruction: str, critic_rubrics: tuple[str, ...] = (),
-                     name: str | None = None, keep_program: bool = False, **more: Any) -> Task:
-        """The task a DSPy program defines, with the critic's rubric; `keep_program` keeps the program as the task's
-        teacher. One predictor: its signature's fields and instructions. Several: the program's inputs (the
-        predictors' inputs no predictor writes) and the last predictor's outputs, with a step per predictor."""
-        what = type(program).__name__
-        predictors = program.named_predictors() if hasattr(program, "named_predictors") else None
-        if predictors is None:
-            raise TaskError(f"{getattr(program, '__name__', what)} is a {what}, not a DSPy program (a dspy.Module)")
-        if not predictors:
-            raise TaskError(f"{what} has no predictors (dspy.Predict, dspy.ChainOfThought, ...): nothing to distill")
-        try:
-            steps = [(n, _predictor_task(p, what, n, critic_instruction, critic_rubrics)) for n, p in predictors]
-            if len(steps) == 1:
-                task = steps[0][1]
-                return replace(task, name=name or what.lower(), program=program if keep_program else None, **more)
-            task_name = name or what.lower()
-            steps = [(n, replace(t, name=f"{task_name}.{n}")) for n, t in steps]
-            final = steps[-1][1]
-            inputs = _program_inputs(program, steps)
-            types = {n: t for _, step in steps for n, t in step.field_types}
-            return cls(
-                name=task_name, teacher_instruction=final.teacher_instruction,
-                critic_instruction=critic_instruction, critic_rubrics=tuple(critic_rubrics),
-                student_instruction=final.student_instruction, input_fields=inputs, output_fields=final.output_fields,
-                field_types=tuple((n, types[n]) for n, _ in inputs + final.output_fields if n in types),
-                program=program if keep_program else None, steps=tuple(steps), **more)
-        except TaskError as e:
-            raise TaskError(f"{what}: {e}") from e
 
     # -- a program of several predictors -------------------------------------------------------------------------
 
@@ -385,301 +354,6 @@ def _make(instructions: str, *, inputs: dict, outputs: dict, name: str) -> type[
     spec = {k: (t, dspy.InputField(desc=d)) for k, (t, d) in inputs.items()}
     spec |= {k: (t, dspy.OutputField(desc=d)) for k, (t, d) in outputs.items()}
     return dspy.Signature(spec, instructions, signature_name=name)
-
-
-HUMOR = Task(
-    name="humor",
-    teacher_instruction=(
-        "Generate {n} creative and humorous paraphrases with the exact same meaning as the input text. "
-        "Format the paraphrases as a list numbered as {numbered} and write nothing else."
-    ),
-    critic_instruction=(
-        "Choose the better paraphrase, based on how humorous and human-like it sounds, "
-        "while staying true to the input text."
-    ),
-    critic_rubrics=(
-        "Which paraphrase is funnier and more natural, while saying the same thing as the input text?",
-        "Pick the paraphrase a person would enjoy more: witty and fluent, with the meaning of the input text kept.",
-    ),
-    student_instruction="Rewrite the sentence as a humorous paraphrase with the same meaning.",
-    # the 1.5B critic is blind to lost meaning and padding (docs/critic.md): on the dev split an independent rater
-    # preferred critic-curated imitation behind a meaning floor to imitation 76.9% of decided pairs, and DPO 27.6%
-    # (docs/results/humor-guards). On formal, where the critic can judge, DPO unguarded stays the default.
-    defaults=(("objective", "curated"), ("meaning_floor", 0.75), ("length_control", True)),
-    input_desc="a literal sentence",
-    output_desc="a humorous paraphrase of the text",
-    bundled_inputs=DATA / "humor_inputs.jsonl",
-    ood_inputs=DATA / "ood_inputs.jsonl",
-    teacher_demos=({
-        "text": "Suddenly a big gust of wind came and blew my dress up around my ears!",
-        "outputs": ["Oops! A strong breeze came and gave me an impromptu Marilyn Monroe moment.",  # the paper's example
-                    "The wind decided my dress looked better as a scarf, right up around my ears!",
-                    "A sudden gust turned my dress into a parachute, and I very nearly took off."],
-    },),
-)
-
-FORMAL = Task(
-    name="formal",
-    teacher_instruction=(
-        "Rewrite the input text in {n} different formal and polished ways with the exact same meaning. "
-        "Format the rewrites as a list numbered as {numbered} and write nothing else."
-    ),
-    critic_instruction=(
-        "Choose the better rewrite, based on how formal and polished it sounds, "
-        "while keeping the meaning of the input text."
-    ),
-    critic_rubrics=(
-        "Which rewrite is more formal and polished, while saying the same thing as the input text?",
-        "Pick the rewrite that would suit a formal letter best, with the meaning of the input text kept.",
-    ),
-    student_instruction="Rewrite the sentence in a formal, polished style with the same meaning.",
-    input_desc="a casual, informal sentence",
-    output_desc="a formal rewrite of the text",
-    bundled_inputs=DATA / "formal_inputs.jsonl",
-    ood_inputs=DATA / "formal_ood_inputs.jsonl",
-    teacher_demos=({
-        "text": "hey, can't make it tonight, something came up at work, sorry!!",
-        "outputs": ["I regret that I will be unable to attend this evening, as a matter has arisen at work.",
-                    "Please accept my apologies; an unexpected work commitment prevents me from attending tonight.",
-                    "Unfortunately, something has come up at work, so I will not be able to join you this evening."],
-    },),
-)
-
-TASKS: dict[str, Task] = {HUMOR.name: HUMOR, FORMAL.name: FORMAL}
-
-REQUIRED_KEYS = ("teacher_instruction", "critic_instruction", "student_instruction", "input_desc", "output_desc")
-OPTIONAL_KEYS = ("name", "inputs", "ood_inputs", "demos", "critic_rubrics", "signature", "fields", "program")
-# a task file naming a program takes the fields and the instructions from it: these keys would say them twice
-PROGRAM_DEFINES = ("signature", "fields", "teacher_instruction", "student_instruction", "input_desc", "output_desc",
-                   "demos")
-SIGNATURE_KEYS = ("signature", "fields")  # with a signature, input_desc and output_desc give way to [fields]
-
-
-def get_task(spec: str | Task) -> Task:
-    """A task from a built-in name, a `.toml` file, or a Python reference `package.module:ATTR` / `file.py:ATTR`.
-
-    Raises TaskError with a one-line message for anything that does not give a usable task.
-    """
-    if isinstance(spec, Task):
-        return spec.validate()
-    if not isinstance(spec, str) or not spec.strip():
-        raise TaskError(f"task must be a name, a .toml file or module:ATTR, got {spec!r}")
-    spec = spec.strip()
-    if spec in TASKS:
-        return TASKS[spec]
-    if spec.lower().endswith(".toml"):
-        return load_toml_task(spec)
-    if ":" in spec:
-        return load_python_task(spec)
-    hint = " (a file? task files end in .toml)" if Path(spec).expanduser().is_file() else ""
-    raise TaskError(f"unknown task {spec!r}{hint}; use a built-in task ({', '.join(TASKS)}), a FILE.toml, "
-                    "or a Python reference package.module:ATTR or path/to/file.py:ATTR")
-
-
-def _file_error(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
-def load_toml_task(path: str | Path) -> Task:
-    """A task from a TOML file: the Task fields as keys, `inputs` (and `ood_inputs`) relative to the file,
-    `[[demos]]` tables with `text` and `outputs`; `name` defaults to the file's stem."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise TaskError(f"task file not found: {p}")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise TaskError(f"{p}: not valid TOML ({_file_error(e)})") from e
-    except OSError as e:
-        raise TaskError(f"cannot read {p}: {e.strerror or e}") from e
-    unknown = sorted(set(data) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
-    if unknown:
-        raise TaskError(f"{p}: unknown key(s) {', '.join(unknown)}; known: {', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}")
-    if "program" in data:
-        return _program_task(p, data)
-    if "fields" in data and "signature" not in data:
-        raise TaskError(f"{p}: [fields] describes a signature's fields; add signature = \"question, context -> "
-                        "answer\"")
-    required = [k for k in REQUIRED_KEYS if "signature" not in data or k not in ("input_desc", "output_desc")]
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise TaskError(f"{p}: missing required key(s) {', '.join(missing)}")
-    values: dict[str, Any] = {k: data[k] for k in REQUIRED_KEYS if k in data}
-    values["name"] = data.get("name", p.stem)
-    if "signature" in data:
-        fields = data.get("fields", {})
-        if not isinstance(fields, dict) or not all(isinstance(v, str) and v.strip() for v in fields.values()):
-            raise TaskError(f"{p}: [fields] must map each field name to its description")
-        try:
-            values["input_fields"], values["output_fields"] = parse_signature(data["signature"], fields)
-        except TaskError as e:
-            raise TaskError(f"{p}: {e}") from e
-    values |= _files(p, data)
-    demos = data.get("demos", [])
-    if not isinstance(demos, list) or not all(isinstance(d, dict) for d in demos):
-        raise TaskError(f"{p}: demos must be [[demos]] tables with text and outputs")
-    keys = [n for n, _ in values.get("input_fields", ())] or ["text"]
-    keys.append("outputs")
-    for i, d in enumerate(demos, 1):
-        extra, lacking = sorted(set(d) - set(keys)), [k for k in keys if k not in d]
-        if extra:
-            raise TaskError(f"{p}: [[demos]] {i} has unknown key(s) {', '.join(extra)}; a demo has "
-                            f"{' and '.join(keys)} (task keys go above the first [[demos]] header)")
-        if lacking:
-            raise TaskError(f"{p}: [[demos]] {i} lacks {' and '.join(lacking)}")
-    values["teacher_demos"] = tuple(dict(d) for d in demos)
-    values["critic_rubrics"] = _rubrics(p, data)
-    try:
-        return Task(**values)
-    except TaskError as e:
-        raise TaskError(f"{p}: {e}") from e
-
-
-def _files(p: Path, data: dict) -> dict[str, Path]:
-    """`inputs` and `ood_inputs` of a task file, relative to it."""
-    values = {}
-    for k, field_name in (("inputs", "bundled_inputs"), ("ood_inputs", "ood_inputs")):
-        if k in data:
-            if not isinstance(data[k], str) or not data[k].strip():
-                raise TaskError(f"{p}: {k} must be a file path (relative to the task file)")
-            f = (p.parent / Path(data[k]).expanduser()).resolve()
-            if not f.is_file():
-                raise TaskError(f"{p}: {k} file not found: {f}")
-            values[field_name] = f
-    return values
-
-
-def _rubrics(p: Path, data: dict) -> tuple[str, ...]:
-    rubrics = data.get("critic_rubrics", [])
-    if not isinstance(rubrics, list) or not all(isinstance(r, str) and r.strip() for r in rubrics):
-        raise TaskError(f"{p}: critic_rubrics must be a list of non-empty strings")
-    return tuple(rubrics)
-
-
-def _program_task(p: Path, data: dict) -> Task:
-    """A task file that names a DSPy program (`program = "file.py:ATTR"`, relative to the file): the program gives
-    the fields and instructions and teaches; the file gives the critic's rubric and the inputs."""
-    twice = [k for k in PROGRAM_DEFINES if k in data]
-    if twice:
-        raise TaskError(f"{p}: {', '.join(twice)} come from the program ({data['program']}); leave them out")
-    if "critic_instruction" not in data:
-        raise TaskError(f"{p}: missing required key critic_instruction (the critic's rubric)")
-    spec = data["program"]
-    if not isinstance(spec, str) or ":" not in spec:
-        raise TaskError(f"{p}: program must be path/to/file.py:ATTR or package.module:ATTR, got {spec!r}")
-    target, _, attr = spec.rpartition(":")
-    if target.endswith(".py"):
-        spec = f"{(p.parent / Path(target).expanduser()).resolve()}:{attr}"
-    obj = load_python_object(spec)
-    if isinstance(obj, type):
-        try:
-            obj = obj()
-        except Exception as e:  # noqa: BLE001 - the user's class failed to build: say so in one line
-            raise TaskError(f"{p}: cannot build {attr}() ({type(e).__name__}: {_file_error(e)})") from e
-    try:
-        return Task.from_program(obj, critic_instruction=data["critic_instruction"], critic_rubrics=_rubrics(p, data),
-                                 name=data.get("name", p.stem), keep_program=True, **_files(p, data))
-    except TaskError as e:
-        raise TaskError(f"{p}: {e}") from e
-
-
-def load_python_task(spec: str) -> Task:
-    """A `Task` object named by `package.module:ATTR` (importable from the current folder) or `path/to/file.py:ATTR`."""
-    obj = load_python_object(spec)
-    if hasattr(obj, "named_predictors"):  # a dspy.Module, or its class
-        raise TaskError(f"{spec} is a DSPy program: name it in a task file with the critic's rubric "
-                        f"(program = \"{spec}\", critic_instruction = \"...\"; docs/tasks.md), or distill it in "
-                        "Python with CriticDistill (docs/python-api.md)")
-    if not isinstance(obj, Task):
-        raise TaskError(f"{spec} is a {type(obj).__name__}, not a programs.tasks.Task")
-    return obj.validate()
-
-
-def load_python_object(spec: str) -> Any:
-    """The object `package.module:ATTR` or `path/to/file.py:ATTR` names (a file is loaded once per content)."""
-    target, _, attr = spec.rpartition(":")
-    if not target or not attr:
-        raise TaskError(f"bad task reference {spec!r}: use package.module:ATTR or path/to/file.py:ATTR")
-    if target.endswith(".py"):
-        path = Path(target).expanduser()
-        if not path.is_file():
-            raise TaskError(f"task file not found: {path}")
-        name = _module_name(path)  # loaded once per process and file content (build_config and run both ask)
-        module = sys.modules.get(name)
-        if module is None:
-            loader_spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(loader_spec)
-            sys.modules[name] = module
-            try:
-                loader_spec.loader.exec_module(module)
-            except Exception as e:  # noqa: BLE001 - the user's file failed to run: say where, in one line
-                del sys.modules[name]
-                raise TaskError(f"{path}: cannot load ({type(e).__name__}: {_file_error(e)})") from e
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ModuleNotFoundError as e:
-            raise TaskError(f"cannot import {target!r} for task {spec!r} ({_file_error(e)}; run from the folder that "
-                            "holds the package, or use path/to/file.py:ATTR)") from e
-        except Exception as e:  # noqa: BLE001
-            raise TaskError(f"cannot import {target!r} for task {spec!r} ({type(e).__name__}: {_file_error(e)})") from e
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise TaskError(f"{target} has no attribute {attr!r} (task {spec!r})")
-        obj = getattr(obj, part)
-    return obj
-
-
-def _module_name(path: Path) -> str:
-    digest = hashlib.sha256(str(path.resolve()).encode() + b"\0" + path.read_bytes()).hexdigest()[:12]
-    return f"_critic_distill_task_{digest}"
-
-
-def _predictor_task(predictor: Any, what: str, name: str, critic_instruction: str,
-                    critic_rubrics: tuple[str, ...]) -> Task:
-    """One predictor as a task: its fields, described as `LabeledAdapter` shows them (so a student's training prompt
-    is the program's own), and its instructions."""
-    from programs.adapter import describe
-
-    signature = predictor.signature
-    of = "" if name == "self" else f" of predictor {name}"
-    types = tuple((n, type_name(f.annotation, f"field {n}{of}"))
-                  for n, f in {**signature.input_fields, **signature.output_fields}.items() if f.annotation is not str)
-    instructions = signature.instructions.strip()
-    return Task(name=name, teacher_instruction=instructions.replace("{", "{{").replace("}", "}}"),  # the program teaches
-                critic_instruction=critic_instruction, critic_rubrics=tuple(critic_rubrics),
-                student_instruction=instructions,
-                input_fields=tuple((n, describe(f, n.replace("_", " "))) for n, f in signature.input_fields.items()),
-                # a field without a description keeps DSPy's placeholder, which no prompt shows, as in the program
-                output_fields=tuple((n, describe(f) or f"${{{n}}}") for n, f in signature.output_fields.items()),
-                field_types=types)
-
-
-def _program_inputs(program: Any, steps: list[tuple[str, Task]]) -> tuple[tuple[str, str], ...]:
-    """The inputs of a program of several predictors: each predictor's inputs that no predictor writes, in order of
-    first use; `forward`'s own parameters, where it names them, must be those."""
-    import inspect
-
-    written = {n for _, t in steps for n in t.outputs}
-    fields: dict[str, str] = {}
-    for _, t in steps:
-        for n, desc in t.inputs.items():
-            if n not in written:
-                fields.setdefault(n, desc)
-    forward = getattr(type(program), "forward", None)  # not via the instance: DSPy warns of a direct forward call
-    if forward is None:
-        raise TaskError("it has no forward method: write one that calls its predictors and returns the last one's "
-                        "prediction")
-    params = list(inspect.signature(forward).parameters.values())[1:]
-    if not any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params):
-        named = [p.name for p in params]
-        if set(named) != set(fields):
-            raise TaskError(f"forward takes ({', '.join(named)}), but the inputs its predictors read and none writes "
-                            f"are ({', '.join(fields)}): they must be the same fields")
-    if not fields:
-        raise TaskError("every input of its predictors is written by another predictor: the program has no inputs")
-    return tuple(fields.items())
 
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict, "tuple": tuple,

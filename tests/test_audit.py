@@ -21,7 +21,7 @@ from metrics import audit as audit_mod
 from metrics.audit import AuditError, audit, load_pairs, main
 from programs.adapter import LabeledAdapter
 from programs.critic import PAPER, Critic
-from programs.tasks import HUMOR
+from programs.builtin_tasks import HUMOR
 from store import Store
 from test_critic import PositionBiasedJudge  # tests/ is on sys.path (rootdir conftest, no package)
 

@@ -243,7 +243,7 @@ def test_an_evaluation_input_also_in_train_is_dropped_with_a_warning_and_reporte
     from finetune.report import write_report
     from programs.inputs import select_inputs, split_inputs
     from programs.config import PipelineConfig
-    from programs.tasks import get_task
+    from programs.task_sources import get_task
 
     f = tmp_path / "in.jsonl"
     f.write_text("".join(f'{{"text": "{t}", "split": "{s}"}}\n' for t, s in [

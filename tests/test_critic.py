@@ -11,7 +11,7 @@ import pytest
 
 from programs.adapter import LabeledAdapter
 from programs.critic import DEFAULT, PAPER, Critic, choice_probability, logit, sigmoid
-from programs.tasks import HUMOR
+from programs.builtin_tasks import HUMOR
 from programs.teacher import parse_numbered
 
 

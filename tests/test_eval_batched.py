@@ -12,7 +12,7 @@ from finetune.evaluate import student_outputs
 from programs.adapter import LabeledAdapter
 from programs.lm import resolve_lm
 from programs.student import Student
-from programs.tasks import HUMOR
+from programs.builtin_tasks import HUMOR
 from store import Store, stable_id
 from store.callback import install
 

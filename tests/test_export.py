@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from finetune.objectives import PAIRS_SQL, SFT_SQL, sql_dataset
+from programs.program_tasks import from_program
 from programs.student import training_prompt
-from programs.tasks import get_task
+from programs.task_sources import get_task
 from store.db import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -218,7 +219,7 @@ def test_a_program_of_two_predictors_exports_each_step_as_trained(tmp_path):
             return self.answer(question=question, evidence=self.find(question=question, context=context).evidence)
 
     program = Steps()
-    task = Task.from_program(program, critic_instruction="Choose the correct answer.", name="steps")
+    task = from_program(program, critic_instruction="Choose the correct answer.", name="steps")
     s, now = Store(tmp_path / "t.duckdb"), datetime.now()
     text = task.encode_inputs({"question": "Why?", "context": "Because it rained."})
     trace = [{"predictor": "find", "inputs": {"question": "Why?", "context": "Because it rained."},
@@ -265,7 +266,7 @@ def test_a_step_that_wrote_an_empty_field_is_recorded_but_not_trained(tmp_path):
         def forward(self, question):
             return self.answer(question=question, evidence=self.find(question=question).evidence)
 
-    task = Task.from_program(Steps(), critic_instruction="c", name="steps")
+    task = from_program(Steps(), critic_instruction="c", name="steps")
     s, now = Store(tmp_path / "t.duckdb"), datetime.now()
     trace = [{"predictor": "find", "inputs": {"question": "Why?"}, "outputs": {"evidence": ""}},
              {"predictor": "answer", "inputs": {"question": "Why?", "evidence": ""}, "outputs": {"answer": "No idea."}}]

@@ -21,7 +21,7 @@ from metrics.guards import LC, candidate_meaning, record_length_control
 from metrics.length_control import controlled, fit
 from programs.adapter import LabeledAdapter
 from programs.critic import Critic
-from programs.tasks import HUMOR
+from programs.builtin_tasks import HUMOR
 from store import Store
 from store.callback import install
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from programs.inputs import InputError, hash_split, load_file, load_inputs
-from programs.tasks import HUMOR
+from programs.builtin_tasks import HUMOR
 
 
 def test_bundled_set_is_large_split_and_first_person():

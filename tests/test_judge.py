@@ -16,7 +16,7 @@ import pytest
 from metrics.judge import judge_verdicts, judgment_id, verdict_id
 from programs.adapter import LabeledAdapter
 from programs.critic import PAPER, Critic, CriticSettings, CriticSettingsError, combine, logit, sigmoid
-from programs.tasks import HUMOR
+from programs.builtin_tasks import HUMOR
 from store import Store, stable_id
 from store.callback import install
 from store.migrations import MIGRATIONS

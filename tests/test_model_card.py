@@ -18,6 +18,7 @@ from finetune.evaluate import _store_evaluation
 from finetune.model_card import render
 from finetune.imitate import ImitationConfig, train_imitation
 from metrics.winrate import win_tie_rate
+from programs.program_tasks import from_program
 from programs.tasks import Task
 from store import stable_id, to_json
 from store.db import Store
@@ -128,7 +129,7 @@ def test_the_dspy_snippet_of_a_programs_task_loads_the_program(tmp_path):
         def forward(self, question, context):
             return self.answer(question=question, context=context)
 
-    task = Task.from_program(QA(), critic_instruction="Choose the better answer.", name="qa-mine")
+    task = from_program(QA(), critic_instruction="Choose the better answer.", name="qa-mine")
     recorded = to_json(asdict(task))  # as the run's config records it (CriticDistill's task)
     text, code = _dspy_snippet(recorded, tmp_path)
     assert "`qa-mine (a program's task)`" in text and "program.save(" in text

@@ -430,7 +430,7 @@ def _context(tmp_path, base_dir, **learning_rates):
     from finetune.runner import TrainResult
     from finetune.objectives import ObjectiveContext
     from programs.critic import Critic
-    from programs.tasks import get_task
+    from programs.task_sources import get_task
 
     task = get_task("humor")
     warm = TrainResult(training_id="warm", checkpoint_id="warm-ckpt", path=str(base_dir), log_history=[], steps=0,

@@ -9,7 +9,7 @@ import pytest
 
 from metrics.critic_metric import CriticFeedback, CriticScore, CriticThreshold, _label_probability, outputs_of
 from programs.adapter import LabeledAdapter
-from programs.tasks import HUMOR
+from programs.builtin_tasks import HUMOR
 from store import Store
 from store.callback import install, trace_context
 

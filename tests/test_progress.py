@@ -49,7 +49,7 @@ def test_generation_stage_writes_its_lines_to_a_log_file(tiny_causal_dir, tmp_pa
     from programs.adapter import LabeledAdapter
     from programs.lm import resolve_lm
     from programs.student import Student
-    from programs.tasks import HUMOR
+    from programs.builtin_tasks import HUMOR
     from store import Store, stable_id
     from store.callback import install
 

@@ -27,7 +27,7 @@ from finetune.rate import (
 from metrics.audit import load_pairs
 from metrics.judge import judgment_id, verdict_id
 from metrics.winrate import paired_difference, win_tie_rate
-from programs.tasks import HUMOR
+from programs.builtin_tasks import HUMOR
 from programs.teach import candidate_id
 from store import Store, stable_id
 

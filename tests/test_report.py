@@ -17,7 +17,7 @@ def test_report_shows_whether_each_student_moved(tmp_path):
     from finetune.report import write_report
     from finetune.compare import add_checks
     from programs.config import PipelineConfig
-    from programs.tasks import HUMOR
+    from programs.builtin_tasks import HUMOR
 
     dpo_log = [{"loss": 0.693, "step": 1, "rewards/accuracies": 0.0, "rewards/margins": 0.0},
                {"loss": 0.61, "step": 8, "rewards/accuracies": 0.75, "rewards/margins": 0.42}]

@@ -61,7 +61,7 @@ def test_distilled_student_is_an_lm_for_any_dspy_program(pipeline, dspy_state):
     from metrics.critic_metric import CriticScore
     from programs.adapter import LabeledAdapter
     from programs.lm import resolve_lm
-    from programs.tasks import HUMOR
+    from programs.builtin_tasks import HUMOR
 
     tmp, _ = pipeline
     link = tmp / "out" / "student"

@@ -12,10 +12,13 @@ from pathlib import Path
 import dspy
 import pytest
 
+from programs.program_tasks import from_program
 from programs.adapter import LabeledAdapter
 from programs.config import ConfigError, PipelineConfig, build_config
 from programs.inputs import InputError, load_inputs
-from programs.tasks import FORMAL, HUMOR, TASKS, Task, TaskError, get_task, student_signature
+from programs.builtin_tasks import FORMAL, HUMOR, TASKS
+from programs.task_sources import get_task
+from programs.tasks import Task, TaskError, student_signature
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -148,7 +151,7 @@ def test_python_module_task(tmp_path, monkeypatch):
     (pkg / "defs.py").write_text(PY_TASK)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert get_task("mytasks_pkg.defs:SHOUT").name == "shout"
-    assert get_task("programs.tasks:FORMAL") is FORMAL
+    assert get_task("programs.builtin_tasks:FORMAL") is FORMAL
 
 
 def test_every_task_named_in_the_docs_resolves(monkeypatch):
@@ -156,7 +159,7 @@ def test_every_task_named_in_the_docs_resolves(monkeypatch):
 
     monkeypatch.chdir(ROOT)  # the docs' commands run from the repository root
     specs = set(re.findall(r"--task (\S+)", (ROOT / "docs" / "tasks.md").read_text())) - {"my.toml"}
-    assert {"formal", "examples/tasks/eli5.toml", "examples/tasks/polite.py:POLITE", "programs.tasks:FORMAL"} <= specs
+    assert {"formal", "examples/tasks/eli5.toml", "examples/tasks/polite.py:POLITE", "programs.builtin_tasks:FORMAL"} <= specs
     for spec in specs:
         assert isinstance(get_task(spec), Task), spec
     polite = get_task("examples/tasks/polite.py:POLITE")
@@ -624,7 +627,7 @@ def test_a_program_with_fields_that_are_not_text():
     from programs.student import parse_completion, student_signature, training_completion, training_prompt
 
     program = Triage()
-    task = Task.from_program(program, critic_instruction="Choose the better triage.")
+    task = from_program(program, critic_instruction="Choose the better triage.")
     assert dict(task.field_types) == {"tags": "list[str]", "category": "Literal['bug', 'billing', 'other']",
                                       "priority": "int"}
     signature = program.triage.signature
@@ -645,7 +648,7 @@ def test_a_program_with_fields_that_are_not_text():
     assert parse_completion(task, "Category: refund\nPriority: 4") is None  # not one of the choices
     assert task.encode_outputs({"category": "bug", "priority": None}) is None
     assert task.render_output(stored) == "Category: billing\nPriority: 4"
-    plain = Task.from_program(dspy.Predict(dspy.Signature("ticket, tags -> category, priority", signature.instructions)),
+    plain = from_program(dspy.Predict(dspy.Signature("ticket, tags -> category, priority", signature.instructions)),
                               critic_instruction="c")
     assert task.prompt_format != plain.prompt_format  # a type is part of the student's prompt
 
@@ -653,7 +656,7 @@ def test_a_program_with_fields_that_are_not_text():
 def test_one_typed_output_is_stored_as_json():
     from programs.student import parse_completion
 
-    task = Task.from_program(dspy.Predict("question -> answer: int"), critic_instruction="c")
+    task = from_program(dspy.Predict("question -> answer: int"), critic_instruction="c")
     assert task.encode_outputs({"answer": 3}) == "3" and task.output_values("3") == {"answer": 3}
     assert parse_completion(task, "3") == "3" and parse_completion(task, "three") is None
     with pytest.raises(TaskError, match="teacher is a DSPy program"):
@@ -672,7 +675,7 @@ def test_field_types_are_json_types_only(spec, message):
 
 
 def test_an_inputs_file_gives_a_typed_field_its_json_value(tmp_path):
-    task = Task.from_program(Triage(), critic_instruction="Choose the better triage.")
+    task = from_program(Triage(), critic_instruction="Choose the better triage.")
     f = tmp_path / "in.jsonl"
     f.write_text(json.dumps({"ticket": "Charged twice.", "tags": ["payment"], "split": "test"}) + "\n")
     (row,) = load_inputs(str(f), task)

@@ -8,7 +8,7 @@ like any task. See docs/tasks.md.
 
 from dataclasses import replace
 
-from programs.tasks import FORMAL
+from programs.builtin_tasks import FORMAL
 
 POLITE = replace(
     FORMAL,

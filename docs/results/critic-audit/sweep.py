@@ -31,7 +31,7 @@ from metrics.audit import as_json, audit, load_pairs, summarize  # noqa: E402
 from programs.adapter import LabeledAdapter  # noqa: E402
 from programs.critic import PAPER, Critic, CriticSettings, combine  # noqa: E402
 from programs.lm import resolve_lm  # noqa: E402
-from programs.tasks import get_task  # noqa: E402
+from programs.task_sources import get_task  # noqa: E402
 from store import Store, stable_id  # noqa: E402
 from store.callback import install  # noqa: E402
 
