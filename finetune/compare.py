@@ -145,3 +145,38 @@ def length_controlled(store, evaluations: list[dict], task: Task, *, critic_name
         e["p_lc"] = [lc.get(f"{it['a_id']}|{it['b_id']}") for it in e["items"]]
         e["wtr_prob_lc"], e["wtr_decision_lc"] = win_tie_rate(list(per_input(e, e["p_lc"]).values()))
     return length_fit
+
+
+def step_agreement(store, task: Task, producer: str, teacher: str, inputs: list[dict]) -> list[dict]:
+    """For a program of several predictors, each predictor's student-vs-teacher agreement on these inputs: the
+    student's run (its stored trace) against the teacher's first run of the same input, predictor by predictor.
+    `exact`: the share of inputs where the predictor wrote the teacher's outputs exactly (a router's label);
+    `similarity`: the mean sentence-embedding similarity of its outputs to the teacher's (text steps)."""
+    import json
+
+    from metrics.similarity import meaning_preservation
+    from metrics.winrate import bootstrap
+
+    if not task.steps:
+        return []
+    ids = [i["input_id"] for i in inputs]
+    traces = {(r["role"], r["input_id"]): json.loads(r["trace"]) for r in store.query(
+        "SELECT role, input_id, trace FROM candidates WHERE rank = 0 AND trace IS NOT NULL AND list_contains(?, "
+        "input_id) AND ((role = 'student' AND producer = ?) OR (role = 'teacher' AND producer = ?))",
+        [ids, producer, teacher])}
+    rows = []
+    for name, step in task.steps:
+        pairs = []
+        for input_id in ids:
+            s, t = (next((c["outputs"] for c in traces.get((role, input_id), []) if c["predictor"] == name), None)
+                    for role in ("student", "teacher"))
+            if s is not None and t is not None:
+                pairs.append((s, t))
+        if not pairs:
+            continue
+        same = [float(all(str(s.get(f)).strip() == str(t.get(f)).strip() for f in step.outputs)) for s, t in pairs]
+        text = [(step.output_text(step.encode_outputs(s)), step.output_text(step.encode_outputs(t))) for s, t in pairs]
+        rows.append({"predictor": name, "n": len(pairs), "exact": bootstrap(same),
+                     "similarity": sum(meaning_preservation([t for _, t in text], [s for s, _ in text])) / len(text),
+                     "typed": [f for f in step.outputs if f in dict(step.field_types)]})
+    return rows

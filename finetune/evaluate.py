@@ -39,20 +39,24 @@ def student_outputs(store: Store, student: Student, student_lm: dspy.LM, inputs:
     todo = [i for i in inputs if i["input_id"] not in have]
     with stage_progress("generate", total=len(inputs), done=len(inputs) - len(todo), unit="inputs") as advance, \
             dspy.context(lm=student_lm):
-        def one(item: dict) -> tuple[str, str | None, str | None]:
+        def one(item: dict) -> tuple[str, str | None, list | None, str | None]:
+            steps = None
             try:
-                text, error = student.task.encode_outputs(student(text=item["text"])) or "", None
+                prediction = student(text=item["text"])
+                text, error, steps = student.task.encode_outputs(prediction) or "", None, getattr(
+                    prediction, "_steps", None)  # a program of several predictors: each one's call
             except Exception as e:  # noqa: BLE001 - the user's program failed on this input: stored, a loss
                 text, error = "", _one_line(e)
-            return text, error or (None if text else "the student's program returned an empty output"), \
+            return text, error or (None if text else "the student's program returned an empty output"), steps, \
                 last_lm_call_id()
 
-        for item, (text, error, call_id) in imap(one, todo, threads):
+        for item, (text, error, steps, call_id) in imap(one, todo, threads):
             row = {"input_id": item["input_id"], "producer": producer, "lm_call_id": call_id, "run_id": run_id,
                    "created_at": datetime.now()}
             if error is None:
                 cid = candidate_id(item["input_id"], "student", producer, 0)
-                row.update(candidate_id=cid, role="student", rank=0, text=text)
+                row.update(candidate_id=cid, role="student", rank=0, text=text,
+                           **({"trace": to_json(steps)} if steps else {}))
                 store.add("candidates", row)
                 have[item["input_id"]] = row
             else:
@@ -160,7 +164,10 @@ def compare_producers(store: Store, *, critic: Critic, critic_lm: dspy.LM, criti
     p, _ = _both_orders(store, critic, critic_lm, items, judge=critic_name, run_id=run_id, purpose=purpose,
                         threads=threads)
     items = [it for it in items if it["input_id"] in p]
-    prob, decision = win_tie_rate([p[it["input_id"]] for it in items])
+    # one student's failure where the other answered is its loss (the other's win), as against the teacher
+    lost = {k: 0.0 for k in failures(store, producer, inputs) if k in first[reference]} if role == "student" else {}
+    won = {k: 1.0 for k in failures(store, reference, inputs) if k in first[producer]} if role == "student" else {}
+    prob, decision = win_tie_rate([p[it["input_id"]] for it in items] + list(lost.values()) + list(won.values()))
     evaluation_id = _store_evaluation(
         store, student=producer, reference=reference, judge=critic_name, split=split, items=items, prob=prob,
         decision=decision, details={"items": [{"input_id": it["input_id"], "p": p[it["input_id"]]} for it in items],
@@ -211,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     from programs.inputs import InputError, load_file
     from programs.lm import check_context, check_hosted, resolve_lm
     from programs.progress import console
-    from programs.tasks import get_task
+    from programs.task_sources import get_task
     from store.db import check_path, default_path
 
     quiet_libraries()

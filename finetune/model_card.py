@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from programs.config import task_label
-from programs.tasks import get_task
+from programs.task_sources import get_task
 
 if TYPE_CHECKING:
     from store.db import Store
@@ -250,12 +250,15 @@ def _dspy_usage(task: Any, lm: str) -> list[str]:
     load = f"resolve_lm({lm!r}, temperature=0.0, max_tokens=64)"
     if shape is not None and shape[2] is not None:
         inputs, outputs, program = shape
+        chat = isinstance(task, dict) and task.get("student_adapter") == "chat"
         return ["As a DSPy LM behind your own program (the run distilled a DSPy program's task: the student was "
-                "trained on that program's prompts, through the labeled adapter):", "", "```python", "import dspy",
-                "from programs.adapter import LabeledAdapter", "from programs.lm import resolve_lm", "",
-                f"program = {program}()  # the program you distilled", f"program.set_lm({load})",
-                "dspy.configure(adapter=LabeledAdapter())", f"print(program({_call_args(inputs)}).{outputs[0]})",
-                "```", "",
+                "trained on that program's prompts, through " + ("DSPy's ChatAdapter, the default: no configure line"
+                                                                 if chat else "the labeled adapter") + "):", "",
+                "```python", "import dspy",
+                *([] if chat else ["from programs.adapter import LabeledAdapter"]), "from programs.lm import resolve_lm",
+                "", f"program = {program}()  # the program you distilled", f"program.set_lm({load})",
+                *([] if chat else ["dspy.configure(adapter=LabeledAdapter())"]),
+                f"print(program({_call_args(inputs)}).{outputs[0]})", "```", "",
                 "`CriticDistill.compile` returns this program already pointed at the student: "
                 "`program.save(\"program.json\")` keeps it, and `program.load(\"program.json\", "
                 "allow_unsafe_lm_state=True)` on a fresh instance loads it again (the flag lets DSPy import this "

@@ -207,7 +207,7 @@ def _imitation(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], datas
     from finetune.imitate import ImitationConfig, train_imitation
 
     cfg = ImitationConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
-                          prompt_format=ctx.task.prompt_format,
+                          prompt_format=ctx.task.prompt_format, adapter=ctx.task.student_adapter,
                           **{**ctx.train_settings, "epochs": epochs})
     cfg.output_dir = _out(ctx, name, cfg, base.checkpoint_id, dataset_id, epochs, skip=("epochs",))
     pairs = training_examples(ctx.task, rows)
@@ -219,7 +219,7 @@ def _dpo(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], dataset_id:
 
     settings = {**ctx.train_settings, **ctx.dpo_settings, "learning_rate": ctx.learning_rates.get("dpo")}
     cfg = DPOTrainConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
-                         prompt_format=ctx.task.prompt_format,
+                         prompt_format=ctx.task.prompt_format, adapter=ctx.task.student_adapter,
                          **{**settings, "epochs": epochs, "batch_size": max(1, settings.get("batch_size", 8) // 2)})
     cfg.output_dir = _out(ctx, name, cfg, base.checkpoint_id, dataset_id, epochs, skip=("epochs",))
     pairs = training_examples(ctx.task, rows, ("chosen", "rejected"))
@@ -313,7 +313,7 @@ def _brio(ctx: ObjectiveContext, base: TrainResult) -> TrainResult:
         raise DatasetError("brio: no input has two or more ranked teacher candidates (the teacher wrote too few?)")
     settings = {**ctx.train_settings, "learning_rate": ctx.learning_rates.get("brio")}
     cfg = BRIOTrainConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
-                          prompt_format=ctx.task.prompt_format,
+                          prompt_format=ctx.task.prompt_format, adapter=ctx.task.student_adapter,
                           **{**settings, "batch_size": max(1, settings.get("batch_size", 8) // 4)})
     cfg.output_dir = _out(ctx, "brio", cfg, base.checkpoint_id, dataset_id)
     return train_brio(usable, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id)

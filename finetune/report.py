@@ -181,7 +181,8 @@ def _lift_lines(lift: list[dict], split: str) -> list[str]:
 
 def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dict], log_history: list[dict],
                  examples: list[dict], command: str, db: str, usage: list[dict] | None = None,
-                 teacher_quality: dict | None = None, lift: list[dict] | None = None, length_fit: Any = None) -> Path:
+                 teacher_quality: dict | None = None, lift: list[dict] | None = None, length_fit: Any = None,
+                 steps: list[dict] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     main_judge = evaluations[0]["judge"] if evaluations else None
     split = config.get("eval_split", "test")
@@ -221,6 +222,7 @@ def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dic
 
     lines += [f"- **{e['label']}**, {e['split']}, judge `{e['judge']}`: {line}; each counts as a loss in its WTR"
               for e in evaluations if (line := failure_line(e))]
+    lines += _step_lines(steps or [], split)
     lines += ["", "![win-tie rate](wtr.png)", "",
               "WTR (mean P) is the paper's definition: the critic's probability that the student's output is at least "
               "as good as the teacher's, averaged over both presentation orders and over items. WTR (decisions) is the "
@@ -256,3 +258,18 @@ def write_report(out: Path, *, config: dict, counts: dict, evaluations: list[dic
 def _number(x: float | None, empty: str = "–") -> str:
     """A table cell: two decimals, or `empty` for a value that is missing or NaN (nothing was measured)."""
     return empty if x is None or x != x else f"{x:.2f}"
+
+
+def _step_lines(steps: list[dict], split: str) -> list[str]:
+    """A program of several predictors, step by step: where the student wrote what the teacher wrote."""
+    if not steps:
+        return []
+    lines = ["", f"## Step by step: the student vs the teacher ({split})", "",
+             "Each predictor of the student's run against the teacher's first run of the same input: exact match "
+             "(every output field equal: a router's label), and the sentence-embedding similarity of its outputs.", "",
+             "| student | predictor | n | exact match ×100 [95% CI] | similarity |", "|---|---|---|---|---|"]
+    for s in steps:
+        lines += [f"| {s['label']} | `{r['predictor']}` | {r['n']} | {r['exact'].interval()} | "
+                  f"{_number(r['similarity'])} |" for r in s["steps"]]
+    return lines
+

@@ -92,6 +92,9 @@ class TrainConfig:
     # what else shapes the rows' prompts and answers besides `instruction` (`Task.prompt_format`: a task's named
     # fields and their descriptions), so that a changed field trains anew; None for the built-in tasks' fields
     prompt_format: str | None = None
+    # the DSPy adapter whose messages the rows' prompts and answers are (`Task.student_adapter`): recorded in
+    # train_result.json, so the student's engine can tell a caller that uses another one
+    adapter: str = "labeled"
 
     # Not fields (not in the run's identity): a stage's default learning rates.
     lora_learning_rate: ClassVar[float] = 2e-4
@@ -118,7 +121,7 @@ class TrainResult:
 # Fields added after runs were recorded: left out of a run's identity while at their default, so those runs keep
 # their training ids (and output folders) and are not trained again.
 NEWER_FIELDS = frozenset({"lr_scheduler_type", "warmup_ratio", "loss_type", "loss_weights", "label_smoothing",
-                          "prompt_format"})
+                          "prompt_format", "adapter"})
 # Fields that change where or how often a run writes, not the weights it trains.
 NOT_WEIGHTS = frozenset({"output_dir", "merge_lora", "logging_steps", "save_steps"})
 

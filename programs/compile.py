@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
@@ -121,6 +121,7 @@ class Results:
     best: str | None  # the student `<out>/student` points at (None: no evaluation judged any student's output)
     teacher_quality: dict | None  # the optimized teacher against the one as written
     length_fit: Any = None  # the critic's length preference fitted on the evaluation's verdicts (metrics.length_control)
+    steps: list[dict] = field(default_factory=list)  # a program of several predictors: each one's agreement per student
 
 
 def run(cfg: PipelineConfig, *, db: str, out: str, command: str, teacher_program: Any = None,
@@ -177,7 +178,7 @@ def _load_stages() -> None:
 def _check(cfg: PipelineConfig) -> tuple[Any, dict[str, list[dict]], int]:
     """The task, its inputs per split and how many evaluation inputs overlapping train were dropped, checked before
     any model loads."""
-    from programs.tasks import get_task
+    from programs.task_sources import get_task
 
     task = get_task(cfg.task)  # a TaskError is a user error: its one line
     progress.interval()  # a bad CRITIC_DISTILL_PROGRESS_INTERVAL, too
@@ -208,6 +209,7 @@ def _check_steps(task, teacher_program: Any, student_program: Any) -> None:
         return
     if student_program is None:
         raise ConfigError(f"task {task.name!r} has several predictors: the student runs as that program, so pass it")
+    from programs.program_tasks import from_program
     from programs.tasks import Task, TaskError
 
     def fields(t: Task) -> list[tuple[str, list[str], list[str]]]:
@@ -215,7 +217,7 @@ def _check_steps(task, teacher_program: Any, student_program: Any) -> None:
 
     mine = fields(task)
     try:
-        theirs = fields(Task.from_program(teacher_program, critic_instruction=task.critic_instruction))
+        theirs = fields(from_program(teacher_program, critic_instruction=task.critic_instruction))
     except TaskError as e:
         raise ConfigError(f"the teacher program: {e}") from e
     if theirs != mine:
@@ -378,7 +380,7 @@ def _imitate(p: Pipeline, teacher: Teaching) -> tuple[Any, list[dict]]:
             raise InputError("the teacher produced no usable training pairs (see failed calls: "
                              "python -m store query \"SELECT error, response FROM lm_calls WHERE stage='teach'\")")
         icfg = ImitationConfig(base_model=cfg.student, merge_lora=False, instruction=p.task.student_instruction,
-                               prompt_format=p.task.prompt_format,
+                               prompt_format=p.task.prompt_format, adapter=p.task.student_adapter,
                                **_warmstart_settings(cfg))
         icfg.output_dir = str(_warm_start_dir(p.out_dir, icfg, dataset_id))
         if cfg.merge_lora or objectives(cfg):  # the objectives start from a full model: merge after training
@@ -444,7 +446,7 @@ def _final_step(p: Pipeline, ctx):
 def _evaluate(p: Pipeline, teacher: Teaching, students: list[tuple[str, Any]]) -> Results:
     """Every student against the teacher; the critic-independent checks; what feedback bought; the best student
     linked as `<out>/student`; the optimized teacher against the one as written."""
-    from finetune.compare import add_checks, length_controlled, paired_lift
+    from finetune.compare import add_checks, length_controlled, paired_lift, step_agreement
 
     cfg = p.cfg
     evaluations = _judge_students(p, teacher, students)
@@ -459,7 +461,9 @@ def _evaluate(p: Pipeline, teacher: Teaching, students: list[tuple[str, Any]]) -
                          threads=p.threads(cfg.critic))
     best = _link_student(p.out_dir, students, evaluations, cfg.critic, cfg.eval_split)
     teacher_quality = _teacher_quality(p, teacher) if teacher.optimized is not None else None
-    return Results(evaluations, lift, best, teacher_quality, length_fit)
+    steps = [{"label": label, "steps": rows} for label, model in students
+             if (rows := step_agreement(p.store, p.task, model.checkpoint_id, teacher.name, p.evaluated))]
+    return Results(evaluations, lift, best, teacher_quality, length_fit, steps)
 
 
 def _judge_students(p: Pipeline, teacher: Teaching, students: list[tuple[str, Any]]) -> list[dict]:
@@ -523,7 +527,7 @@ def _report(p: Pipeline, warm, pairs: list[dict], results: Results) -> Path:
         counts={"train_inputs": len(p.chosen["train"]), f"{cfg.eval_split}_inputs": len(p.evaluated),
                 "pairs": len(pairs), "dropped_overlap": p.dropped},
         evaluations=[dict(e, length_ratio=mean(e["length_ratios"])) for e in results.evaluations], usage=usage,
-        teacher_quality=results.teacher_quality, lift=results.lift, length_fit=results.length_fit,
+        teacher_quality=results.teacher_quality, lift=results.lift, length_fit=results.length_fit, steps=results.steps,
     )
 
 
@@ -550,6 +554,10 @@ def _print_results(p: Pipeline, results: Results, report: Path) -> None:
         console.print(f"[bold]{e['label']}[/] vs teacher, {e['split']}, judge {e['judge']}: {wtr}"
                       + (f" · {failed} (each a loss)" if failed and e["items"] else f": {failed}" if failed else ""),
                       highlight=False, soft_wrap=True)
+    for s in results.steps:
+        console.print(f"[bold]{s['label']}[/] vs teacher, step by step, {cfg.eval_split}: " + "; ".join(
+            f"{r['predictor']}: exact match {r['exact']}" + ("" if r["typed"] else f", similarity {r['similarity']:.2f}")
+            for r in s["steps"]), highlight=False, soft_wrap=True)
     teacher_quality = results.teacher_quality
     if teacher_quality is not None:
         console.print(f"optimized teacher ({cfg.optimize}) vs teacher as written, {cfg.eval_split}, judge {cfg.critic}: "

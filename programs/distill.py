@@ -10,8 +10,11 @@
 every call and row in the store, a rerun asking nothing twice) on a task made from the student program's
 signatures and the critic's rubric, with the teacher program as teacher. It returns a copy of the student program
 whose predictors run on the distilled model (a `local/...` LM, the same spec `resolve_lm` and every command take).
-The student is trained on the prompts `LabeledAdapter` writes for each predictor's signature (demo-free), the
-adapter the pipeline configures, so the copy answers through the messages it was trained on. A program of several
+The student is trained on the prompts of the adapter the program will run under (DSPy's configured one at
+`compile`, ChatAdapter when none is; `adapter=` chooses) for each predictor's signature, demo-free, through the
+adapter's own formatting (`format_finetune_data`'s messages, as DSPy's `BootstrapFinetune` trains), so the copy
+answers in a fresh process with no configure line. The teacher and the critic keep `LabeledAdapter`, the prompts the
+small embedded models read best, inside the pipeline only. A program of several
 predictors trains one student on every predictor's steps of the teacher's runs; the feedback objectives train its
 last predictor. Like `programs/compile.py` this is the top
 layer: nothing imports it.
@@ -30,9 +33,12 @@ import dspy
 from dspy.teleprompt import Teleprompter
 
 from programs.config import build_config
-from programs.student import student_program
+from programs.program_tasks import from_program
+from programs.student import ADAPTERS, student_program
 from programs.tasks import Task, TaskError
 from store.cli import UserError
+
+CHAT_MAX_LENGTH = 512  # ChatAdapter's prompts are ~3x LabeledAdapter's: a 128-token row would lose its answer
 
 
 class DistillError(UserError):
@@ -49,11 +55,12 @@ class PairwiseCritic:
     model: str | None = None
 
 
-def task_from_program(program: dspy.Module, critic: PairwiseCritic, name: str | None = None) -> Task:
-    """The task a program defines (`Task.from_program`), with the critic's rubric."""
+def task_from_program(program: dspy.Module, critic: PairwiseCritic, name: str | None = None,
+                      student_adapter: str = "labeled") -> Task:
+    """The task a program defines (`programs.program_tasks.from_program`), with the critic's rubric."""
     try:
-        return Task.from_program(program, critic_instruction=critic.rubric, critic_rubrics=critic.rephrasings,
-                                 name=name)
+        return from_program(program, critic_instruction=critic.rubric, critic_rubrics=critic.rephrasings,
+                                 name=name, student_adapter=student_adapter)
     except TaskError as e:
         raise DistillError(str(e)) from e
 
@@ -109,6 +116,10 @@ class CriticDistill(Teleprompter):
     profile: str = "default"
     name: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    # the adapter whose prompts the student learns: "chat" (DSPy's ChatAdapter) or "labeled" (LabeledAdapter);
+    # None: the one configured in DSPy when `compile` is called (ChatAdapter when none is), the one the program
+    # will run under
+    adapter: str | None = None
 
     @property
     def _critic(self) -> PairwiseCritic:
@@ -136,26 +147,46 @@ class CriticDistill(Teleprompter):
         from programs.lm import resolve_lm
 
         critic = self._critic
-        task = task_from_program(student, critic, self.name)
+        adapter = self._adapter()
+        task = task_from_program(student, critic, self.name, student_adapter=adapter)
         if not trainset:
             raise DistillError("trainset is empty")
         rows = _rows(trainset, task, "train", "trainset") + _rows(valset or [], task, "test", "valset")
         out = Path(self.out)
         inputs = out / "inputs.jsonl"
         objective = {"imitation": "none"}.get(self.objective, self.objective)
-        overrides = {**self.config, "task": task, "inputs": str(inputs.resolve()), "objective": objective,
-                     "student": self.student_model, "teacher": self.teacher_model, "critic": critic.model}
+        overrides = {**({"max_length": CHAT_MAX_LENGTH} if adapter == "chat" else {}), **self.config, "task": task,
+                     "inputs": str(inputs.resolve()), "objective": objective, "student": self.student_model,
+                     "teacher": self.teacher_model, "critic": critic.model}
         cfg = build_config(self.profile, overrides=overrides)
         if not valset:
             rows = [{k: v for k, v in r.items() if k != "split"} for r in rows]  # split by a hash of each input
         _write_inputs(inputs, rows)
-        summary = run(cfg, db=self.store, out=str(out), command=f"CriticDistill.compile({type(student).__name__})",
-                      teacher_program=teacher if teacher is not None else student, student_program=student)
+        configured = dspy.settings.adapter
+        try:
+            summary = run(cfg, db=self.store, out=str(out), command=f"CriticDistill.compile({type(student).__name__})",
+                          teacher_program=teacher if teacher is not None else student, student_program=student)
+        finally:  # the pipeline's teacher and critic read LabeledAdapter; the program goes back to the user's
+            dspy.configure(adapter=configured)
         if summary["best"] is None:  # every evaluation output failed: there is no distilled program to hand back
             raise DistillError(f"{summary['failed'] or 'no evaluation judged any output of the student'}; no student "
                                f"was chosen (the failures: SELECT * FROM student_failures in {self.store})")
         return student_program(student, resolve_lm(f"local/{(out / 'student').resolve()}", temperature=0.0,
                                                    max_tokens=cfg.student_max_tokens))
+
+
+    def _adapter(self) -> str:
+        """`adapter`, or the name of the one DSPy has configured; one line for one the student cannot learn."""
+        if self.adapter is not None:
+            if self.adapter not in ADAPTERS:
+                raise DistillError(f"adapter must be one of {', '.join(ADAPTERS)}, got {self.adapter!r}")
+            return self.adapter
+        configured = dspy.settings.adapter
+        for name, cls in ADAPTERS.items():
+            if configured is None and name == "chat" or type(configured) is cls:
+                return name
+        raise DistillError(f"the student learns ChatAdapter's or LabeledAdapter's prompts, and DSPy is configured with "
+                           f"{type(configured).__name__}: pass CriticDistill(adapter='chat' or 'labeled')")
 
 
 __all__ = ["CriticDistill", "DistillError", "PairwiseCritic", "task_from_program"]

@@ -238,21 +238,28 @@ class TransformersEngine:
         return self._loaded
 
     def _check_adapter(self, request: Request) -> None:
-        """A distilled student learned `LabeledAdapter`'s messages: say so, once, when DSPy's own `[[ ## field ## ]]`
-        format (ChatAdapter, JSONAdapter: DSPy's default when nothing is configured) reaches it instead, since its
-        answers then come from prompts it never saw."""
+        """A distilled student learned one adapter's messages (`Task.student_adapter`, in its train_result.json): say
+        so, once, when another adapter's reach it, since its answers then come from prompts it never saw."""
         if self._adapter_checked:
             return
         self._adapter_checked = True
         folder = Path(self.model_path).resolve()  # `<out>/student` links to the best student's folder
-        if not any((d / "train_result.json").exists() for d in (folder, folder.parent)):
+        marker = next((d / "train_result.json" for d in (folder, folder.parent) if (d / "train_result.json").exists()),
+                      None)
+        if marker is None:
             return  # not trained by critic-distill: any adapter is the user's choice
-        if any("[[ ## " in m["content"] for m in _messages(request)):
+        try:
+            learned = json.loads(marker.read_text()).get("config", {}).get("adapter", "labeled")
+        except (OSError, ValueError):
+            return
+        used = "chat" if any("[[ ## " in m["content"] for m in _messages(request)) else "labeled"
+        if used != learned:
             import warnings
 
-            warnings.warn(f"local/{self.model_path} was trained on programs.adapter.LabeledAdapter's prompts, but this "
-                          "call uses DSPy's [[ ## field ## ]] format: dspy.configure(adapter=LabeledAdapter()) "
-                          "first", UserWarning, stacklevel=2)
+            fix = ("dspy.configure(adapter=LabeledAdapter()) (programs.adapter)" if learned == "labeled"
+                   else "DSPy's ChatAdapter (the default: configure no other adapter)")
+            warnings.warn(f"local/{self.model_path} was trained on {learned} prompts, but this call sends {used} "
+                          f"ones: run it under {fix}", UserWarning, stacklevel=2)
 
     @staticmethod
     def _prompt(model, tok, messages: list[dict]) -> str:

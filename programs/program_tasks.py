@@ -21,7 +21,7 @@ def from_program(program: Any, *, critic_instruction: str, critic_rubrics: tuple
         raise TaskError(f"{what} has no predictors (dspy.Predict, dspy.ChainOfThought, ...): nothing to distill")
     try:
         adapter = more.get("student_adapter", "labeled")  # every predictor's prompts: one adapter
-        steps = [(n, replace(_predictor_task(p, what, n, critic_instruction, critic_rubrics),
+        steps = [(n, replace(_predictor_task(p, what, n, critic_instruction, critic_rubrics, adapter),
                              student_adapter=adapter)) for n, p in predictors]
         if len(steps) == 1:
             task = steps[0][1]
@@ -42,10 +42,16 @@ def from_program(program: Any, *, critic_instruction: str, critic_rubrics: tuple
 
 
 def _predictor_task(predictor: Any, what: str, name: str, critic_instruction: str,
-                    critic_rubrics: tuple[str, ...]) -> Task:
-    """One predictor as a task: its fields, described as `LabeledAdapter` shows them (so a student's training prompt
-    is the program's own), and its instructions."""
+                    critic_rubrics: tuple[str, ...], adapter: str = "labeled") -> Task:
+    """One predictor as a task: its fields, described as the student's adapter shows them (so a student's training
+    prompt is the program's own: `LabeledAdapter`'s descriptions, or for ChatAdapter each field's own, DSPy's
+    `${name}` placeholder included), and its instructions."""
     from programs.adapter import describe
+
+    if adapter != "labeled":
+        def describe(f: Any, default: str | None = None) -> str | None:  # noqa: F811 - the field's own, as declared
+            extra = getattr(f, "json_schema_extra", None) or {}
+            return extra.get("desc") if isinstance(extra, dict) else None
 
     signature = predictor.signature
     of = "" if name == "self" else f" of predictor {name}"
@@ -55,7 +61,8 @@ def _predictor_task(predictor: Any, what: str, name: str, critic_instruction: st
     return Task(name=name, teacher_instruction=instructions.replace("{", "{{").replace("}", "}}"),  # the program teaches
                 critic_instruction=critic_instruction, critic_rubrics=tuple(critic_rubrics),
                 student_instruction=instructions,
-                input_fields=tuple((n, describe(f, n.replace("_", " "))) for n, f in signature.input_fields.items()),
+                input_fields=tuple((n, describe(f, n.replace("_", " ")) or f"${{{n}}}")
+                                   for n, f in signature.input_fields.items()),
                 # a field without a description keeps DSPy's placeholder, which no prompt shows, as in the program
                 output_fields=tuple((n, describe(f) or f"${{{n}}}") for n, f in signature.output_fields.items()),
                 field_types=types)

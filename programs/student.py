@@ -14,23 +14,35 @@ from programs.adapter import LabeledAdapter
 from programs.tasks import Task, student_signature
 
 
+# the adapters a student learns the prompts of (`Task.student_adapter`): LabeledAdapter's plain labels, which the
+# small embedded models read best, or DSPy's default ChatAdapter, which a user's program runs under unconfigured
+ADAPTERS = {"labeled": LabeledAdapter, "chat": dspy.ChatAdapter}
+
+
+def student_adapter(task: Task) -> dspy.Adapter:
+    """The adapter the task's student is trained on and answers through."""
+    return ADAPTERS[task.student_adapter]()
+
+
 def training_prompt(task: Task, text: str) -> list[dict[str, str]]:
-    """The chat messages DSPy sends the student for `text`: the prompt half of an SFT pair."""
-    return LabeledAdapter().format(student_signature(task), demos=[], inputs=task.input_values(text))
+    """The chat messages DSPy sends the student for `text`: the prompt half of an SFT pair, as the adapter's
+    `format_finetune_data` writes it (DSPy's `BootstrapFinetune` trains on the same)."""
+    return student_adapter(task).format(student_signature(task), demos=[], inputs=task.input_values(text))
 
 
 def training_completion(task: Task, text: str) -> str:
-    """A stored output as the student's answer to `training_prompt`: the adapter's own rendering (the value itself
-    for a task of one output field; a `Label: value` line a field for several)."""
-    return LabeledAdapter().format_assistant_message_content(student_signature(task), task.output_values(text))
+    """A stored output as the student's answer to `training_prompt`: the adapter's own rendering, the assistant
+    message of its `format_finetune_data` (LabeledAdapter: the value itself for a task of one output field, a
+    `Label: value` line a field for several; ChatAdapter: its `[[ ## field ## ]]` sections)."""
+    return student_adapter(task).format_assistant_message_content(student_signature(task), task.output_values(text))
 
 
 def parse_completion(task: Task, completion: str) -> str | None:
     """A student's raw answer as a stored output (`training_completion` undone), None when it cannot be read."""
-    if len(task.outputs) == 1 and not task.field_types:
+    if len(task.outputs) == 1 and not task.field_types and task.student_adapter == "labeled":
         return completion
     try:
-        return task.encode_outputs(LabeledAdapter().parse(student_signature(task), completion))
+        return task.encode_outputs(student_adapter(task).parse(student_signature(task), completion))
     except Exception:  # noqa: BLE001 - an answer missing a field is no candidate
         return None
 
@@ -84,7 +96,8 @@ class Student(dspy.Module):
 
     def forward(self, text: str) -> dspy.Prediction:
         """`text`: one stored input (a JSON object of the fields for a task of several input fields)."""
-        return self.rewrite(**self.task.input_values(text))
+        with dspy.context(adapter=student_adapter(self.task)):  # the prompts it was trained on
+            return self.rewrite(**self.task.input_values(text))
 
 
 def student_program(program: dspy.Module, lm: dspy.LM | None = None) -> dspy.Module:
@@ -114,4 +127,11 @@ class ProgramStudent(dspy.Module):
         self.program = student_program(program)
 
     def forward(self, text: str) -> dspy.Prediction:
-        return self.program(**self.task.input_values(text))
+        """The program's prediction; its `_steps` are each predictor's call (`program_steps`), which evaluation
+        stores with the output, to compare the student with the teacher step by step."""
+        from programs.teacher import program_steps
+
+        with dspy.context(adapter=student_adapter(self.task), trace=[]):
+            prediction = self.program(**self.task.input_values(text))
+            prediction._steps = program_steps(self.program, dspy.settings.trace)
+        return prediction

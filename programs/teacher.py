@@ -59,6 +59,15 @@ def program_producer(model: str, program: dspy.Module) -> str:
     return f"{model}#program-{state[:10]}"
 
 
+def program_steps(program: dspy.Module, trace: list) -> list[dict]:
+    """A run's DSPy trace as the store keeps it (`candidates.trace`): each predictor call's name, inputs and outputs."""
+    names = {id(p): name for name, p in program.named_predictors()}
+    return [{"predictor": names.get(id(p), type(p).__name__),
+             "inputs": {n: inputs.get(n) for n in p.signature.input_fields},
+             "outputs": {n: getattr(outputs, n, None) for n in p.signature.output_fields}}
+            for p, inputs, outputs in trace]
+
+
 class ProgramTeacher(dspy.Module):
     """Any DSPy program as the teacher: N candidates from N runs of it at distinct rollout ids, DSPy's way of asking
     an LM again at its temperature without the cache answering (each run is still cached and recorded, so a rerun
@@ -81,17 +90,10 @@ class ProgramTeacher(dspy.Module):
                     p.lm = lm.copy(rollout_id=i)
                 with dspy.context(lm=context_lm.copy(rollout_id=i) if context_lm is not None else None, trace=[]):
                     prediction = self.program(**inputs)
-                    return prediction, self._steps(dspy.settings.trace)
+                    return prediction, program_steps(self.program, dspy.settings.trace)
             finally:
                 for p, lm in own:
                     p.lm = lm
-
-    def _steps(self, trace: list) -> list[dict]:
-        names = {id(p): name for name, p in self.program.named_predictors()}
-        return [{"predictor": names.get(id(p), type(p).__name__),
-                 "inputs": {n: inputs.get(n) for n in p.signature.input_fields},
-                 "outputs": {n: getattr(outputs, n, None) for n in p.signature.output_fields}}
-                for p, inputs, outputs in trace]
 
     def _check_returns(self, prediction) -> None:
         """A program that returns none of the task's output fields is a mistake no rerun mends (its last predictor

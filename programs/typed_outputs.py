@@ -4,7 +4,9 @@ The student writes its answer freely; then each `Literal` output field the promp
 answer, and a value that is not one of the allowed ones is replaced: by the one allowed value it unambiguously
 spells (case, whitespace, quotes, a trailing period: `Billing.` -> `billing`), else by the allowed value the student
 itself finds likeliest at that place in its answer (`score`). An answer that already holds an allowed value is
-returned unchanged, so outputs that were valid before stay byte-identical.
+returned unchanged, so outputs that were valid before stay byte-identical. An answer to a ChatAdapter prompt of one
+output field that lacks DSPy's `[[ ## field ## ]]` marker is put under it (the whole answer is that field: the one
+reading there is), so an undertrained student's answer still parses.
 
 The allowed values are read from the prompt DSPy's adapter wrote, since that is all an engine sees: ChatAdapter's
 "`name` (Literal[...])" lines and `[[ ## name ## ]]` markers, or `LabeledAdapter`'s `Label: <one of: a, b>` lines
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 Score = Callable[[str, Sequence[str]], Sequence[float]]
 
 _CHAT_FIELD = re.compile(r"^\d+\. `(\w+)` \(Literal\[(.*)\]\):?", re.M)
-_CHAT_ANY_FIELD = re.compile(r"^\d+\. `\w+` \(", re.M)
+_CHAT_ANY_FIELD = re.compile(r"^\d+\. `(\w+)` \(", re.M)
 _CHAT_OUTPUTS = "Your output fields are:"
 _LABELED_FIELD = re.compile(r"^([A-Z][\w ]*): <one of: (.+)>$", re.M)
 _LABELED_ONLY = re.compile(r"Answer with the (.+) only: one of: (.+)\.$", re.M)
@@ -36,7 +38,6 @@ class Choice:
     field: str  # the marker or label the value follows
     options: tuple[str, ...]
     style: str  # "chat" ([[ ## field ## ]] then the value), "labeled" (Label: value), "whole" (the whole answer)
-    only: bool = False  # the prompt's one output field: an answer without its marker is all value
 
 
 def choices(messages: Sequence[dict]) -> list[Choice]:
@@ -45,13 +46,12 @@ def choices(messages: Sequence[dict]) -> list[Choice]:
     found: list[Choice] = []
     if _CHAT_OUTPUTS in system:
         outputs = system.split(_CHAT_OUTPUTS, 1)[1].split("All interactions will be structured", 1)[0]
-        only = len(_CHAT_ANY_FIELD.findall(outputs)) == 1
         for m in _CHAT_FIELD.finditer(outputs):
             try:
                 options = ast.literal_eval(f"[{m.group(2)}]")
             except (ValueError, SyntaxError):
                 continue
-            found.append(Choice(m.group(1), tuple(str(o) for o in options), "chat", only))
+            found.append(Choice(m.group(1), tuple(str(o) for o in options), "chat"))
         return found
     for m in _LABELED_FIELD.finditer(system):
         found.append(Choice(m.group(1), tuple(o.strip() for o in m.group(2).split(", ")), "labeled"))
@@ -92,13 +92,25 @@ def _span(answer: str, choice: Choice) -> tuple[int, int] | None:
     return m.end(), end
 
 
+def only_output(messages: Sequence[dict]) -> str | None:
+    """The name of the one output field of a ChatAdapter prompt; None for another prompt or several fields."""
+    system = "\n".join(m.get("content") or "" for m in messages if m.get("role") == "system")
+    if _CHAT_OUTPUTS not in system:
+        return None
+    outputs = system.split(_CHAT_OUTPUTS, 1)[1].split("All interactions will be structured", 1)[0]
+    names = _CHAT_ANY_FIELD.findall(outputs)
+    return names[0] if len(names) == 1 else None
+
+
 def snap(messages: Sequence[dict], answer: str, score: Score | None) -> str:
-    """`answer` with each `Literal` field's value one of its allowed values (the module docstring says how)."""
+    """`answer` with each `Literal` field's value one of its allowed values (the module docstring says how); an
+    answer to a ChatAdapter prompt of one output field that lacks the field's marker is all that field's value (the
+    one reading there is), put under its marker."""
+    only = only_output(messages)
+    if only is not None and f"[[ ## {only} ## ]]" not in answer:
+        answer = f"[[ ## {only} ## ]]\n{answer.replace('[[ ## completed ## ]]', '').strip()}\n\n[[ ## completed ## ]]"
     for choice in choices(messages):
         span = _span(answer, choice)
-        if span is None and choice.only:  # DSPy's markers missing around the one field: the answer is its value
-            answer = f"[[ ## {choice.field} ## ]]\n{answer.strip()}\n\n[[ ## completed ## ]]"
-            span = _span(answer, choice)
         if span is None:
             continue
         start, end = span

@@ -128,7 +128,7 @@ def test_eval_split_dev_evaluates_dev_inputs_and_never_reads_test(tmp_path):
     """Settings are chosen on dev: a dev run teaches and evaluates the dev inputs only, with its own run id."""
     from programs.flags import config_overrides, parser
     from programs.inputs import select_inputs
-    from programs.tasks import get_task
+    from programs.task_sources import get_task
 
     cfg = build_config(overrides=config_overrides(parser().parse_args(["--eval-split", "dev"])))
     assert cfg.eval_split == "dev" and stable_id("run", cfg.identity()) != stable_id("run", build_config().identity())

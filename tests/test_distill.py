@@ -83,6 +83,8 @@ def _distill_qa(tmp_path, program: type) -> tuple:
     from store import Store
 
     db = tmp_path / "t.duckdb"
+    dspy.configure(adapter=LabeledAdapter())  # the student learns the configured adapter's prompts (ChatAdapter's:
+    # the test below); LabeledAdapter's are the short ones, so these runs stay fast
     distill = CriticDistill(critic=PairwiseCritic(RUBRIC), objective="dpo", profile="tiny", store=str(db),
                             out=str(tmp_path / "out"), config={"max_steps": 2})
     train, test = _examples("train", 4), _examples("test", 2)
@@ -213,6 +215,7 @@ def test_compile_distills_a_program_whose_fields_are_not_text(tmp_path):
     from store import Store
 
     db, out = tmp_path / "t.duckdb", tmp_path / "out"
+    dspy.configure(adapter=LabeledAdapter())  # the short prompts (ChatAdapter's: the typed two-step test below)
     distill = CriticDistill(critic=PairwiseCritic("Choose the kind that fits the question."), objective="imitation",
                             profile="tiny", store=str(db), out=str(out), config={"max_steps": 2})
     train, test = _kind_examples("train", 4), _kind_examples("test", 2)
@@ -261,6 +264,7 @@ def test_compile_distills_a_program_of_two_output_fields(tmp_path, dspy_state):
     from store import Store
 
     db, out = tmp_path / "t.duckdb", tmp_path / "out"
+    dspy.configure(adapter=LabeledAdapter())
     distill = CriticDistill(critic=RUBRIC, objective="imitation", profile="tiny", store=str(db), out=str(out),
                             config={"max_steps": 2})
     train, test = _examples("train", 4), _examples("test", 2)
@@ -351,3 +355,56 @@ def test_a_program_that_returns_other_fields_than_its_task_stops_teaching_in_one
               run_id="r", threads=2)
     assert "AnswersFirst returned answer, but its task's output is evidence" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_a_typed_two_step_program_answers_in_a_fresh_process_under_dspys_default_adapter(tmp_path, dspy_state):
+    """A router with a Literal label, then a reply writer, distilled with no adapter configured: the student learns
+    ChatAdapter's prompts, every label it gives is one of the four, the saved program answers in a fresh process
+    with no configure line (and no warning about the adapter), and the report compares each step with the teacher's."""
+    import subprocess
+    import sys
+
+    from store import Store
+
+    example = _example_module("support_distill")
+    dspy_state.configure(adapter=None)
+    db, out = tmp_path / "t.duckdb", tmp_path / "out"
+    distill = example.distill(max_steps=4)
+    distill.store, distill.out = str(db), str(out)
+    small = distill.compile(example.Support(), teacher=example.Support(), trainset=example.examples("train"),
+                            valset=example.examples("test"))
+    assert dspy_state.settings.adapter is None  # compile put the user's (absent) adapter back
+
+    s = Store(db, create=False)
+    config = json.loads(s.scalar("SELECT config FROM training_runs LIMIT 1"))
+    assert config["adapter"] == "chat" and config["max_length"] == 512
+    prompts = json.loads(s.scalar("SELECT prompts FROM datasets WHERE name = 'imitation'"))
+    assert all("[[ ## " in p[-1]["content"] for p in prompts)  # each row on its own predictor's ChatAdapter prompt
+    assert dspy.ChatAdapter().format(example.Support().route.signature, [], {"ticket": example.TICKETS[0]}) in prompts
+    labels = []
+    for ticket in example.TICKETS:
+        with dspy.context(trace=[]):
+            answer = small(ticket=ticket)
+            labels.append(dspy.settings.trace[0][2].category)
+        assert answer.reply.strip()
+    assert set(labels) <= set(example.CATEGORIES)
+
+    report = (out / "report.md").read_text()
+    assert "## Step by step" in report and "| `route` |" in report and "| `reply` |" in report
+    assert s.scalar("SELECT count(*) FROM candidates WHERE role = 'student' AND trace IS NOT NULL") >= 3
+
+    saved = tmp_path / "support-small.json"
+    small.save(str(saved))
+    code = ("import json, sys, dspy; sys.path.insert(0, sys.argv[1]); from support_distill import Support; "
+            "p = Support(); p.load(sys.argv[2], allow_unsafe_lm_state=True); out = []\n"
+            "for t in ['I was billed for a plan I never bought.', 'My order has not shipped after ten days.']:\n"
+            "    with dspy.context(trace=[]):\n"
+            "        r = p(ticket=t); out.append([dspy.settings.trace[0][2].category, r.reply])\n"
+            "print(json.dumps(out))")
+    done = subprocess.run([sys.executable, "-W", "always", "-c", code, str(ROOT / "examples" / "python"), str(saved)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = json.loads(done.stdout.strip().splitlines()[-1])
+    assert all(label in example.CATEGORIES and reply.strip() for label, reply in answers)
+    assert "was trained on" not in done.stderr  # the adapter it learned is the one it runs under

@@ -296,9 +296,19 @@ def test_llama_seed_reproducible_and_n(gguf_spec):
 
 
 def test_a_distilled_student_warns_once_when_called_through_another_adapter(tiny_causal_dir, tmp_path):
-    """A folder critic-distill trained (its train_result.json marker) learned LabeledAdapter's prompts: DSPy's
-    default ChatAdapter reaching it gets one warning that says how to configure it; LabeledAdapter gets none."""
+    """A folder critic-distill trained (its train_result.json marker) learned one adapter's prompts (LabeledAdapter's
+    when the marker names none): the other adapter reaching it gets one warning that says which to use."""
+    import json
     import shutil
+
+    for learned, marker in (("labeled", {}), ("chat", {"config": {"adapter": "chat"}})):
+        folder = tmp_path / f"student-{learned}" / "final"
+        shutil.copytree(tiny_causal_dir, folder)
+        (folder.parent / "train_result.json").write_text(json.dumps(marker))
+        _warns_once_for_the_other_adapter(folder, learned)
+
+
+def _warns_once_for_the_other_adapter(folder, learned: str) -> None:
     import warnings
 
     import dspy
@@ -306,10 +316,8 @@ def test_a_distilled_student_warns_once_when_called_through_another_adapter(tiny
     from programs.adapter import LabeledAdapter
     from programs.lm import resolve_lm
 
-    folder = tmp_path / "student-ft" / "final"
-    shutil.copytree(tiny_causal_dir, folder)
-    (folder.parent / "train_result.json").write_text("{}")
-    for adapter, warned in ((LabeledAdapter(), False), (dspy.ChatAdapter(use_json_adapter_fallback=False), True)):
+    for adapter, used in ((LabeledAdapter(), "labeled"), (dspy.ChatAdapter(use_json_adapter_fallback=False), "chat")):
+        warned = used != learned
         lm = resolve_lm(f"local/{folder}", temperature=0.0, max_tokens=4, cache=False)
         with warnings.catch_warnings(record=True) as caught, dspy.context(lm=lm, adapter=adapter):
             warnings.simplefilter("always")
@@ -318,5 +326,5 @@ def test_a_distilled_student_warns_once_when_called_through_another_adapter(tiny
                     dspy.Predict("question -> answer")(question="Why?")
                 except Exception:  # noqa: BLE001 - a random tiny model's answer need not parse
                     pass
-        mine = [w for w in caught if "trained on programs.adapter.LabeledAdapter" in str(w.message)]
+        mine = [w for w in caught if f"was trained on {learned} prompts" in str(w.message)]
         assert len(mine) == (1 if warned else 0), [str(w.message) for w in caught]
