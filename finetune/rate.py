@@ -162,7 +162,7 @@ def _render(task: Task | None, text: str, what: str) -> str:
     return "\n".join(f"{label(n)}: {_shown(v)}" for n, v in values.items())
 
 
-def _export(store: Store, *, x: str, y: str, split: str | None = "test", teacher: str | None = None,
+def plan_export(store: Store, *, x: str, y: str, split: str | None = "test", teacher: str | None = None,
             repeat: int = 10, seed: int = 0, task: str | Task | None = None) -> Export:
     if repeat is None or repeat < 0:
         raise RatingError(f"--repeat must be 0 or more (got {repeat})")
@@ -214,7 +214,7 @@ def export_pairs(store: Store, *, x: str, y: str, split: str | None = "test", te
     """Blind pairs of x's and y's outputs, one per input both answered differently (A/B order seeded), plus `repeat`
     of them again with the sides swapped; the key goes to `blind_pairs`, the rows returned name no candidate and no
     system. Deterministic: the same store and arguments give the same batch, pair ids and order."""
-    e = _export(store, x=x, y=y, split=split, teacher=teacher, repeat=repeat, seed=seed, task=task)
+    e = plan_export(store, x=x, y=y, split=split, teacher=teacher, repeat=repeat, seed=seed, task=task)
     store.insert("blind_pairs", e.key)
     return e.rows, e.batch
 
@@ -399,14 +399,20 @@ def import_ratings(store: Store, path: str | os.PathLike, *, rater: str) -> dict
     """Each rating a `judgments` row of judge `rater:NAME` (a score a pointwise row per side), then one verdict per
     rated pair of candidates, P(x >= y) over its showings. Everything is checked before anything is written; ids are
     stable and unchanged rows are left alone, so importing a file again changes nothing."""
-    judge = _judge(rater)
-    ratings = read_ratings(path)
+    _judge(rater)  # a missing name before the file
     p = Path(path).expanduser()
+    return {"file": str(p)} | store_ratings(store, read_ratings(path), rater=rater, where=str(p))
+
+
+def store_ratings(store: Store, ratings: list[Rating], *, rater: str, where: str = "ratings") -> dict:
+    """Store checked ratings of exported pairs (their key in `blind_pairs`) as `import_ratings` does: the one writer
+    of a rater's judgments and verdicts, for a ratings file and for the review page's key presses alike."""
+    judge = _judge(rater)
     key = {r["pair_id"]: r for r in store.query(f"{KEY_SQL} WHERE list_contains(?, bp.pair_id)",
                                                 [[r.pair_id for r in ratings]])}
     for r in ratings:
         if r.pair_id not in key:
-            raise RatingError(f"{p}:{r.line}: unknown pair_id {r.pair_id!r} (not from an export into this store)")
+            raise RatingError(f"{where}:{r.line}: unknown pair_id {r.pair_id!r} (not from an export into this store)")
     now, judgments, pairs = datetime.now(), [], set()
     for r in ratings:
         k = key[r.pair_id]
@@ -433,7 +439,7 @@ def import_ratings(store: Store, path: str | os.PathLike, *, rater: str) -> dict
     verdicts = _verdict_rows(store, judge, pairs)
     same_v = _unchanged(store, "verdicts", "verdict_id", verdicts, VERDICT_FIELDS)
     store.insert("verdicts", [v for v in verdicts if v["verdict_id"] not in same_v], replace=True)
-    return {"file": str(p), "judge": judge, "ratings": len(ratings),
+    return {"judge": judge, "ratings": len(ratings),
             "ties": sum(r.choice is None for r in ratings),
             "scores": sum(j["method"] == SCORE_METHOD for j in judgments),
             "judgments_written": len(judgments) - len(same), "verdicts": len(verdicts),
@@ -737,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "export":
         store = _open(args.db)
-        e = _export(store, x=args.x, y=args.y, split=args.split, teacher=args.teacher, repeat=args.repeat,
+        e = plan_export(store, x=args.x, y=args.y, split=args.split, teacher=args.teacher, repeat=args.repeat,
                     seed=args.seed, task=args.task)
         path = write_pairs(e.rows, args.out)
         store.insert("blind_pairs", e.key)  # after the file is written: no key without its file
@@ -759,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["Export", "Rated", "Rating", "RatingError", "System", "audit_pairs", "export_pairs", "format_report",
+__all__ = ["Export", "plan_export", "Rated", "Rating", "RatingError", "System", "audit_pairs", "export_pairs", "format_report",
            "import_ratings", "paired_rating_difference", "rated_pairs", "rater_verdicts", "read_ratings", "report",
            "resolve_system", "write_pairs"]
 
