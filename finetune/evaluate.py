@@ -40,15 +40,7 @@ def student_outputs(store: Store, student: Student, student_lm: dspy.LM, inputs:
     with stage_progress("generate", total=len(inputs), done=len(inputs) - len(todo), unit="inputs") as advance, \
             dspy.context(lm=student_lm):
         def one(item: dict) -> tuple[str, str | None, list | None, str | None]:
-            steps = None
-            try:
-                prediction = student(text=item["text"])
-                text, error, steps = student.task.encode_outputs(prediction) or "", None, getattr(
-                    prediction, "_steps", None)  # a program of several predictors: each one's call
-            except Exception as e:  # noqa: BLE001 - the user's program failed on this input: stored, a loss
-                text, error = "", _one_line(e)
-            return text, error or (None if text else "the student's program returned an empty output"), steps, \
-                last_lm_call_id()
+            return (*_answer(student, item["text"]), last_lm_call_id())
 
         for item, (text, error, steps, call_id) in imap(one, todo, threads):
             row = {"input_id": item["input_id"], "producer": producer, "lm_call_id": call_id, "run_id": run_id,
@@ -64,6 +56,18 @@ def student_outputs(store: Store, student: Student, student_lm: dspy.LM, inputs:
             advance(1)
     store.flush()
     return have
+
+
+def _answer(student: Student, text: str) -> tuple[str, str | None, list | None]:
+    """The student's stored output for one input, the error that stopped it (None: none), and each predictor's call
+    for a program of several (`ProgramStudent`)."""
+    try:
+        prediction = student(text=text)
+    except Exception as e:  # noqa: BLE001 - the user's program failed on this input: stored, a loss
+        return "", _one_line(e), None
+    output = student.task.encode_outputs(prediction) or ""
+    return output, None if output else "the student's program returned an empty output", getattr(
+        prediction, "_steps", None)
 
 
 def failures(store: Store, producer: str, inputs: list[dict]) -> dict[str, str]:

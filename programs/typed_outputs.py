@@ -99,16 +99,22 @@ def only_output(messages: Sequence[dict]) -> str | None:
         return None
     outputs = system.split(_CHAT_OUTPUTS, 1)[1].split("All interactions will be structured", 1)[0]
     names = _CHAT_ANY_FIELD.findall(outputs)
-    return names[0] if len(names) == 1 else None
+    if len(names) != 1 or f"[[ ## {names[0]} ## ]]" not in system:  # JSONAdapter's prompt lists fields alike
+        return None
+    return names[0]
 
 
 def snap(messages: Sequence[dict], answer: str, score: Score | None) -> str:
     """`answer` with each `Literal` field's value one of its allowed values (the module docstring says how); an
-    answer to a ChatAdapter prompt of one output field that lacks the field's marker is all that field's value (the
-    one reading there is), put under its marker."""
+    answer to a ChatAdapter prompt of one output field without the field's marker at the start of a line is that
+    field's value (what follows a marker written mid-line, else all of it: the one reading there is), put under
+    its marker."""
     only = only_output(messages)
-    if only is not None and f"[[ ## {only} ## ]]" not in answer:
-        answer = f"[[ ## {only} ## ]]\n{answer.replace('[[ ## completed ## ]]', '').strip()}\n\n[[ ## completed ## ]]"
+    marker = f"[[ ## {only} ## ]]"
+    if only is not None and not re.search(rf"^\s*{re.escape(marker)}", answer, re.M):  # ChatAdapter reads none
+        value = answer.split(marker, 1)[1] if marker in answer else answer  # after a marker written mid-line
+        value = value.split("[[ ##", 1)[0].strip()
+        answer = f"{marker}\n{value}\n\n[[ ## completed ## ]]"
     for choice in choices(messages):
         span = _span(answer, choice)
         if span is None:

@@ -72,3 +72,17 @@ def test_a_random_student_always_answers_an_allowed_value(tiny_causal_dir, adapt
         share[typed] = valid / len(TICKETS)
     print(f"valid {field}: {share[False]:.0%} before, {share[True]:.0%} after")
     assert share[True] == 1.0 and share[False] < 1.0
+
+
+def test_an_answer_chat_adapter_cannot_read_is_put_under_its_one_fields_marker():
+    """A student that wrote the marker mid-line, or none, still answers its one output field; JSONAdapter's prompt,
+    which lists its fields the same way, is left alone."""
+    route = dspy.Signature("ticket -> category: Literal['billing', 'shipping']", "Route.")
+    messages = dspy.ChatAdapter().format(route, demos=[], inputs={"ticket": "x"})
+    mid_line = "The tracking number.\n\nRespond with `[[ ## category ## ]]Shipping[[ ## completed ## ]]`."
+    assert dspy.ChatAdapter().parse(route, snap(messages, mid_line, _longest)) == {"category": "shipping"}
+    reply = dspy.Signature("ticket -> reply")
+    messages = dspy.ChatAdapter().format(reply, demos=[], inputs={"ticket": "x"})
+    assert dspy.ChatAdapter().parse(reply, snap(messages, "Sorry about that.", None)) == {"reply": "Sorry about that."}
+    json_messages = dspy.JSONAdapter().format(route, demos=[], inputs={"ticket": "x"})
+    assert snap(json_messages, '{"category": "billing"}', _longest) == '{"category": "billing"}'
