@@ -549,10 +549,13 @@ def _print_results(p: Pipeline, results: Results, report: Path) -> None:
         console.print(f"independent check: {independent_check(results.lift)}", highlight=False, soft_wrap=True)
     for e in results.evaluations:
         lc = f" · length-controlled {e['wtr_prob_lc']}" if "wtr_prob_lc" in e else ""
-        failed = failure_line(e)
-        wtr = (f"WTR mean P {e['wtr_prob']}{lc} · decisions {e['wtr_decision']}" if e["items"] else "nothing judged")
-        console.print(f"[bold]{e['label']}[/] vs teacher, {e['split']}, judge {e['judge']}: {wtr}"
-                      + (f" · {failed} (each a loss)" if failed and e["items"] else f": {failed}" if failed else ""),
+        if not e["items"]:  # nothing judged: the failures are the whole result, never a NaN
+            result = f"nothing judged: {failure_line(e) or 'no input had both an output and a reference'}"
+        else:
+            failed = failure_line(e)
+            result = f"WTR mean P {e['wtr_prob']}{lc} · decisions {e['wtr_decision']}" + (
+                f" · {failed} (each a loss)" if failed else "")
+        console.print(f"[bold]{e['label']}[/] vs teacher, {e['split']}, judge {e['judge']}: {result}",
                       highlight=False, soft_wrap=True)
     for s in results.steps:
         console.print(f"[bold]{s['label']}[/] vs teacher, step by step, {cfg.eval_split}: " + "; ".join(
