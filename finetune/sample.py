@@ -257,11 +257,9 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int] | None:
 def typed_sample(model: Any, tokenizer: Any, prompt: Sequence[dict], text: str) -> str:
     """A sample with its `Literal` fields decoded under their type, as the student's engine decodes its answers
     (`programs.typed_outputs`): the feedback loop learns from the answers the distilled program will give."""
-    from programs.student_lm import continuation_logprobs, is_seq2seq
-    from programs.typed_outputs import snap
+    from programs.student_lm import is_seq2seq, typed_answer
 
-    rendered = render_prompt(tokenizer, prompt, seq2seq=is_seq2seq(model))
-    return snap(prompt, text, lambda prefix, options: continuation_logprobs(model, tokenizer, rendered, prefix, options))
+    return typed_answer(model, tokenizer, prompt, render_prompt(tokenizer, prompt, seq2seq=is_seq2seq(model)), text)
 
 
 def sample_candidates(

@@ -271,10 +271,9 @@ class TransformersEngine:
         """The answer with its `Literal` fields decoded under their type (`programs.typed_outputs.snap`)."""
         if not self.typed:
             return text
-        from programs.student_lm import continuation_logprobs
-        from programs.typed_outputs import snap
+        from programs.student_lm import typed_answer
 
-        return snap(messages, text, lambda prefix, options: continuation_logprobs(model, tok, prompt, prefix, options))
+        return typed_answer(model, tok, messages, prompt, text)
 
     def complete(self, request: Request) -> Response:
         self._check_adapter(request)

@@ -287,6 +287,16 @@ def generate(
     return [[tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in rows] for _, rows in out]
 
 
+def typed_answer(model: Any, tokenizer: Any, messages: Sequence[dict], prompt: str, answer: str) -> str:
+    """`answer` to `messages` (rendered as `prompt`) with its `Literal` fields decoded under their type, the student's
+    own likelihood choosing where its answer spells no allowed value (`programs.typed_outputs.snap`): one path for
+    the engine's answers and the feedback loop's samples."""
+    from programs.typed_outputs import snap
+
+    return snap(messages, answer,
+                lambda prefix, options: continuation_logprobs(model, tokenizer, prompt, prefix, options))
+
+
 def continuation_logprobs(model: Any, tokenizer: Any, prompt: str, prefix: str, continuations: Sequence[str]
                           ) -> list[float]:
     """log p(prefix + c | prompt) for each continuation c, the prompt rendered as `generate_ids` takes it: how likely

@@ -40,12 +40,22 @@ class Choice:
     style: str  # "chat" ([[ ## field ## ]] then the value), "labeled" (Label: value), "whole" (the whole answer)
 
 
+def _system(messages: Sequence[dict]) -> str:
+    return "\n".join(m.get("content") or "" for m in messages if m.get("role") == "system")
+
+
+def _chat_outputs(system: str) -> str | None:
+    """The "Your output fields are:" section of a ChatAdapter (or JSONAdapter) system message; None elsewhere."""
+    if _CHAT_OUTPUTS not in system:
+        return None
+    return system.split(_CHAT_OUTPUTS, 1)[1].split("All interactions will be structured", 1)[0]
+
+
 def choices(messages: Sequence[dict]) -> list[Choice]:
     """The `Literal` output fields the adapter's prompt declares (none for a prompt of text fields only)."""
-    system = "\n".join(m.get("content") or "" for m in messages if m.get("role") == "system")
+    system = _system(messages)
     found: list[Choice] = []
-    if _CHAT_OUTPUTS in system:
-        outputs = system.split(_CHAT_OUTPUTS, 1)[1].split("All interactions will be structured", 1)[0]
+    if (outputs := _chat_outputs(system)) is not None:
         for m in _CHAT_FIELD.finditer(outputs):
             try:
                 options = ast.literal_eval(f"[{m.group(2)}]")
@@ -94,10 +104,9 @@ def _span(answer: str, choice: Choice) -> tuple[int, int] | None:
 
 def only_output(messages: Sequence[dict]) -> str | None:
     """The name of the one output field of a ChatAdapter prompt; None for another prompt or several fields."""
-    system = "\n".join(m.get("content") or "" for m in messages if m.get("role") == "system")
-    if _CHAT_OUTPUTS not in system:
+    system = _system(messages)
+    if (outputs := _chat_outputs(system)) is None:
         return None
-    outputs = system.split(_CHAT_OUTPUTS, 1)[1].split("All interactions will be structured", 1)[0]
     names = _CHAT_ANY_FIELD.findall(outputs)
     if len(names) != 1 or f"[[ ## {names[0]} ## ]]" not in system:  # JSONAdapter's prompt lists fields alike
         return None
