@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from programs.critic_rule import DEFAULT as CRITIC
-from programs.critic_rule import CriticSettings, CriticSettingsError
+from programs.critic_rule import CriticSettings
 from store.cli import UserError
 
 CRITIC_FIELDS = tuple(f.name for f in fields(CriticSettings))  # each is a `critic_<name>` key
@@ -103,6 +103,9 @@ class PipelineConfig:
     # budget for one command (its real LM calls; cached answers are free); not part of the run's identity
     max_calls: int | None = None  # stop before the LM call that would make more than this many
     max_cost: float | None = None  # stop before the spend (USD, as the provider prices calls) could pass this
+
+    def __post_init__(self) -> None:
+        _check_values(self)  # a bad value fails where the config is built, from a file, flags or Python
 
     def split_limit(self, split: str) -> int | None:
         base = self.train_inputs if split == "train" else self.test_inputs
@@ -203,65 +206,69 @@ def build_config(profile: str = "default", toml_path: str | None = None, overrid
     task, task_error = _load_task(given.get("task", PROFILES[profile].get("task", PipelineConfig.task)))
     values: dict[str, Any] = {**dict(task.defaults if task else ()), "profile": profile, **PROFILES[profile],
                               **given}
-    for name in ("meaning_floor", "meaning_margin"):  # `off` turns a guard a task's defaults set back off
-        if isinstance(values.get(name), str) and values[name].strip().lower() in OFF:
-            values[name] = None
     known = {f.name: f for f in fields(PipelineConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; known: {', '.join(known)}")
-    cfg = PipelineConfig(**values)
-    for name in ("train_inputs", "test_inputs", "limit"):
-        v = getattr(cfg, name)
-        if v is not None and (not isinstance(v, int) or v < 1):
-            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-    if not (0 <= cfg.teacher_temperature <= 2):
-        raise ConfigError(f"teacher_temperature must be in [0, 2], got {cfg.teacher_temperature}")
-    for name in ("n_candidates", "k_samples", "batch_size", "max_length", "threads", "student_max_tokens",
-                 "teacher_max_tokens", "critic_max_tokens"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-    if isinstance(cfg.ood_inputs, bool) or not isinstance(cfg.ood_inputs, int) or cfg.ood_inputs < 0:
-        raise ConfigError(f"ood_inputs (--ood) must be 0 or a positive integer, got {cfg.ood_inputs!r}")
-    cfg.length_band = tuple(cfg.length_band)
-    if len(cfg.length_band) != 2 or not 0 < cfg.length_band[0] <= 1 <= cfg.length_band[1]:
-        raise ConfigError(f"length_band must be [lo, hi] with 0 < lo <= 1 <= hi, got {list(cfg.length_band)}")
-    objectives(cfg)
-    for name, allowed in (("sampling", ("nucleus", "diverse_beam")), ("pair_selection", ("edit", "embedding")),
-                          ("eval_split", ("test", "dev"))):
-        if getattr(cfg, name) not in allowed:
-            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
-    for name in ("epochs", "learning_rate", "dpo_learning_rate", "brio_learning_rate", "warmstart_epochs",
-                 "feedback_epochs"):
-        v = getattr(cfg, name)
-        if v is not None and not (_number(v) and v > 0):
-            raise ConfigError(f"{name} must be a positive number, got {v!r}")
-    _check_training(cfg)
-    try:
-        cfg.critic_settings()
-    except CriticSettingsError as e:
-        raise ConfigError(str(e)) from e
-    if cfg.feedback_every is not None and cfg.feedback_every <= 0:
-        raise ConfigError("feedback_every must be a positive number of epochs")
-    if cfg.max_calls is not None and (isinstance(cfg.max_calls, bool) or not isinstance(cfg.max_calls, int)
-                                      or cfg.max_calls < 0):
-        raise ConfigError(f"max_calls must be a non-negative integer, got {cfg.max_calls!r}")
-    if cfg.max_cost is not None and (isinstance(cfg.max_cost, bool) or not isinstance(cfg.max_cost, (int, float))
-                                     or not cfg.max_cost > 0):
-        raise ConfigError(f"max_cost must be a positive number of dollars, got {cfg.max_cost!r}")
-    if cfg.optimize not in (None, "", "none", "bootstrap", "mipro", "gepa"):
-        raise ConfigError(f"optimize must be one of bootstrap, mipro, gepa, got {cfg.optimize!r}")
-    if cfg.optimize in ("", "none"):
-        cfg.optimize = None
-    if cfg.optimize and (cfg.optimize_inputs < 2 or cfg.optimize_trials < 1):
-        raise ConfigError("optimize_inputs must be at least 2 and optimize_trials at least 1")
-    if task_error is not None:  # a bad task fails here, before any model is loaded
-        raise ConfigError(str(task_error)) from task_error
+    cfg = PipelineConfig(**values)  # checks every value (__post_init__)
+    if task_error is not None:  # a bad task fails here, before any model is loaded, after the keys are checked
+        raise task_error
     return cfg
 
 
 OFF = ("off", "none")
+
+
+def _check_values(self: PipelineConfig) -> None:
+    """Every key's value, each named in one line when it cannot work (before any model loads); a few spellings
+    normalized (`off` guards, a TOML list for length_band, `none` for optimize)."""
+    for name in ("meaning_floor", "meaning_margin"):  # `off` turns a guard a task's defaults set back off
+        if isinstance(getattr(self, name), str) and getattr(self, name).strip().lower() in OFF:
+            setattr(self, name, None)
+    for name in ("train_inputs", "test_inputs", "limit"):
+        v = getattr(self, name)
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    if not (_number(self.teacher_temperature) and 0 <= self.teacher_temperature <= 2):
+        raise ConfigError(f"teacher_temperature must be in [0, 2], got {self.teacher_temperature}")
+    for name in ("n_candidates", "k_samples", "batch_size", "max_length", "threads", "student_max_tokens",
+                 "teacher_max_tokens", "critic_max_tokens"):
+        v = getattr(self, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    if isinstance(self.ood_inputs, bool) or not isinstance(self.ood_inputs, int) or self.ood_inputs < 0:
+        raise ConfigError(f"ood_inputs (--ood) must be 0 or a positive integer, got {self.ood_inputs!r}")
+    self.length_band = tuple(self.length_band)
+    if len(self.length_band) != 2 or not 0 < self.length_band[0] <= 1 <= self.length_band[1]:
+        raise ConfigError(f"length_band must be [lo, hi] with 0 < lo <= 1 <= hi, got {list(self.length_band)}")
+    objectives(self)
+    for name, allowed in (("sampling", ("nucleus", "diverse_beam")), ("pair_selection", ("edit", "embedding")),
+                          ("eval_split", ("test", "dev"))):
+        if getattr(self, name) not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+    for name in ("epochs", "learning_rate", "dpo_learning_rate", "brio_learning_rate", "warmstart_epochs",
+                 "feedback_epochs"):
+        v = getattr(self, name)
+        if v is not None and not (_number(v) and v > 0):
+            raise ConfigError(f"{name} must be a positive number, got {v!r}")
+    _check_training(self)
+    self.critic_settings()  # a CriticSettingsError: its own one line (a user error, as ConfigError is)
+    if self.feedback_every is not None and self.feedback_every <= 0:
+        raise ConfigError("feedback_every must be a positive number of epochs")
+    if self.max_calls is not None and (isinstance(self.max_calls, bool) or not isinstance(self.max_calls, int)
+                                      or self.max_calls < 0):
+        raise ConfigError(f"max_calls must be a non-negative integer, got {self.max_calls!r}")
+    if self.max_cost is not None and (isinstance(self.max_cost, bool) or not isinstance(self.max_cost, (int, float))
+                                     or not self.max_cost > 0):
+        raise ConfigError(f"max_cost must be a positive number of dollars, got {self.max_cost!r}")
+    if self.optimize not in (None, "", "none", "bootstrap", "mipro", "gepa"):
+        raise ConfigError(f"optimize must be one of bootstrap, mipro, gepa, got {self.optimize!r}")
+    if self.optimize in ("", "none"):
+        self.optimize = None
+    if self.optimize and (self.optimize_inputs < 2 or self.optimize_trials < 1):
+        raise ConfigError("optimize_inputs must be at least 2 and optimize_trials at least 1")
+
+
 
 
 def _load_task(spec: Any) -> tuple[Any, Exception | None]:

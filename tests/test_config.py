@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from programs.config import ConfigError, build_config
+from programs.config import ConfigError, PipelineConfig, build_config
 from store import stable_id
 
 
@@ -27,6 +27,25 @@ def test_objective_learning_rates_from_toml_and_their_identity(tmp_path):
 def test_bad_learning_rates_are_named(key, value):
     with pytest.raises(ConfigError, match=f"{key} must be a positive number"):
         build_config("tiny", overrides={key: value})
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"k_samples": 0}, "k_samples must be a positive integer"),
+    ({"length_band": (1.5, 2.0)}, "length_band must be"),
+    ({"dpo_loss_type": "nope"}, "dpo_loss_type must be one of"),
+    ({"teacher_temperature": "hot"}, "teacher_temperature must be in"),
+    ({"objective": "dpo,nope"}, "unknown objective"),
+])
+def test_a_config_built_in_python_checks_its_values_where_it_is_built(values, message):
+    """Not only `build_config`: `PipelineConfig(...)` and `dataclasses.replace` fail at once, in one line."""
+    from dataclasses import replace
+
+    with pytest.raises(ConfigError, match=message):
+        PipelineConfig(**values)
+    with pytest.raises(ConfigError, match=message):
+        replace(PipelineConfig(), **values)
+    assert PipelineConfig(meaning_floor="off").meaning_floor is None  # spellings normalized there too
+    assert PipelineConfig(length_band=[0.5, 2.0]).length_band == (0.5, 2.0)
 
 
 def test_new_keys_at_their_defaults_leave_run_ids_as_they_were():
@@ -109,6 +128,8 @@ def test_loss_types_and_schedulers_are_the_installed_libraries():
 
 
 def test_critic_keys_from_toml_and_flags_one_line_errors(tmp_path):
+    from programs.critic_rule import CriticSettingsError
+
     toml = tmp_path / "c.toml"
     toml.write_text('critic_mode = "reason-first"\ncritic_rubrics = 2\ncritic_abstain_margin = 0.5\n')
     cfg = build_config("tiny", str(toml), {"critic_pointwise_weight": 0.0})
@@ -120,7 +141,7 @@ def test_critic_keys_from_toml_and_flags_one_line_errors(tmp_path):
                                 ("critic_rubrics", 0, "critic rubrics must be a positive integer"),
                                 ("critic_aggregate", "max", "critic aggregate must be one of"),
                                 ("critic_scale", -1.0, "critic scale must be > 0")):
-        with pytest.raises(ConfigError, match=message):
+        with pytest.raises(CriticSettingsError, match=message):  # its own one line, not re-wrapped
             build_config("tiny", overrides={key: value})
 
 

@@ -266,7 +266,7 @@ def test_bad_task_specs_raise_one_line_task_errors(tmp_path):
 
 
 def test_a_bad_task_fails_when_the_config_is_built(tmp_path):
-    with pytest.raises(ConfigError, match="unknown task 'nope'"):
+    with pytest.raises(TaskError, match="unknown task 'nope'"):  # the task's own one line, not re-wrapped
         build_config("tiny", overrides={"task": "nope"})
     cfg_file = tmp_path / "pipeline.toml"
     cfg_file.write_text(f'task = "{write_task(tmp_path)}"\nlimit = 2\n')
