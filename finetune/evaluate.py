@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inputs", required=True, help=".txt/.jsonl/.csv/.parquet; a 'reference' column holds the "
                                                     "teacher's outputs, otherwise the teacher writes (and caches) them")
     ap.add_argument("--critic", default="local/qwen2.5-coder-1.5b-instruct", help="judge model spec")
-    ap.add_argument("--judge", help="a second judge model spec (e.g. an API model)")
+    ap.add_argument("--second-judge", "--judge", dest="judge", metavar="SPEC",
+                    help="a second, independent judge beside the critic (e.g. an API model)")
     ap.add_argument("--teacher", help="writes references when the file has none (default: the critic's model)")
     ap.add_argument("--task", default="humor", help="humor (default) | formal | a task .toml file | "
                                                      "package.module:ATTR | file.py:ATTR (docs/tasks.md)")

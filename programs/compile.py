@@ -53,7 +53,7 @@ class LMs:
 
     teacher: Any
     critic: Any
-    judge: Any | None  # the second, independent judge (--judge)
+    second_judge: Any | None  # the second, independent judge of the students (--second-judge)
     reflection: Any | None  # proposes instructions for MIPROv2 / GEPA
 
 
@@ -196,7 +196,7 @@ def _check(cfg: PipelineConfig) -> tuple[Any, dict[str, list[dict]], int]:
     chosen, dropped = split_inputs(cfg, task)
     from programs.lm import check_context
 
-    check_context([r["text"] for rows in chosen.values() for r in rows], [cfg.teacher, cfg.critic, cfg.judge],
+    check_context([r["text"] for rows in chosen.values() for r in rows], [cfg.teacher, cfg.critic, cfg.second_judge],
                   answer_tokens=cfg.critic_max_tokens,
                   judged_tokens=max(cfg.teacher_max_tokens, cfg.student_max_tokens))
     return task, chosen, dropped
@@ -235,13 +235,13 @@ def _models(cfg: PipelineConfig) -> LMs:
     from programs.lm import check_hosted, resolve_lm
 
     optimizing = cfg.optimize in ("mipro", "gepa")
-    check_hosted(cfg.teacher, cfg.critic, cfg.judge, (cfg.reflection_lm or cfg.teacher) if optimizing else None)
+    check_hosted(cfg.teacher, cfg.critic, cfg.second_judge, (cfg.reflection_lm or cfg.teacher) if optimizing else None)
     lms = LMs(
         teacher=resolve_lm(cfg.teacher, temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p,
                            max_tokens=cfg.teacher_max_tokens, seed=cfg.seed),
         critic=resolve_lm(cfg.critic, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed),
-        judge=(resolve_lm(cfg.judge, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed)
-               if cfg.judge else None),
+        second_judge=(resolve_lm(cfg.second_judge, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed)
+               if cfg.second_judge else None),
         reflection=(resolve_lm(cfg.reflection_lm or cfg.teacher, temperature=0.7, max_tokens=512, seed=cfg.seed)
                     if optimizing else None))
     resolve_student(cfg.student)
@@ -478,7 +478,7 @@ def _judge_students(p: Pipeline, teacher: Teaching, students: list[tuple[str, An
     splits = {cfg.eval_split: p.evaluated}
     if p.chosen.get("ood"):
         splits["ood"] = p.chosen["ood"]
-    judges = [(cfg.critic, p.lms.critic)] + ([(cfg.judge, p.lms.judge)] if p.lms.judge is not None else [])
+    judges = [(cfg.critic, p.lms.critic)] + ([(cfg.second_judge, p.lms.second_judge)] if p.lms.second_judge is not None else [])
     student = ProgramStudent(p.task, p.student_program) if p.task.steps else Student(p.task)  # on the LM in context
     evaluations = []
     with p.stage("evaluate"):

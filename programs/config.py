@@ -10,6 +10,7 @@ from typing import Any
 
 from programs.critic_rule import DEFAULT as CRITIC
 from programs.critic_rule import CriticSettings
+from programs.legacy_ids import pipeline_identity
 from store.cli import UserError
 
 CRITIC_FIELDS = tuple(f.name for f in fields(CriticSettings))  # each is a `critic_<name>` key
@@ -93,7 +94,7 @@ class PipelineConfig:
     sft_sql: str | None = None  # replaces the imitation/ft dataset query (columns input, output)
     pairs_sql: str | None = None  # replaces the DPO preference query (columns input, chosen, rejected)
     # evaluation beyond the critic on the test split
-    judge: str | None = None  # a second, independent judge (model spec)
+    second_judge: str | None = None  # a second, independent judge of the students (model spec; TOML: judge too)
     ood_inputs: int = 0  # how many bundled out-of-distribution inputs to evaluate on too
     # DSPy optimization of the teacher against the critic, before it teaches (None: the teacher as written)
     optimize: str | None = None  # bootstrap | mipro | gepa
@@ -118,42 +119,10 @@ class PipelineConfig:
         return CriticSettings(**{f: getattr(self, f"critic_{f}") for f in CRITIC_FIELDS})
 
     def identity(self) -> dict[str, Any]:
-        """What decides the run's results (and so its id): everything but how fast it gets there."""
-        values = asdict(self)
-        values.pop("threads")
-        # a budget decides where a command stops, not what the run computes: a rerun with a higher one continues it
-        values.pop("max_calls")
-        values.pop("max_cost")
-        for key, default in NEWER_KEYS.items():  # at its default: left out, so earlier runs keep their ids
-            if values[key] == default:
-                values.pop(key)
-        if isinstance(values.get("task"), dict):  # a program's task, recorded whole
-            values["task"] = _earlier_task(values["task"])
-        return values
+        """What decides the run's results (and so its id): everything but how fast it gets there, hashed as earlier
+        versions did (programs/legacy_ids.py)."""
+        return pipeline_identity(asdict(self))
 
-
-def _earlier_task(task: dict) -> dict:
-    """A task as identities recorded it before `NEWER_TASK_FIELDS` were added (each at its default left out), its
-    steps too."""
-    task = {k: v for k, v in task.items() if k not in NEWER_TASK_FIELDS or v != NEWER_TASK_FIELDS[k]}
-    if task.get("steps"):
-        task["steps"] = tuple((name, _earlier_task(step)) for name, step in task["steps"])
-    return task
-
-
-# keys added after runs were recorded, with the value that leaves a run's id as it was
-NEWER_KEYS: dict[str, Any] = {
-    **{f"critic_{f}": getattr(CRITIC, f) for f in CRITIC_FIELDS},
-    "dpo_learning_rate": None, "brio_learning_rate": None, "warmstart_epochs": None, "warmstart_max_steps": None,
-    "feedback_epochs": None, "feedback_max_steps": None, "feedback_lr_scheduler_type": "linear",
-    "feedback_warmup_ratio": 0.0, "dpo_beta": 0.1, "dpo_loss_type": "sigmoid", "dpo_loss_weights": None,
-    "dpo_label_smoothing": 0.0, "sampling_temperature": 1.0, "sampling_top_p": 0.9, "pair_anchor": "greedy",
-    "min_confidence": 0.0, "both_orders_agree": False, "eval_split": "test",
-    "meaning_floor": None, "meaning_margin": None, "length_control": False,
-}
-
-# Task fields added after runs of programs' tasks were recorded, with the value that leaves a run's id as it was
-NEWER_TASK_FIELDS: dict[str, Any] = {"defaults": (), "student_adapter": "labeled"}
 
 PROFILES: dict[str, dict[str, Any]] = {
     # fast: the 0.5B teacher/critic, a few inputs; for tests and a first look (<= 10 min on 2 CPU cores)
@@ -169,7 +138,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "default": dict(test_inputs=None),
     # sized like the paper for a GPU or API models: all inputs (EmpatheticDialogues with --inputs), 10 epochs
     "full": dict(train_inputs=None, test_inputs=None, epochs=10.0, batch_size=16, threads=8, ood_inputs=120,
-                 judge="local/qwen2.5-coder-0.5b-instruct"),
+                 second_judge="local/qwen2.5-coder-0.5b-instruct"),
 }
 
 
@@ -201,7 +170,8 @@ def build_config(profile: str = "default", toml_path: str | None = None, overrid
             if data["profile"] not in PROFILES:
                 raise ConfigError(f"{p}: unknown profile {data['profile']!r}; choose one of {', '.join(PROFILES)}")
             profile = data["profile"]
-    given = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    given = {ALIASES.get(k, k): v for k, v in {**data, **{k: v for k, v in (overrides or {}).items()
+                                                          if v is not None}}.items()}
     # the layers, each over the one before: the dataclass, the task's own defaults, the profile, the file, the flags
     task, task_error = _load_task(given.get("task", PROFILES[profile].get("task", PipelineConfig.task)))
     values: dict[str, Any] = {**dict(task.defaults if task else ()), "profile": profile, **PROFILES[profile],
@@ -217,6 +187,7 @@ def build_config(profile: str = "default", toml_path: str | None = None, overrid
 
 
 OFF = ("off", "none")
+ALIASES = {"judge": "second_judge"}  # a key's earlier name, still read from files and overrides
 
 
 def _check_values(self: PipelineConfig) -> None:

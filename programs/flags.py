@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
-from programs.config import OFF, PROFILES
+from programs.config import OFF, PROFILES, PipelineConfig
 from store.cli import ArgumentParser
 
 
@@ -28,8 +29,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--student", metavar="SPEC", help="embedded student name, model folder, or hub id")
     p.add_argument("--epochs", type=float)
     p.add_argument("--max-steps", type=int, dest="max_steps")
-    p.add_argument("--full-finetune", action="store_true", help="train all weights instead of a LoRA adapter")
-    p.add_argument("--merge-lora", action="store_true", help="also save the LoRA student merged into its base")
+    p.add_argument("--full-finetune", dest="lora", action="store_const", const=False, default=None,
+                   help="train all weights instead of a LoRA adapter")
+    p.add_argument("--merge-lora", dest="merge_lora", action="store_const", const=True, default=None,
+                   help="also save the LoRA student merged into its base")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="parallel calls to hosted models (default 4; local models: 1)")
     c = p.add_argument_group("the critic (docs/critic.md; config keys critic_*)")
@@ -70,7 +73,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--eval-split", dest="eval_split", choices=["test", "dev"],
                    help="the split students are evaluated on: test (default) | dev, to choose settings without "
                         "looking at test")
-    e.add_argument("--judge", metavar="SPEC", help="a second, independent judge")
+    e.add_argument("--second-judge", "--judge", dest="second_judge", metavar="SPEC",
+                   help="a second, independent judge of the students, beside the critic")
     e.add_argument("--ood", type=int, dest="ood_inputs", metavar="N", help="also evaluate on N bundled OOD inputs")
     b = p.add_argument_group("budget (this command's new LM calls; answers already in the store are free)")
     b.add_argument("--max-calls", type=int, dest="max_calls", metavar="N",
@@ -91,23 +95,11 @@ def _cosine_or_off(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a cosine in [-1, 1] or off, got {text!r}") from None
 
 
+# the flags the command reads itself; every other flag's `dest` is the config key it sets (tests/test_config.py)
+COMMAND_ONLY = ("help", "profile", "config", "db", "out")
+
+
 def config_overrides(args: argparse.Namespace) -> dict:
-    """The config keys the command line sets (None: not given)."""
-    overrides = {"limit": args.limit, "inputs": args.inputs, "teacher": args.teacher, "critic": args.critic,
-                 "student": args.student, "epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed,
-                 "threads": args.threads, "objective": args.objective, "feedback_every": args.feedback_every,
-                 "k_samples": args.k_samples, "sampling": args.sampling, "pair_selection": args.pair_selection,
-                 "sft_sql": args.sft_sql, "pairs_sql": args.pairs_sql, "judge": args.judge,
-                 "ood_inputs": args.ood_inputs, "task": args.task, "max_calls": args.max_calls,
-                 "max_cost": args.max_cost, "optimize": args.optimize, "reflection_lm": args.reflection_lm,
-                 "optimize_inputs": args.optimize_inputs, "optimize_trials": args.optimize_trials,
-                 "critic_mode": args.critic_mode, "critic_rubrics": args.critic_rubrics,
-                 "eval_split": args.eval_split, "meaning_floor": args.meaning_floor,
-                 "meaning_margin": args.meaning_margin, "length_control": args.length_control}
-    if args.full_finetune:
-        overrides["lora"] = False
-    if args.merge_lora:
-        overrides["merge_lora"] = True
-    return overrides
-
-
+    """The config keys the command line sets (None: not given), each under its flag's `dest`."""
+    keys = {f.name for f in fields(PipelineConfig)}
+    return {k: v for k, v in vars(args).items() if k in keys}

@@ -229,3 +229,33 @@ def test_a_programs_task_keeps_the_run_id_it_had_before_tasks_gained_defaults_an
     assert run_id(QA()) == "a91f485b0debd2ca6dd3e379"  # the ids of 5c21124, before Task.defaults
     assert run_id(One()) == "bb95e036107698616ad3b50b"
     assert run_id(One(), student_adapter="chat") != run_id(One())
+
+
+def test_every_flag_sets_the_config_key_its_dest_names():
+    """The flag -> key map is argparse's own: each flag's `dest` is a PipelineConfig key (or one the command reads
+    itself), so a new flag cannot be forgotten in a hand-written map."""
+    from dataclasses import fields
+
+    from programs.flags import COMMAND_ONLY, config_overrides, parser
+
+    keys = {f.name for f in fields(PipelineConfig)}
+    dests = {a.dest for a in parser()._actions}
+    assert dests - keys <= set(COMMAND_ONLY), dests - keys - set(COMMAND_ONLY)
+    args = parser().parse_args(["--full-finetune", "--merge-lora", "--judge", "local/x", "--k", "3", "--limit", "2"])
+    given = {k: v for k, v in config_overrides(args).items() if v is not None}
+    assert given == {"lora": False, "merge_lora": True, "second_judge": "local/x", "k_samples": 3, "limit": 2}
+    assert config_overrides(parser().parse_args(["--second-judge", "local/x"]))["second_judge"] == "local/x"
+    assert all(v is None for v in config_overrides(parser().parse_args([])).values())  # nothing given: no layer
+
+
+def test_the_second_judge_keeps_the_run_id_it_had_as_judge(tmp_path):
+    """`judge` was renamed `second_judge`: a run with one keeps its id, and a file saying `judge` still works."""
+    from store import stable_id
+
+    cfg = build_config("tiny", overrides={"second_judge": "local/qwen2.5-coder-0.5b-instruct"})
+    assert cfg.identity()["judge"] == "local/qwen2.5-coder-0.5b-instruct" and "second_judge" not in cfg.identity()
+    toml = tmp_path / "c.toml"
+    toml.write_text('judge = "local/qwen2.5-coder-0.5b-instruct"\n')
+    assert build_config("tiny", str(toml)).second_judge == "local/qwen2.5-coder-0.5b-instruct"
+    assert stable_id("run", build_config("tiny", str(toml)).identity()) == stable_id("run", cfg.identity())
+    assert build_config("full").identity()["judge"] == "local/qwen2.5-coder-0.5b-instruct"

@@ -1,0 +1,59 @@
+"""Every rule that keeps the ids of runs, students and samples recorded by earlier versions, in one place.
+
+An id is a hash of settings (`store.stable_id`), so a setting added later would change every id: a rerun on an old
+store would then find nothing and train everything again. Each rule below says how a newer value is hashed so that
+it equals what the earlier version hashed (tests/test_legacy_ids.py pins ids recorded then). A new setting that
+must leave ids alone gets its rule here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from programs.critic_rule import DEFAULT as CRITIC
+from programs.critic_rule import CriticSettings
+from dataclasses import fields
+
+from store.ids import stable_id
+
+# -- a run (PipelineConfig.identity) ---------------------------------------------------------------------------------
+
+# config keys added after runs were recorded, with the value at which a run's id is as it was (left out of it)
+PIPELINE_KEYS_ADDED: dict[str, Any] = {
+    **{f"critic_{f.name}": getattr(CRITIC, f.name) for f in fields(CriticSettings)},
+    "dpo_learning_rate": None, "brio_learning_rate": None, "warmstart_epochs": None, "warmstart_max_steps": None,
+    "feedback_epochs": None, "feedback_max_steps": None, "feedback_lr_scheduler_type": "linear",
+    "feedback_warmup_ratio": 0.0, "dpo_beta": 0.1, "dpo_loss_type": "sigmoid", "dpo_loss_weights": None,
+    "dpo_label_smoothing": 0.0, "sampling_temperature": 1.0, "sampling_top_p": 0.9, "pair_anchor": "greedy",
+    "min_confidence": 0.0, "both_orders_agree": False, "eval_split": "test",
+    "meaning_floor": None, "meaning_margin": None, "length_control": False,
+}
+# config keys renamed since: hashed under the name runs recorded (new name -> earlier name)
+PIPELINE_KEYS_RENAMED: dict[str, str] = {"second_judge": "judge"}
+# keys that decide how fast or how far a command goes, never what it computes: not part of a run's id
+NOT_RESULTS = ("threads", "max_calls", "max_cost")
+# Task fields added after runs of programs' tasks (recorded whole in the config) were recorded, with the value at
+# which they are left out
+TASK_FIELDS_ADDED: dict[str, Any] = {"defaults": (), "student_adapter": "labeled"}
+
+
+def pipeline_identity(values: dict[str, Any]) -> dict[str, Any]:
+    """A config's values (`asdict`) as the run id hashes them: results-deciding keys only, added keys left out at
+    their earlier value, renamed keys under their earlier name, a program's task as it was recorded."""
+    values = {k: v for k, v in values.items() if k not in NOT_RESULTS}
+    for key, default in PIPELINE_KEYS_ADDED.items():
+        if key in values and values[key] == default:
+            values.pop(key)
+    values = {PIPELINE_KEYS_RENAMED.get(k, k): v for k, v in values.items()}
+    if isinstance(values.get("task"), dict):  # a program's task, recorded whole
+        values["task"] = earlier_task(values["task"])
+    return values
+
+
+def earlier_task(task: dict) -> dict:
+    """A task (`asdict`) as identities recorded it before `TASK_FIELDS_ADDED` were added, its steps too."""
+    task = {k: v for k, v in task.items() if k not in TASK_FIELDS_ADDED or v != TASK_FIELDS_ADDED[k]}
+    if task.get("steps"):
+        task["steps"] = tuple((name, earlier_task(step)) for name, step in task["steps"])
+    return task
