@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from metrics.guards import LC, candidate_meaning, record_length_control
 from metrics.judge import judge_verdicts
 from finetune.feedback import FeedbackConfig, judge_round, sample_producer, sample_round
 from finetune.runner import TrainResult, changed_settings
+from finetune.stage_configs import ObjectiveTrainers
 from programs.critic import Critic
 from programs.student import row_input, training_answers, training_completion, training_examples, training_prompt
 from programs.tasks import Task
@@ -152,12 +153,7 @@ class ObjectiveContext:
     critic: Critic
     critic_lm: dspy.LM
     critic_name: str
-    # the objectives' training settings: lora, epochs, max_steps, batch_size, learning_rate, max_length, seed,
-    # lr_scheduler_type, warmup_ratio
-    train_settings: dict[str, Any]
-    # per objective trained with another loss than imitation's: {"dpo": lr, "brio": lr}; None: that trainer's default
-    learning_rates: dict[str, float | None] = field(default_factory=dict)
-    dpo_settings: dict[str, Any] = field(default_factory=dict)  # beta, loss_type, loss_weights, label_smoothing
+    trainers: ObjectiveTrainers  # each trainer's config (finetune.stage_configs.objective_trainers)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     feedback_every: float | None = None  # epochs between feedback rounds; None: feedback once
     sft_sql: str = SFT_SQL
@@ -186,7 +182,7 @@ class ObjectiveContext:
 
     def rounds(self) -> list[float]:
         """Epochs per feedback round: one round of all epochs, or rounds of `feedback_every` epochs."""
-        total = float(self.train_settings.get("epochs", 1.0))
+        total = float(self.trainers.epochs)
         if not self.feedback_every or self.feedback_every >= total:
             return [total]
         n = int(total // self.feedback_every)
@@ -204,23 +200,18 @@ def _out(ctx: ObjectiveContext, name: str, config: Any, *parts: Any, skip: tuple
 
 def _imitation(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], dataset_id: str, name: str,
                epochs: float) -> TrainResult:
-    from finetune.imitate import ImitationConfig, train_imitation
+    from finetune.imitate import train_imitation
 
-    cfg = ImitationConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
-                          prompt_format=ctx.task.prompt_format, adapter=ctx.task.student_adapter,
-                          **{**ctx.train_settings, "epochs": epochs})
+    cfg = replace(ctx.trainers.imitation, base_model=base.path, epochs=epochs)
     cfg.output_dir = _out(ctx, name, cfg, base.checkpoint_id, dataset_id, epochs, skip=("epochs",))
     pairs = training_examples(ctx.task, rows)
     return train_imitation(pairs, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id, objective=name)
 
 
 def _dpo(ctx: ObjectiveContext, base: TrainResult, rows: list[dict], dataset_id: str, name: str, epochs: float) -> TrainResult:
-    from finetune.dpo import DPOTrainConfig, train_dpo
+    from finetune.dpo import train_dpo
 
-    settings = {**ctx.train_settings, **ctx.dpo_settings, "learning_rate": ctx.learning_rates.get("dpo")}
-    cfg = DPOTrainConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
-                         prompt_format=ctx.task.prompt_format, adapter=ctx.task.student_adapter,
-                         **{**settings, "epochs": epochs, "batch_size": max(1, settings.get("batch_size", 8) // 2)})
+    cfg = replace(ctx.trainers.dpo, base_model=base.path, epochs=epochs)
     cfg.output_dir = _out(ctx, name, cfg, base.checkpoint_id, dataset_id, epochs, skip=("epochs",))
     pairs = training_examples(ctx.task, rows, ("chosen", "rejected"))
     return train_dpo(pairs, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id, objective=name)
@@ -294,11 +285,11 @@ def _curated(ctx: ObjectiveContext) -> TrainResult:
         raise DatasetError("curated: no teacher candidate passes the meaning guard (meaning_floor "
                            f"{ctx.feedback.meaning_floor}); lower it, or see `python -m store query "
                            "\"SELECT * FROM similarities\"`")
-    return _imitation(ctx, ctx.warm, rows, dataset_id, "curated", float(ctx.train_settings.get("epochs", 1.0)))
+    return _imitation(ctx, ctx.warm, rows, dataset_id, "curated", float(ctx.trainers.epochs))
 
 
 def _brio(ctx: ObjectiveContext, base: TrainResult) -> TrainResult:
-    from finetune.brio import BRIOTrainConfig, train_brio
+    from finetune.brio import train_brio
 
     rank_teacher_outputs(ctx)
     rows, dataset_id = sql_dataset(ctx.store, "brio", ctx.brio_sql, ctx.params(method=ctx.ranking_method),
@@ -311,10 +302,7 @@ def _brio(ctx: ObjectiveContext, base: TrainResult) -> TrainResult:
     usable = [dict(g, reference=g["candidates"][0]) for g in groups.values() if len(g["candidates"]) >= 2]
     if not usable:
         raise DatasetError("brio: no input has two or more ranked teacher candidates (the teacher wrote too few?)")
-    settings = {**ctx.train_settings, "learning_rate": ctx.learning_rates.get("brio")}
-    cfg = BRIOTrainConfig(base_model=base.path, merge_lora=True, instruction=ctx.task.student_instruction,
-                          prompt_format=ctx.task.prompt_format, adapter=ctx.task.student_adapter,
-                          **{**settings, "batch_size": max(1, settings.get("batch_size", 8) // 4)})
+    cfg = replace(ctx.trainers.brio, base_model=base.path)
     cfg.output_dir = _out(ctx, "brio", cfg, base.checkpoint_id, dataset_id)
     return train_brio(usable, cfg, store=ctx.store, run_id=ctx.run_id, dataset_id=dataset_id)
 
@@ -324,7 +312,7 @@ def run_objective(name: str, ctx: ObjectiveContext) -> TrainResult:
     if name == "ft":
         rows, dataset_id = sql_dataset(ctx.store, "sft", ctx.sft_sql, ctx.params(), name="ft", run_id=ctx.run_id,
                                        task=ctx.task)
-        return _imitation(ctx, ctx.warm, rows, dataset_id, "ft", float(ctx.train_settings.get("epochs", 1.0)))
+        return _imitation(ctx, ctx.warm, rows, dataset_id, "ft", float(ctx.trainers.epochs))
     if name == "curated":
         return _curated(ctx)
     if name in ("sd", "dpo"):

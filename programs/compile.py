@@ -365,8 +365,9 @@ def _teach(p: Pipeline, teacher: Teaching) -> dict:
 def _imitate(p: Pipeline, teacher: Teaching) -> tuple[Any, list[dict]]:
     """The warm start: the student trained on the teacher's pairs (SFT; --sft-sql chooses them). Returns the trained
     student and its training pairs."""
-    from finetune.imitate import ImitationConfig, train_imitation
+    from finetune.imitate import train_imitation
     from finetune.objectives import default_sft_sql, sql_dataset
+    from finetune.stage_configs import warm_start_config
     from programs.config import objectives
     from programs.student import training_examples
 
@@ -379,9 +380,7 @@ def _imitate(p: Pipeline, teacher: Teaching) -> tuple[Any, list[dict]]:
         if not pairs:
             raise InputError("the teacher produced no usable training pairs (see failed calls: "
                              "python -m store query \"SELECT error, response FROM lm_calls WHERE stage='teach'\")")
-        icfg = ImitationConfig(base_model=cfg.student, merge_lora=False, instruction=p.task.student_instruction,
-                               prompt_format=p.task.prompt_format, adapter=p.task.student_adapter,
-                               **_warmstart_settings(cfg))
+        icfg = warm_start_config(cfg, p.task)
         icfg.output_dir = str(_warm_start_dir(p.out_dir, icfg, dataset_id))
         if cfg.merge_lora or objectives(cfg):  # the objectives start from a full model: merge after training
             icfg.merge_lora = True
@@ -400,24 +399,14 @@ def _feedback(p: Pipeline, teacher: Teaching, warm) -> list[tuple[str, Any]]:
         return students
     import dspy
 
-    from finetune.feedback import FeedbackConfig
     from finetune.objectives import ObjectiveContext, default_sft_sql, run_objective
+    from finetune.stage_configs import feedback_config, objective_trainers
 
     cfg = p.cfg
     ctx = ObjectiveContext(
         store=p.store, task=p.task, run_id=p.run_id, out_dir=p.out_dir, warm=warm, train_inputs=p.chosen["train"],
         teacher=teacher.name, critic=p.critic, critic_lm=p.lms.critic, critic_name=cfg.critic,
-        train_settings=_objective_settings(cfg), feedback_every=cfg.feedback_every,
-        learning_rates={"dpo": cfg.dpo_learning_rate, "brio": cfg.brio_learning_rate},
-        dpo_settings=dict(beta=cfg.dpo_beta, loss_type=cfg.dpo_loss_type, loss_weights=cfg.dpo_loss_weights,
-                          label_smoothing=cfg.dpo_label_smoothing),
-        feedback=FeedbackConfig(k=cfg.k_samples, method=cfg.sampling, pair_selection=cfg.pair_selection,
-                                temperature=cfg.sampling_temperature, top_p=cfg.sampling_top_p,
-                                anchor=cfg.pair_anchor, min_confidence=cfg.min_confidence,
-                                both_orders_agree=cfg.both_orders_agree, meaning_floor=cfg.meaning_floor,
-                                meaning_margin=cfg.meaning_margin, length_control=cfg.length_control,
-                                length_lo=cfg.length_band[0], length_hi=cfg.length_band[1], seed=cfg.seed,
-                                max_new_tokens=cfg.student_max_tokens),
+        trainers=objective_trainers(cfg, p.task), feedback=feedback_config(cfg), feedback_every=cfg.feedback_every,
         threads=p.threads(cfg.critic), sft_sql=cfg.sft_sql or default_sft_sql(p.task),
         **({"pairs_sql": cfg.pairs_sql} if cfg.pairs_sql else {}))
     for name in wanted:
@@ -586,21 +575,6 @@ def _threads(cfg: PipelineConfig, spec: str) -> int:
 
 
 LABELS = {"ft": "FT", "curated": "curated imitation", "sd": "SD", "brio": "BRIO", "dpo": "DPO", "brio-dpo": "BRIO→DPO"}
-
-
-def _warmstart_settings(cfg: PipelineConfig) -> dict:
-    """The imitation warm start's training settings (`warmstart_epochs` / `warmstart_max_steps`, else the shared ones)."""
-    return dict(lora=cfg.lora, epochs=cfg.warmstart_epochs or cfg.epochs,
-                max_steps=cfg.max_steps if cfg.warmstart_max_steps is None else cfg.warmstart_max_steps,
-                learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed)
-
-
-def _objective_settings(cfg: PipelineConfig) -> dict:
-    """Every objective's training settings after the warm start (`feedback_*`, else the shared ones)."""
-    return dict(lora=cfg.lora, epochs=cfg.feedback_epochs or cfg.epochs,
-                max_steps=cfg.max_steps if cfg.feedback_max_steps is None else cfg.feedback_max_steps,
-                learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed,
-                lr_scheduler_type=cfg.feedback_lr_scheduler_type, warmup_ratio=cfg.feedback_warmup_ratio)
 
 
 def _warm_start_dir(out_dir: Path, icfg, dataset_id: str) -> Path:

@@ -426,7 +426,16 @@ def test_dpo_settings_reach_trl_and_the_summary_is_recorded(tiny_causal_dir, pai
     assert json.loads(store.scalar("SELECT config FROM training_runs"))["loss_type"] == ["sigmoid", "sft"]
 
 
-def _context(tmp_path, base_dir, **learning_rates):
+def _trainers(dpo_learning_rate=None):
+    from finetune.stage_configs import objective_trainers
+    from programs.config import PipelineConfig
+    from programs.task_sources import get_task
+
+    cfg = PipelineConfig(max_steps=4, max_length=160, dpo_learning_rate=dpo_learning_rate)
+    return objective_trainers(cfg, get_task("humor"))
+
+
+def _context(tmp_path, base_dir, dpo_learning_rate=None):
     from finetune.runner import TrainResult
     from finetune.objectives import ObjectiveContext
     from programs.critic import Critic
@@ -437,8 +446,7 @@ def _context(tmp_path, base_dir, **learning_rates):
                        seconds=0.0)
     return ObjectiveContext(store=Store(tmp_path / "t.duckdb"), task=task, run_id="r", out_dir=tmp_path / "out",
                             warm=warm, train_inputs=[], teacher="t", critic=Critic(task), critic_lm=None,
-                            critic_name="c", train_settings=dict(lora=True, max_steps=4, batch_size=8, max_length=160),
-                            learning_rates=learning_rates)
+                            critic_name="c", trainers=_trainers(dpo_learning_rate))
 
 
 def test_a_changed_learning_rate_trains_a_new_student(tiny_causal_dir, pairs, tmp_path):
@@ -446,9 +454,9 @@ def test_a_changed_learning_rate_trains_a_new_student(tiny_causal_dir, pairs, tm
     got the old model back (with a warning). Every weight setting off its default is now in the name."""
     from finetune.objectives import _dpo
 
-    ctx = _context(tmp_path, tiny_causal_dir, dpo=5e-3)
+    ctx = _context(tmp_path, tiny_causal_dir, dpo_learning_rate=5e-3)
     first = _dpo(ctx, ctx.warm, pairs, "d1", "dpo", 1.0)
-    ctx.learning_rates = {"dpo": 1e-3}
+    ctx.trainers = _trainers(dpo_learning_rate=1e-3)
     second = _dpo(ctx, ctx.warm, pairs, "d1", "dpo", 1.0)
     assert Path(second.path).parent != Path(first.path).parent and second.training_id != first.training_id
     assert second.steps == 4 and Path(second.path).name == "merged"
@@ -459,7 +467,7 @@ def test_a_changed_learning_rate_trains_a_new_student(tiny_causal_dir, pairs, tm
     assert json.loads(ctx.store.scalar("SELECT config FROM training_runs WHERE training_id = ?",
                                        [second.training_id]))["learning_rate"] == 1e-3
     assert ctx.store.scalar("SELECT count(*) FROM training_runs") == 2
-    ctx.learning_rates = {"dpo": 5e-3}
+    ctx.trainers = _trainers(dpo_learning_rate=5e-3)
     t0 = time.monotonic()
     assert _dpo(ctx, ctx.warm, pairs, "d1", "dpo", 1.0) == first and time.monotonic() - t0 < 5  # the same: reused
 
