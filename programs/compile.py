@@ -578,17 +578,11 @@ LABELS = {"ft": "FT", "curated": "curated imitation", "sd": "SD", "brio": "BRIO"
 
 
 def _warm_start_dir(out_dir: Path, icfg, dataset_id: str) -> Path:
-    """The warm start's folder, named by its training settings and data but not by merging (a step after training,
-    so adding an objective to a finished imitation run reuses its adapter). A folder named the earlier way, with
-    merging in the name, that holds a finished run is used as it is (a store made then is not trained again)."""
-    from finetune.imitate import ImitationConfig
+    """The warm start's folder, as earlier versions named it (programs/legacy_ids.py)."""
     from finetune.runner import MARKER, config_identity
-    from store import stable_id
+    from programs.legacy_ids import warm_start_folder
 
-    key = {**config_identity(icfg), "output_dir": ImitationConfig.output_dir}  # earlier names hashed the default
-    folder, earlier = (out_dir / f"student-ft-{stable_id({**key, 'merge_lora': merge}, dataset_id)[:10]}"
-                       for merge in (False, True))
-    return earlier if not (folder / MARKER).exists() and (earlier / MARKER).exists() else folder
+    return warm_start_folder(out_dir, config_identity(icfg), dataset_id, MARKER)
 
 
 def _link_student(out_dir: Path, models: list, evaluations: list[dict], critic: str, split: str) -> str | None:

@@ -57,3 +57,17 @@ def earlier_task(task: dict) -> dict:
     if task.get("steps"):
         task["steps"] = tuple((name, earlier_task(step)) for name, step in task["steps"])
     return task
+
+
+# -- a student's folder ----------------------------------------------------------------------------------------------
+
+
+def warm_start_folder(out_dir: Path, identity: dict[str, Any], dataset_id: str, marker: str) -> Path:
+    """The warm start's folder: named by its training config's `identity` with the output_dir default it hashed
+    then, and merging left out (a step after training, so adding an objective to a finished imitation run reuses its
+    adapter). A folder named the earlier way, with merging in the name, that holds a finished run (`marker`) is used
+    as it is, so a store made then is not trained again."""
+    key = {**identity, "output_dir": "runs/imitation"}  # ImitationConfig's default output_dir, hashed by earlier names
+    folder, earlier = (out_dir / f"student-ft-{stable_id({**key, 'merge_lora': merge}, dataset_id)[:10]}"
+                       for merge in (False, True))
+    return earlier if not (folder / marker).exists() and (earlier / marker).exists() else folder

@@ -74,13 +74,14 @@ def test_training_keys_from_toml(tmp_path):
     assert cfg.dpo_loss_type == ["sigmoid", "sft"] and cfg.dpo_loss_weights == [1.0, 0.5]
     assert (cfg.sampling_temperature, cfg.sampling_top_p, cfg.pair_anchor) == (0.7, 0.95, "none")
     assert (cfg.min_confidence, cfg.both_orders_agree) == (0.2, True)
-    from programs.compile import _objective_settings, _warmstart_settings
+    from finetune.stage_configs import objective_trainers, warm_start_config
+    from programs.builtin_tasks import HUMOR
 
-    assert _warmstart_settings(cfg)["epochs"] == 3 and _warmstart_settings(cfg)["max_steps"] == -1
-    assert _objective_settings(cfg)["epochs"] == 2 and _objective_settings(cfg)["max_steps"] == 40
-    assert _objective_settings(cfg)["lr_scheduler_type"] == "cosine"
+    warm, objective = warm_start_config(cfg, HUMOR), objective_trainers(cfg, HUMOR).imitation
+    assert (warm.epochs, warm.max_steps) == (3, -1) and (objective.epochs, objective.max_steps) == (2, 40)
+    assert objective.lr_scheduler_type == "cosine"
     plain = build_config("tiny")
-    assert _warmstart_settings(plain)["epochs"] == _objective_settings(plain)["epochs"] == plain.epochs  # fallback
+    assert warm_start_config(plain, HUMOR).epochs == objective_trainers(plain, HUMOR).epochs == plain.epochs  # fallback
 
 
 @pytest.mark.parametrize("key, value, message", [
