@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
@@ -35,26 +35,18 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from programs.config import ConfigError, PipelineConfig, build_config  # noqa: E402
 from programs.flags import config_overrides, parser  # noqa: E402
-from programs.inputs import InputError, split_inputs, store_inputs  # noqa: E402
+from programs.inputs import InputError, store_inputs  # noqa: E402
+from programs.preflight import check_run, check_steps  # noqa: E402
+from programs.run_lms import LMs, run_lms  # noqa: E402
 from programs import progress  # noqa: E402
 from programs.progress import console  # noqa: E402
 from store.cli import code_version, entry_point, quiet_libraries  # noqa: E402
 
 if TYPE_CHECKING:
-    from programs.tasks import Task
+    from finetune.results import Results
 
 
 # -- the pipeline: one function per stage, called in order ----------------------------------------------------------
-
-
-@dataclass
-class LMs:
-    """The run's language models, resolved and reachable."""
-
-    teacher: Any
-    critic: Any
-    second_judge: Any | None  # the second, independent judge of the students (--second-judge)
-    reflection: Any | None  # proposes instructions for MIPROv2 / GEPA
 
 
 @dataclass
@@ -112,18 +104,6 @@ class Teaching:
     optimized: Any | None = None
 
 
-@dataclass
-class Results:
-    """What the evaluate stage found."""
-
-    evaluations: list[dict]  # one per student, split and judge
-    lift: list[dict]  # what feedback bought, per trained student against the warm start
-    best: str | None  # the student `<out>/student` points at (None: no evaluation judged any student's output)
-    teacher_quality: dict | None  # the optimized teacher against the one as written
-    length_fit: Any = None  # the critic's length preference fitted on the evaluation's verdicts (metrics.length_control)
-    steps: list[dict] = field(default_factory=list)  # a program of several predictors: each one's agreement per student
-
-
 def run(cfg: PipelineConfig, *, db: str, out: str, command: str, teacher_program: Any = None,
         student_program: Any = None) -> dict:
     """Run (or finish) the pipeline for `cfg`; returns the evaluation summary. `teacher_program`: any DSPy program
@@ -132,13 +112,13 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str, teacher_program
     from store.db import check_path
 
     _load_stages()
-    task, chosen, dropped = _check(cfg)  # a bad task or bad inputs fail here, before any model is loaded
+    task, chosen, dropped = check_run(cfg)  # a bad task or bad inputs fail here, before any model is loaded
     check_path(db)  # so does a --db that cannot be a store (nothing created yet)
     teacher_program = teacher_program or task.program  # a task file's program teaches
     if teacher_program is None:
         task.check_list_teacher()  # a task of several output fields needs a program to teach
-    _check_steps(task, teacher_program, student_program or task.program)
-    lms = _models(cfg)
+    check_steps(task, teacher_program, student_program or task.program)
+    lms = run_lms(cfg)
     p = _start(cfg, task, chosen, lms, db=db, out=out, command=command)
     p.dropped, p.teacher_program = dropped, teacher_program
     p.student_program = student_program or task.program
@@ -153,13 +133,18 @@ def run(cfg: PipelineConfig, *, db: str, out: str, command: str, teacher_program
         report = _report(p, warm, pairs, results)
         progress.emit(f"run {p.run_id[:12]}: done in {progress.duration(time.monotonic() - p.started)}")
     from finetune.evaluate import failure_line
+    from finetune.results import print_results
 
     first = results.evaluations[0]
     summary = {"run_id": p.run_id, "teach": taught, "checkpoint": warm.path, "report": str(report),
                "wtr_prob": first["wtr_prob"], "wtr_decision": first["wtr_decision"],
                "models": {label: model.path for label, model in students}, "best": results.best,
                "failed": next((line for e in results.evaluations if (line := failure_line(e))), None)}
-    _print_results(p, results, report)
+    print_results(results, eval_split=cfg.eval_split, critic=cfg.critic, optimizer=cfg.optimize, run_id=p.run_id,
+                  out_dir=p.out_dir, report=report)
+    logged = p.callback.seconds + p.store.flush_seconds_total
+    share = 100 * logged / (time.monotonic() - p.started)
+    console.print(f"store: logging took {logged:.2f}s, {share:.2f}% of this run", soft_wrap=True)
     return summary
 
 
@@ -173,79 +158,6 @@ def _load_stages() -> None:
                  "finetune.runner", "programs.student", "programs.tasks", "programs.teach", "programs.teacher",
                  "store.db", "store.budget", "store.callback"):
         importlib.import_module(name)
-
-
-def _check(cfg: PipelineConfig) -> tuple[Any, dict[str, list[dict]], int]:
-    """The task, its inputs per split and how many evaluation inputs overlapping train were dropped, checked before
-    any model loads."""
-    from programs.task_sources import get_task
-
-    task = get_task(cfg.task)  # a TaskError is a user error: its one line
-    progress.interval()  # a bad CRITIC_DISTILL_PROGRESS_INTERVAL, too
-    if cfg.critic_rubrics > len(task.rubrics):
-        raise ConfigError(f"critic_rubrics = {cfg.critic_rubrics}, but task {task.name!r} has {len(task.rubrics)} "
-                          "phrasing(s) of its rubric (critic_instruction, critic_rubrics)")
-    from programs.config import objectives
-
-    ranked = [o for o in objectives(cfg) if o in ("brio", "brio-dpo")]
-    if task.steps and ranked:
-        raise ConfigError(f"{ranked[0]} ranks the teacher's outputs for one input against each other, but each run of "
-                          f"task {task.name!r}'s program wrote its output from its own {task.steps[0][0]!r} step: "
-                          "with several predictors use dpo or sd (they train the last predictor on one set of its "
-                          "inputs) or ft")
-    chosen, dropped = split_inputs(cfg, task)
-    from programs.lm import check_context
-
-    check_context([r["text"] for rows in chosen.values() for r in rows], [cfg.teacher, cfg.critic, cfg.second_judge],
-                  answer_tokens=cfg.critic_max_tokens,
-                  judged_tokens=max(cfg.teacher_max_tokens, cfg.student_max_tokens))
-    return task, chosen, dropped
-
-
-def _check_steps(task, teacher_program: Any, student_program: Any) -> None:
-    """A student of several predictors learns each from the teacher's predictor of the same name and fields, and runs
-    as the program: say so in one line, before any model, when the teacher or the student program is not there."""
-    if not task.steps:
-        return
-    if student_program is None:
-        raise ConfigError(f"task {task.name!r} has several predictors: the student runs as that program, so pass it")
-    from programs.program_tasks import from_program
-    from programs.tasks import Task, TaskError
-
-    def fields(t: Task) -> list[tuple[str, list[str], list[str]]]:
-        return [(n, list(s.inputs), list(s.outputs)) for n, s in t.steps]
-
-    mine = fields(task)
-    try:
-        theirs = fields(from_program(teacher_program, critic_instruction=task.critic_instruction))
-    except TaskError as e:
-        raise ConfigError(f"the teacher program: {e}") from e
-    if theirs != mine:
-        def show(steps):
-            return "; ".join(f"{n}: {', '.join(i)} -> {', '.join(o)}" for n, i, o in steps) or "one predictor"
-        raise ConfigError(f"the student learns each predictor from the teacher's of the same name and fields, but the "
-                          f"teacher has ({show(theirs)}) and the student ({show(mine)})")
-
-
-def _models(cfg: PipelineConfig) -> LMs:
-    """Reach each hosted model (its key, then an answer), then resolve the teacher, the critic, the second judge and
-    the reflection LM (pulling a local one not cached yet) and check the student spec: a spec that is wrong, or a
-    hosted model that does not answer, fails here, before any work and before any download."""
-    from programs.student_lm import _resolve as resolve_student
-    from programs.lm import check_hosted, resolve_lm
-
-    optimizing = cfg.optimize in ("mipro", "gepa")
-    check_hosted(cfg.teacher, cfg.critic, cfg.second_judge, (cfg.reflection_lm or cfg.teacher) if optimizing else None)
-    lms = LMs(
-        teacher=resolve_lm(cfg.teacher, temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p,
-                           max_tokens=cfg.teacher_max_tokens, seed=cfg.seed),
-        critic=resolve_lm(cfg.critic, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed),
-        second_judge=(resolve_lm(cfg.second_judge, temperature=0.0, max_tokens=cfg.critic_max_tokens, seed=cfg.seed)
-               if cfg.second_judge else None),
-        reflection=(resolve_lm(cfg.reflection_lm or cfg.teacher, temperature=0.7, max_tokens=512, seed=cfg.seed)
-                    if optimizing else None))
-    resolve_student(cfg.student)
-    return lms
 
 
 def _start(cfg: PipelineConfig, task, chosen: dict[str, list[dict]], lms: LMs, *, db: str, out: str,
@@ -436,6 +348,8 @@ def _evaluate(p: Pipeline, teacher: Teaching, students: list[tuple[str, Any]]) -
     """Every student against the teacher; the critic-independent checks; what feedback bought; the best student
     linked as `<out>/student`; the optimized teacher against the one as written."""
     from finetune.compare import add_checks, length_controlled, paired_lift, step_agreement
+    from finetune.link_student import link_student
+    from finetune.results import Results
 
     cfg = p.cfg
     evaluations = _judge_students(p, teacher, students)
@@ -448,7 +362,7 @@ def _evaluate(p: Pipeline, teacher: Teaching, students: list[tuple[str, Any]]) -
             lift = paired_lift(p.store, students, evaluations, critic=p.critic, critic_lm=p.lms.critic,
                          critic_name=cfg.critic, inputs=p.evaluated, split=cfg.eval_split, run_id=p.run_id,
                          threads=p.threads(cfg.critic))
-    best = _link_student(p.out_dir, students, evaluations, cfg.critic, cfg.eval_split)
+    best = link_student(p.out_dir, students, evaluations, cfg.critic, cfg.eval_split)
     teacher_quality = _teacher_quality(p, teacher) if teacher.optimized is not None else None
     steps = [{"label": label, "steps": rows} for label, model in students
              if (rows := step_agreement(p.store, p.task, model.checkpoint_id, teacher.name, p.evaluated))]
@@ -456,34 +370,19 @@ def _evaluate(p: Pipeline, teacher: Teaching, students: list[tuple[str, Any]]) -
 
 
 def _judge_students(p: Pipeline, teacher: Teaching, students: list[tuple[str, Any]]) -> list[dict]:
-    """WTR of each student against the teacher on the evaluation split (and the OOD inputs), by the critic and by the
-    second judge."""
-    from finetune.evaluate import evaluate
-    from programs.lm import resolve_lm
-    from finetune.compare import mean_meaning
+    """Each student against the teacher on the evaluation split (and the OOD inputs), by the critic and by the
+    second judge, running as the task's student module or the user's program of several predictors."""
+    from finetune.judge_students import judge_students
     from programs.student import ProgramStudent, Student
 
     cfg = p.cfg
-    splits = {cfg.eval_split: p.evaluated}
-    if p.chosen.get("ood"):
-        splits["ood"] = p.chosen["ood"]
-    judges = [(cfg.critic, p.lms.critic)] + ([(cfg.second_judge, p.lms.second_judge)] if p.lms.second_judge is not None else [])
-    student = ProgramStudent(p.task, p.student_program) if p.task.steps else Student(p.task)  # on the LM in context
-    evaluations = []
+    splits = {cfg.eval_split: p.evaluated, **({"ood": p.chosen["ood"]} if p.chosen.get("ood") else {})}
+    judges = [(cfg.critic, p.lms.critic)] + ([(cfg.second_judge, p.lms.second_judge)] if p.lms.second_judge else [])
+    student = ProgramStudent(p.task, p.student_program) if p.task.steps else Student(p.task)
     with p.stage("evaluate"):
-        for label, model in students:
-            student_lm = resolve_lm(f"local/{Path(model.path).resolve()}", temperature=0.0,
-                                    max_tokens=cfg.student_max_tokens)
-            for split, items in splits.items():
-                for judge_name, lm in judges:
-                    r = evaluate(p.store, student=student, student_lm=student_lm,
-                                 student_name=model.checkpoint_id, checkpoint_id=model.checkpoint_id,
-                                 critic=p.critic, critic_lm=lm, critic_name=judge_name, inputs=items,
-                                 teacher_name=teacher.name, split=split, run_id=p.run_id,
-                                 threads=p.threads(judge_name))
-                    evaluations.append({"label": label, "judge": judge_name, "split": split, **r,
-                                        "meaning": mean_meaning(r["items"], p.task), "log_history": model.log_history})
-    return evaluations
+        return judge_students(p.store, p.task, students, student=student, teacher_name=teacher.name, splits=splits,
+                              judges=judges, critic=p.critic, run_id=p.run_id, threads=p.threads,
+                              max_tokens=cfg.student_max_tokens)
 
 
 def _teacher_quality(p: Pipeline, teacher: Teaching) -> dict:
@@ -520,53 +419,6 @@ def _report(p: Pipeline, warm, pairs: list[dict], results: Results) -> Path:
     )
 
 
-def _print_results(p: Pipeline, results: Results, report: Path) -> None:
-    """The lead (what feedback bought), every evaluation, the optimized teacher, where the student and the report
-    are, and what logging to the store cost."""
-    from finetune.evaluate import failure_line
-
-    cfg, out_dir = p.cfg, p.out_dir
-    for d in results.lift:
-        lc = f" · length-controlled {d['paired_prob_lc'].signed()}" if d.get("paired_prob_lc") else ""
-        console.print(f"[bold]{d['label']} vs {d['baseline']}[/], {cfg.eval_split}, judge {cfg.critic} (the critic "
-                      f"that labelled the training pairs): paired difference {d['paired_prob'].signed()} points of WTR "
-                      f"(mean P){lc} · {d['paired_decision'].signed()} (decisions) · direct comparison WTR "
-                      f"{d['direct_prob']}", highlight=False, soft_wrap=True)
-    if results.lift:
-        from finetune.compare import independent_check
-
-        console.print(f"independent check: {independent_check(results.lift)}", highlight=False, soft_wrap=True)
-    for e in results.evaluations:
-        lc = f" · length-controlled {e['wtr_prob_lc']}" if "wtr_prob_lc" in e else ""
-        if not e["items"]:  # nothing judged: the failures are the whole result, never a NaN
-            result = f"nothing judged: {failure_line(e) or 'no input had both an output and a reference'}"
-        else:
-            failed = failure_line(e)
-            result = f"WTR mean P {e['wtr_prob']}{lc} · decisions {e['wtr_decision']}" + (
-                f" · {failed} (each a loss)" if failed else "")
-        console.print(f"[bold]{e['label']}[/] vs teacher, {e['split']}, judge {e['judge']}: {result}",
-                      highlight=False, soft_wrap=True)
-    for s in results.steps:
-        console.print(f"[bold]{s['label']}[/] vs teacher, step by step, {cfg.eval_split}: " + "; ".join(
-            f"{r['predictor']}: exact match {r['exact']}" + ("" if r["typed"] else f", similarity {r['similarity']:.2f}")
-            for r in s["steps"]), highlight=False, soft_wrap=True)
-    teacher_quality = results.teacher_quality
-    if teacher_quality is not None:
-        console.print(f"optimized teacher ({cfg.optimize}) vs teacher as written, {cfg.eval_split}, judge {cfg.critic}: "
-                      f"WTR mean P {teacher_quality['wtr_prob']} · decisions {teacher_quality['wtr_decision']}",
-                      highlight=False, soft_wrap=True)
-    if results.best is None:
-        console.print(f"student: none linked (no evaluation judged any student's output: "
-                      f"python -m store query \"SELECT * FROM student_failures WHERE run_id = '{p.run_id}'\")\n"
-                      f"report:  {report}", soft_wrap=True, highlight=False)
-    else:
-        console.print(f"student: {out_dir / 'student'} -> {results.best} (use it as a model: "
-                      f"local/{out_dir / 'student'})\nreport:  {report}", soft_wrap=True)
-    logged = p.callback.seconds + p.store.flush_seconds_total
-    share = 100 * logged / (time.monotonic() - p.started)
-    console.print(f"store: logging took {logged:.2f}s, {share:.2f}% of this run", soft_wrap=True)
-
-
 # -- helpers of the stages ---------------------------------------------------------------------------------------------
 
 def _threads(cfg: PipelineConfig, spec: str) -> int:
@@ -583,29 +435,6 @@ def _warm_start_dir(out_dir: Path, icfg, dataset_id: str) -> Path:
     from programs.legacy_ids import warm_start_folder
 
     return warm_start_folder(out_dir, config_identity(icfg), dataset_id, MARKER)
-
-
-def _link_student(out_dir: Path, models: list, evaluations: list[dict], critic: str, split: str) -> str | None:
-    """`<out>/student` points at the distilled student, so `local/<out>/student` is a model spec for any DSPy program:
-    the one objective the run trained (what the task's evidence or the user chose: the critic is blind where it is
-    blind, so its verdict does not overrule the choice), else the best of several by the critic on the evaluation
-    split. Only a student whose evaluation judged at least one of its outputs is chosen; with none, nothing is linked
-    (None)."""
-    chosen = [e for e in evaluations if e["split"] == split and e["judge"] == critic]
-    scored = {e["label"]: e["wtr_prob"].value for e in chosen if e["items"]}
-    eligible = [m for m in models if m[0] in scored or all(e["label"] != m[0] for e in chosen)]
-    link = out_dir / "student"
-    if link.is_symlink() or link.exists():
-        link.unlink()  # an earlier run's link would name a student this evaluation did not choose
-    if not eligible:
-        return None
-    if len(models) == 2 and models[1] in eligible:  # the warm start and one objective
-        (label, model), how = models[1], "the run's objective"
-    else:
-        label, model = max(eligible, key=lambda m: scored.get(m[0], float("-inf")))
-        how = "the best by the critic" if len(models) > 1 else "the only student"
-    link.symlink_to(os.path.relpath(Path(model.path).resolve(), out_dir.resolve()), target_is_directory=True)
-    return f"{model.path} ({label}, {how})"
 
 
 @entry_point(interrupted="interrupted: rerun the same command to finish (nothing done so far is lost)")

@@ -4,7 +4,7 @@ verdict on the run), else the critic's best of several."""
 from types import SimpleNamespace
 
 from metrics.winrate import Estimate
-from programs.compile import _link_student
+from finetune.link_student import link_student as _link_student
 
 
 def _students(tmp_path, *labels):
