@@ -42,7 +42,8 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from metrics.winrate import Estimate, bootstrap  # noqa: E402
-from store.cli import ArgumentParser, UserError, code_version, entry_point, quiet_libraries  # noqa: E402
+from store.cli import ArgumentParser, code_version, entry_point, quiet_libraries  # noqa: E402
+from store.errors import UserError  # noqa: E402
 
 DEFAULT_CRITIC = "local/qwen2.5-coder-1.5b-instruct"
 from programs.critic_rule import DEFAULT as DEFAULT_SETTINGS  # noqa: E402

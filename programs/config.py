@@ -10,7 +10,7 @@ from typing import Any
 
 from programs.critic_rule import DEFAULT as CRITIC
 from programs.critic_rule import CriticSettings, CriticSettingsError
-from store.cli import UserError
+from store.errors import UserError
 
 CRITIC_FIELDS = tuple(f.name for f in fields(CriticSettings))  # each is a `critic_<name>` key
 
