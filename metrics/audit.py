@@ -485,6 +485,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     from store import Store, stable_id, to_json
     from store.callback import install
     from store.db import check_path, default_path
+    from store.runs import recorded_run
 
     critic = critic_from_args(args, task)
     settings = critic.settings
@@ -505,17 +506,12 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                                                      "split": args.split, "file_sha": pair_file.sha, "task": args.task,
                                                      "settings": asdict(settings)}),
                "code_version": code_version()}
-    store.insert("runs", [run_row], replace=True)
-    console.print(f"audit {run_id[:12]} · critic {args.critic} · {settings.method} · {len(pairs)} pairs · store {db}",
-                  highlight=False)
-    try:
+    with recorded_run(store, run_row):
+        console.print(f"audit {run_id[:12]} · critic {args.critic} · {settings.method} · {len(pairs)} pairs · "
+                      f"store {db}", highlight=False)
         result = audit(pairs, critic, critic_lm, store=store, judge=args.critic, run_id=run_id, source=source,
                        file_sha=pair_file.sha, task=task, threads=1 if args.critic.startswith("local/") else 4,
                        out_dir=args.out)
-    except BaseException:
-        store.insert("runs", [{**run_row, "status": "failed", "finished_at": datetime.now()}], replace=True)
-        raise
-    store.insert("runs", [{**run_row, "status": "finished", "finished_at": datetime.now()}], replace=True)
     store.close()  # flush, then checkpoint: one self-contained file
     return result
 
