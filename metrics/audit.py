@@ -444,16 +444,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def critic_from_args(args: argparse.Namespace, task):
-    """The critic the flags describe; a bad setting is an AuditError (before any model loads)."""
-    from programs.critic import Critic, CriticSettings, CriticSettingsError
+    """The critic the flags describe; a bad setting is a CriticSettingsError, a user error of its own (before any
+    model loads)."""
+    from programs.critic import Critic, CriticSettings
 
-    try:
-        settings = CriticSettings(mode=args.mode, rubrics=args.rubrics, aggregate=args.aggregate, scale=args.scale,
-                                  prior=args.prior, abstain_margin=args.abstain_margin,
-                                  pointwise_weight=args.pointwise_weight)
-        return Critic(task, settings, max_tokens=CRITIC_MAX_TOKENS)
-    except CriticSettingsError as e:
-        raise AuditError(str(e)) from e
+    settings = CriticSettings(mode=args.mode, rubrics=args.rubrics, aggregate=args.aggregate, scale=args.scale,
+                              prior=args.prior, abstain_margin=args.abstain_margin,
+                              pointwise_weight=args.pointwise_weight)
+    return Critic(task, settings, max_tokens=CRITIC_MAX_TOKENS)
 
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
@@ -469,12 +467,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                              + (f" (it has: {', '.join(splits)})" if splits else " (it has no split field)"))
     pairs = pairs[: args.limit] if args.limit else pairs
     from programs.task_sources import get_task
-    from programs.tasks import TaskError
 
-    try:
-        task = get_task(args.task)
-    except TaskError as e:
-        raise AuditError(str(e)) from e
+    task = get_task(args.task)  # a bad task is a TaskError: its own one line, exit 2
 
     import dspy
 
