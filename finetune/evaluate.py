@@ -260,6 +260,7 @@ def _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, criti
     from programs.teacher import ProgramTeacher, Teacher, program_producer
     from store.callback import install, trace_context
     from store.db import default_path
+    from store.runs import recorded_run
 
     store = Store(args.db or default_path())
     install(store)
@@ -270,11 +271,12 @@ def _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, criti
                        *(() if task.name == "humor" else (task.name,)))  # humor keeps its earlier ids
     run_row = {"run_id": run_id, "started_at": datetime.now(), "status": "running", "command": "python -m finetune.evaluate",
                "profile": None, "config": to_json(vars(args)), "code_version": code_version()}
-    store.insert("runs", [run_row], replace=True)
-    items = [{"input_id": stable_id("input", task.name, r["text"]), "text": r["text"]} for r in rows]
-    store.insert("inputs", [{**it, "task": task.name, "split": r["split"], "source": str(Path(args.inputs).resolve()),
-                             "created_at": datetime.now()} for it, r in zip(items, rows)])
-    with trace_context(run_id=run_id, stage="evaluate"):
+    # the run's row says how it ended: finished, failed, stopped (a budget) or interrupted
+    with recorded_run(store, run_row), trace_context(run_id=run_id, stage="evaluate"):
+        items = [{"input_id": stable_id("input", task.name, r["text"]), "text": r["text"]} for r in rows]
+        store.insert("inputs", [{**it, "task": task.name, "split": r["split"],
+                                 "source": str(Path(args.inputs).resolve()), "created_at": datetime.now()}
+                                for it, r in zip(items, rows)])
         if teacher_lm is None:
             reference = f"file:{digest}"
             store.insert("candidates", [{
@@ -298,7 +300,6 @@ def _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, criti
                                      checkpoint_id=checkpoint[0]["checkpoint_id"] if checkpoint else None,
                                      critic=Critic(task, DEFAULT), critic_lm=lm, critic_name=name, inputs=items,
                                      teacher_name=reference, split=split, run_id=run_id)
-    store.insert("runs", [{**run_row, "status": "finished", "finished_at": datetime.now()}], replace=True)
     store.close()  # flush, then checkpoint: one self-contained file
     return summary
 

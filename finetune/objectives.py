@@ -32,7 +32,7 @@ from programs.critic import Critic
 from programs.student import row_input, training_answers, training_completion, training_examples, training_prompt
 from programs.tasks import Task
 from store import Store, stable_id, to_json
-from store.cli import UserError
+from store.errors import UserError
 from programs.config import OBJECTIVE_NAMES  # the one list; the config validates against it
 
 

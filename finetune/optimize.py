@@ -20,7 +20,7 @@ from programs.progress import console
 from programs.tasks import Task
 from programs.teacher import Teacher
 from store import Store, stable_id, to_json
-from store.cli import UserError
+from store.errors import UserError
 
 OPTIMIZERS = ("bootstrap", "mipro", "gepa")
 

@@ -34,7 +34,8 @@ from metrics.winrate import Estimate, bootstrap, paired_difference, win_tie_rate
 from programs.task_sources import get_task
 from programs.tasks import Task
 from store import Store, stable_id
-from store.cli import ArgumentParser, UserError, entry_point
+from store.cli import ArgumentParser, entry_point
+from store.errors import UserError
 
 TEACHER = "teacher"  # the system name of the teacher's rank-0 reference
 RATER_PREFIX = "rater:"

@@ -43,7 +43,7 @@ from store.ids import stable_id  # not store.db: a run without a store never loa
 from store.ids import to_json
 from programs.progress import StageProgress, stage_progress
 from programs.student_lm import DEFAULT_STUDENT, is_seq2seq, load_student, user_message
-from store.cli import UserError
+from store.errors import UserError
 
 if TYPE_CHECKING:
     from store.db import Store

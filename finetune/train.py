@@ -35,7 +35,8 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from store.cli import ArgumentParser, UserError, entry_point  # noqa: E402
+from store.cli import ArgumentParser, entry_point  # noqa: E402
+from store.errors import UserError  # noqa: E402
 
 TRAINERS = ("imitation", "dpo", "brio")  # `sft` is accepted for imitation, its earlier name
 

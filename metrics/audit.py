@@ -42,7 +42,8 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from metrics.winrate import Estimate, bootstrap  # noqa: E402
-from store.cli import ArgumentParser, UserError, code_version, entry_point, quiet_libraries  # noqa: E402
+from store.cli import ArgumentParser, code_version, entry_point, quiet_libraries  # noqa: E402
+from store.errors import UserError  # noqa: E402
 
 DEFAULT_CRITIC = "local/qwen2.5-coder-1.5b-instruct"
 from programs.critic_rule import DEFAULT as DEFAULT_SETTINGS  # noqa: E402
@@ -443,16 +444,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def critic_from_args(args: argparse.Namespace, task):
-    """The critic the flags describe; a bad setting is an AuditError (before any model loads)."""
-    from programs.critic import Critic, CriticSettings, CriticSettingsError
+    """The critic the flags describe; a bad setting is a CriticSettingsError, a user error of its own (before any
+    model loads)."""
+    from programs.critic import Critic, CriticSettings
 
-    try:
-        settings = CriticSettings(mode=args.mode, rubrics=args.rubrics, aggregate=args.aggregate, scale=args.scale,
-                                  prior=args.prior, abstain_margin=args.abstain_margin,
-                                  pointwise_weight=args.pointwise_weight)
-        return Critic(task, settings, max_tokens=CRITIC_MAX_TOKENS)
-    except CriticSettingsError as e:
-        raise AuditError(str(e)) from e
+    settings = CriticSettings(mode=args.mode, rubrics=args.rubrics, aggregate=args.aggregate, scale=args.scale,
+                              prior=args.prior, abstain_margin=args.abstain_margin,
+                              pointwise_weight=args.pointwise_weight)
+    return Critic(task, settings, max_tokens=CRITIC_MAX_TOKENS)
 
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
@@ -468,12 +467,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                              + (f" (it has: {', '.join(splits)})" if splits else " (it has no split field)"))
     pairs = pairs[: args.limit] if args.limit else pairs
     from programs.task_sources import get_task
-    from programs.tasks import TaskError
 
-    try:
-        task = get_task(args.task)
-    except TaskError as e:
-        raise AuditError(str(e)) from e
+    task = get_task(args.task)  # a bad task is a TaskError: its own one line, exit 2
 
     import dspy
 
@@ -484,6 +479,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     from store import Store, stable_id, to_json
     from store.callback import install
     from store.db import check_path, default_path
+    from store.runs import recorded_run
 
     critic = critic_from_args(args, task)
     settings = critic.settings
@@ -504,17 +500,12 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                                                      "split": args.split, "file_sha": pair_file.sha, "task": args.task,
                                                      "settings": asdict(settings)}),
                "code_version": code_version()}
-    store.insert("runs", [run_row], replace=True)
-    console.print(f"audit {run_id[:12]} · critic {args.critic} · {settings.method} · {len(pairs)} pairs · store {db}",
-                  highlight=False)
-    try:
+    with recorded_run(store, run_row):
+        console.print(f"audit {run_id[:12]} · critic {args.critic} · {settings.method} · {len(pairs)} pairs · "
+                      f"store {db}", highlight=False)
         result = audit(pairs, critic, critic_lm, store=store, judge=args.critic, run_id=run_id, source=source,
                        file_sha=pair_file.sha, task=task, threads=1 if args.critic.startswith("local/") else 4,
                        out_dir=args.out)
-    except BaseException:
-        store.insert("runs", [{**run_row, "status": "failed", "finished_at": datetime.now()}], replace=True)
-        raise
-    store.insert("runs", [{**run_row, "status": "finished", "finished_at": datetime.now()}], replace=True)
     store.close()  # flush, then checkpoint: one self-contained file
     return result
 

@@ -194,25 +194,13 @@ def _start(cfg: PipelineConfig, task, chosen: dict[str, list[dict]], lms: LMs, *
 
 @contextmanager
 def _recorded(p: Pipeline) -> Iterator[None]:
-    """The run's status when the stages end (finished; stopped by a budget; interrupted; failed), then the store
-    closed: flushed, then checkpointed, one self-contained file when the command ends."""
-    from store.budget import BudgetExceeded
-
-    def status(value: str) -> None:
-        p.store.insert("runs", [{**p.run_row, "status": value, "finished_at": datetime.now()}], replace=True)
+    """The run's status when the stages end (`store.runs.recorded_run`), then the store closed: flushed, then
+    checkpointed, one self-contained file when the command ends."""
+    from store.runs import recorded_run
 
     try:
-        yield
-        status("finished")
-    except KeyboardInterrupt:
-        status("interrupted")
-        raise
-    except BudgetExceeded:
-        status("stopped")
-        raise
-    except BaseException:
-        status("failed")
-        raise
+        with recorded_run(p.store, p.run_row):
+            yield
     finally:
         p.store.close()
 

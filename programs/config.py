@@ -11,7 +11,7 @@ from typing import Any
 from programs.critic_rule import DEFAULT as CRITIC
 from programs.critic_rule import CriticSettings
 from programs.legacy_ids import pipeline_identity
-from store.cli import UserError
+from store.errors import UserError
 
 CRITIC_FIELDS = tuple(f.name for f in fields(CriticSettings))  # each is a `critic_<name>` key
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from store.cli import UserError
+from store.errors import UserError
 
 MODES = ("reason-first", "choice-first")
 AGGREGATES = ("mean", "logodds", "calibrated")

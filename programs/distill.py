@@ -36,7 +36,7 @@ from programs.config import build_config
 from programs.program_tasks import from_program
 from programs.student import ADAPTERS, student_program
 from programs.tasks import Task, TaskError
-from store.cli import UserError
+from store.errors import UserError
 
 CHAT_MAX_LENGTH = 512  # ChatAdapter's prompts are ~3x LabeledAdapter's: a 128-token row would lose its answer
 

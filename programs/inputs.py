@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from programs.tasks import Task
-from store.cli import UserError
+from store.errors import UserError
 
 if TYPE_CHECKING:
     from programs.config import PipelineConfig

@@ -26,7 +26,7 @@ from dspy.lm15 import Message, Request, Response, TextPart, TokenLogprob, TopLog
 
 from programs import models  # noqa: E402
 from programs.models import LOCAL_CONTEXT  # noqa: E402
-from store.cli import UserError
+from store.errors import UserError
 
 LOCAL_PREFIX = "local/"
 PROMPT_TOKENS = 256  # the critic's instruction, labels and chat template around the texts, with room to spare

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from programs.progress import stage_progress
-from store.cli import ArgumentParser, UserError, entry_point
+from store.cli import ArgumentParser, entry_point
+from store.errors import UserError
 
 
 LOCAL_CONTEXT = 2048  # tokens: the context llama.cpp is given for the embedded teacher and critic, served or not

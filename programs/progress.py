@@ -26,7 +26,7 @@ from typing import IO
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from store.cli import UserError
+from store.errors import UserError
 
 console = Console(stderr=True)
 INTERVAL_ENV = "CRITIC_DISTILL_PROGRESS_INTERVAL"

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from store.cli import UserError
+from store.errors import UserError
 
 DEFAULT_STUDENT = "smollm2-135m-instruct"
 

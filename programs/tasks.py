@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
-from store.cli import UserError
+from store.errors import UserError
 
 if TYPE_CHECKING:
     import dspy

@@ -15,7 +15,7 @@ from programs.progress import stage_progress
 from programs.teacher import Teacher
 from store import Store, stable_id, to_json
 from store.callback import last_lm_call_id
-from store.cli import UserError
+from store.errors import UserError
 
 
 def candidate_id(input_id: str, role: str, producer: str, rank: int) -> str:

@@ -9,7 +9,7 @@ from contextlib import nullcontext
 import dspy
 
 from programs.tasks import Task, TaskError
-from store.cli import UserError
+from store.errors import UserError
 
 _ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+(.*\S)\s*$")
 

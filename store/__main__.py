@@ -8,7 +8,7 @@
     python -m store export --traces DIR [--force] [--db PATH]
 
 Read-only: a write statement is refused (exit 2); `export` writes only its destination (`store.export`). A missing file or a SQL error is one line on stderr (exit 1; the
-exit codes of every command are in `store.cli`).
+exit codes of every command are in `store.errors`).
 Every command opens the file only for as long as it reads, so it works while a pipeline is writing to it.
 """
 
@@ -21,7 +21,8 @@ import sys
 from decimal import Decimal
 from typing import Any
 
-from store.cli import ArgumentParser, UserError, entry_point, say
+from store.cli import ArgumentParser, entry_point, say
+from store.errors import UserError
 from store.db import Store, StoreError, default_path
 
 CELL_CHARS = 120  # table cells are cut here; use --format csv or json for whole values

@@ -4,15 +4,7 @@ It lives in `store/`, the bottom layer, and imports nothing from `programs`, `me
 the entry point of every layer can use it without an import cycle: `python -m store`, `programs.compile`,
 `programs.models`, `metrics.audit`, `finetune.evaluate` and `finetune.train`.
 
-Exit codes, the same for every command:
-
-    0    ok
-    1    failed: the store could not answer (no store at that path, a SQL error, a lock held too long), or an
-         unexpected error (a traceback: a bug to report)
-    2    a user error: a bad flag, config, input file, model spec, task or data, or a write refused by the read-only
-         store; one line on stderr, `error: <what to fix>`
-    3    stopped by a budget (--max-calls, --max-cost); the same command with a higher budget goes on from there
-    130  interrupted (Ctrl-C); the same command goes on from there
+The exit codes' table, `UserError` and `exit_code` are in `store.errors`.
 
 A user error is a `UserError` (each layer's error classes subclass it; `exit_code` says which code it gets), raised
 anywhere inside and turned into its one line and code here, at the boundary:
@@ -34,29 +26,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_BUDGET = 3
-EXIT_INTERRUPTED = 130
+from store.errors import EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_OK, UserError, exit_code
 
 BUDGET_FLAGS = {"calls": "--max-calls", "cost": "--max-cost"}
-
-
-class UserError(Exception):
-    """A user mistake: reported as one line, `error: <message>`, with no traceback, and exit code `exit_code`.
-
-    The message says what to fix. Subclasses keep their own names (ConfigError, InputError, StoreError, ...);
-    a subclass may set `exit_code` to another code of the table (StoreError: EXIT_FAILED)."""
-
-    exit_code = EXIT_USAGE
-
-
-def exit_code(error: BaseException) -> int | None:
-    """The exit code of a user error; None for anything else (a bug: let it raise)."""
-    if isinstance(error, UserError):
-        return error.exit_code
-    return None
 
 
 def one_line(message: object) -> str:

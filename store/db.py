@@ -26,7 +26,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from store.cli import EXIT_FAILED, EXIT_USAGE, UserError
+from store.errors import EXIT_FAILED, EXIT_USAGE, UserError
 from store.migrations import migrate
 
 DEFAULT_DB = "traces.duckdb"
@@ -42,7 +42,7 @@ STREAM_CHUNK = 5_000  # rows per Arrow batch handed to DuckDB
 
 class StoreError(UserError):
     """The store could not do it (no store at the path, a SQL error, a lock held too long): one line, no traceback,
-    exit code 1 (`store.cli`)."""
+    exit code 1 (`store.errors`)."""
 
     exit_code = EXIT_FAILED
 

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from store.cli import UserError
+from store.errors import UserError
 from store.db import Store
 
 FORMATS = ("jsonl", "parquet", "hf")

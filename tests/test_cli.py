@@ -1,5 +1,5 @@
 """Every `python -m` entry point reports a user error the same way: one line on stderr, `error: <what to fix>`, no
-traceback, and the exit code of `store.cli`'s table."""
+traceback, and the exit code of `store.errors`' table."""
 
 from __future__ import annotations
 
@@ -8,16 +8,8 @@ import importlib
 import pytest
 
 from store.budget import BudgetExceeded
-from store.cli import (
-    EXIT_BUDGET,
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
-    UserError,
-    entry_point,
-    exit_code,
-)
+from store.cli import entry_point
+from store.errors import EXIT_BUDGET, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError, exit_code
 
 
 @pytest.fixture

@@ -194,7 +194,7 @@ def test_a_task_brings_the_defaults_its_dev_split_chose_and_every_layer_above_ov
     file.write_text('objective = "dpo"\nmeaning_floor = "off"\n')
     from_file = build_config("default", str(file))
     assert (from_file.objective, from_file.meaning_floor, from_file.length_control) == ("dpo", None, True)
-    from store.cli import UserError
+    from store.errors import UserError
 
     with pytest.raises(UserError, match="--meaning-floor: expected a cosine in \\[-1, 1\\] or off, got 'high'"):
         parser().parse_args(["--meaning-floor", "high"])

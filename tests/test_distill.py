@@ -13,7 +13,7 @@ import pytest
 
 from programs.adapter import LabeledAdapter
 from programs.distill import CriticDistill, DistillError, PairwiseCritic, task_from_program
-from store.cli import UserError
+from store.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 RUBRIC = "Choose the better answer: the one that answers the question correctly from the context, briefly."

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from programs import models
-from store.cli import EXIT_USAGE
+from store.errors import EXIT_USAGE
 
 
 def run_cli(*args, env=None):

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from store import Store
-from store.cli import EXIT_USAGE
+from store.errors import EXIT_USAGE
 
 MODEL = "qwen2.5-coder-0.5b-instruct"
 SPEC = f"openai/{MODEL}"

@@ -377,7 +377,7 @@ def _compile(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_pipeline_stops_at_max_calls_then_a_rerun_finishes_without_repeating_calls(tmp_path):
-    from store.cli import EXIT_BUDGET
+    from store.errors import EXIT_BUDGET
 
     db = tmp_path / "t.duckdb"
     first = _compile(tmp_path, "--max-calls", "3")

@@ -12,7 +12,8 @@ import secrets
 import socket
 import sys
 
-from store.cli import ArgumentParser, UserError, entry_point
+from store.cli import ArgumentParser, entry_point
+from store.errors import UserError
 from store.db import Store, check_path, default_path
 
 HOST = "127.0.0.1"  # local only: the token keeps other local users' browsers out, the address keeps the network out

@@ -24,7 +24,7 @@ from finetune.rate import TEACHER
 from finetune.review import pages, plots
 from finetune.review.rating import Sessions
 from store import Store
-from store.cli import UserError
+from store.errors import UserError
 
 COOKIE = "review_token"
 TEMPLATES = Path(__file__).parent / "templates"
