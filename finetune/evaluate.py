@@ -16,6 +16,7 @@ from finetune.model_card import refresh_cards
 from metrics.judge import judge_verdicts
 from metrics.winrate import Estimate, win_tie_rate
 from programs.critic import DEFAULT, PAPER, Critic
+from programs.legacy_ids import critic_id_parts, task_id_parts
 from programs.parallel import imap
 from programs.progress import stage_progress
 from programs.student import ProgramStudent, Student
@@ -135,7 +136,7 @@ def _store_evaluation(store: Store, *, student: str, reference: str, judge: str,
                       prob: Estimate, decision: Estimate, details: dict, run_id: str,
                       checkpoint_id: str | None, method: str = PAPER.method) -> str:
     """One `evaluations` row (id = hash of who was compared, by whom, how, on which inputs); returns its id."""
-    how = () if method == PAPER.method else (method,)  # the paper's critic keeps the ids it had
+    how = critic_id_parts(method)  # as earlier ids hashed it
     row = {
         "evaluation_id": stable_id("evaluation", student, reference, judge, split,
                                    sorted(it["input_id"] for it in items), *how),
@@ -268,7 +269,7 @@ def _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, criti
     digest = hashlib.sha256(Path(args.inputs).read_bytes()).hexdigest()[:12]
     split = f"file:{Path(args.inputs).name}"
     run_id = stable_id("evaluate", producer, args.critic, args.judge, digest, args.limit,
-                       *(() if task.name == "humor" else (task.name,)))  # humor keeps its earlier ids
+                       *task_id_parts(task.name))  # as earlier ids hashed it
     run_row = {"run_id": run_id, "started_at": datetime.now(), "status": "running", "command": "python -m finetune.evaluate",
                "profile": None, "config": to_json(vars(args)), "code_version": code_version()}
     # the run's row says how it ended: finished, failed, stopped (a budget) or interrupted

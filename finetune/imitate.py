@@ -144,11 +144,12 @@ def train_imitation(
     run_id: str | None = None,
     dataset_id: str | None = None,
     progress: bool = True,
-    objective: str = "ft",
+    objective: str = "imitation",
 ) -> TrainResult:
     """Fine-tune the student on teacher pairs `{"input": ..., "output": ...}`; resumable, recorded when `store` is
     given. Without `dataset_id` the pairs themselves identify the dataset in the training id. `objective` names the
-    run in the store: "ft" (imitation) or "sd" (self-distillation: SFT on the critic's positives)."""
+    run in the store: "imitation" (the warm start), "ft" (more imitation after it), "curated" or "sd"
+    (self-distillation: SFT on the critic's positives); stores made before name the warm start "ft" too."""
     key = dataset_key(pairs, dataset_id, ("input", "output"))
 
     def build(trained: ImitationConfig, model, tokenizer, callbacks):

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 MARKER = "train_result.json"  # each finished run's record in its output folder (`finetune.runner` writes it)
 CARD = "README.md"
 OBJECTIVES = {
-    "ft": "imitation (supervised fine-tuning on the teacher's outputs; the paper's FT)",
+    "imitation": "imitation (supervised fine-tuning on the teacher's outputs; the paper's FT)",
+    "ft": "imitation (supervised fine-tuning on the teacher's outputs; the paper's FT)",  # also the warm start, before
+    "curated": "critic-curated imitation (supervised fine-tuning on the teacher's output the critic ranks first)",
     "sd": "self-distillation (supervised fine-tuning on the critic's preferred samples of the student)",
     "dpo": "DPO on the critic's (chosen, rejected) pairs of the student's own samples",
     "brio": "BRIO (ranking loss + cross-entropy on the teacher's outputs ranked by the critic)",
@@ -158,7 +160,7 @@ def render(info: dict[str, Any], folder: Path):
         base_model=base, library_name="peft" if adapter else "transformers",
         pipeline_tag="text2text-generation" if _is_seq2seq(folder) else "text-generation",
         tags=["critic-distill", "distillation", objective, *(["lora"] if info["config"].get("lora") else []),
-              *(["trl", "dpo"] if "dpo" in objective else ["trl", "sft"] if objective in ("ft", "sd") else [])],
+              *(["trl", "dpo"] if "dpo" in objective else ["trl", "sft"] if objective in ("imitation", "ft", "curated", "sd") else [])],
         datasets=[d["dataset_id"] for d in datasets] or None,
         model_name=name if results else None, eval_results=results or None,
     )

@@ -47,6 +47,7 @@ from store.errors import UserError  # noqa: E402
 
 DEFAULT_CRITIC = "local/qwen2.5-coder-1.5b-instruct"
 from programs.critic_rule import DEFAULT as DEFAULT_SETTINGS  # noqa: E402
+from programs.legacy_ids import critic_id_parts, task_id_parts  # noqa: E402
 CRITIC_MAX_TOKENS = 96
 FIELDS = ("input", "better", "worse")
 
@@ -264,7 +265,6 @@ def audit(pairs: list[dict], critic, critic_lm, *, store, judge: str, run_id: st
 
     from metrics.judge import judge_verdicts
     from programs.adapter import LabeledAdapter
-    from programs.critic import PAPER
     from programs.builtin_tasks import HUMOR
     from programs.teach import candidate_id
     from store import stable_id, to_json
@@ -319,9 +319,8 @@ def audit(pairs: list[dict], critic, critic_lm, *, store, judge: str, run_id: st
         })
     summary = summarize(rows)
     method = critic.settings.method
-    how = () if method == PAPER.method else (method,)  # the paper's critic keeps the ids it had
     pair_ids = [pr["id"] for pr in pairs]
-    audit_id = stable_id("audit", judge, file_sha, pair_ids, *(() if task.name == "humor" else (task.name,)), *how)
+    audit_id = stable_id("audit", judge, file_sha, pair_ids, *task_id_parts(task.name), *critic_id_parts(method))
     plot = None
     if out_dir is not None:
         plot = str(reliability_plot([r["p_better"] for r in rows if r["p_better"] is not None],
@@ -473,7 +472,6 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     import dspy
 
     from programs.adapter import LabeledAdapter
-    from programs.critic import PAPER
     from programs.lm import check_hosted
     from programs.progress import console
     from store import Store, stable_id, to_json
@@ -493,8 +491,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     dspy.configure(adapter=LabeledAdapter())
     source = str(pair_file.path.resolve())
     run_id = stable_id("run", "audit", args.critic, pair_file.sha, [pr["id"] for pr in pairs],
-                       *(() if task.name == "humor" else (task.name,)),  # humor keeps its earlier ids
-                       *(() if settings == PAPER else (settings.method,)))  # so does the paper's critic
+                       *task_id_parts(task.name), *critic_id_parts(settings.method))  # as earlier ids hashed them
     run_row = {"run_id": run_id, "started_at": datetime.now(), "status": "running", "command": command,
                "profile": None, "config": to_json({"pairs": source, "critic": args.critic, "limit": args.limit,
                                                      "split": args.split, "file_sha": pair_file.sha, "task": args.task,

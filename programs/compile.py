@@ -162,8 +162,8 @@ def _load_stages() -> None:
 
 def _start(cfg: PipelineConfig, task, chosen: dict[str, list[dict]], lms: LMs, *, db: str, out: str,
            command: str) -> Pipeline:
-    """Open the store and record every LM call into it (within the budget), check the user's SQL, and write this
-    run's row (status 'running'; the id is the config's, so a rerun is the same run)."""
+    """Open the store and record every LM call into it (within the budget), check the user's SQL, and build this
+    run's row (written by `_recorded`; the id is the config's, so a rerun is the same run)."""
     import dspy
 
     from finetune.objectives import check_query
@@ -185,7 +185,6 @@ def _start(cfg: PipelineConfig, task, chosen: dict[str, list[dict]], lms: LMs, *
         check_query(store, "sft", cfg.sft_sql, params, name="--sft-sql")
     if cfg.pairs_sql:
         check_query(store, "pairs", cfg.pairs_sql, params, name="--pairs-sql")
-    store.insert("runs", [run_row], replace=True)
     out_dir = Path(out)
     console.print(f"run {run_id[:12]} · profile {cfg.profile} · store {db} · out {out_dir}", soft_wrap=True)
     return Pipeline(cfg=cfg, task=task, chosen=chosen, lms=lms, store=store, callback=callback, run_row=run_row,

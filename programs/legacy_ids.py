@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from programs.critic_rule import DEFAULT as CRITIC
-from programs.critic_rule import CriticSettings
+from programs.critic_rule import PAPER, CriticSettings
 from dataclasses import fields
 
 from store.ids import stable_id
@@ -57,6 +57,20 @@ def earlier_task(task: dict) -> dict:
     if task.get("steps"):
         task["steps"] = tuple((name, earlier_task(step)) for name, step in task["steps"])
     return task
+
+
+# -- the ids of evaluations, audits and their commands' runs -----------------------------------------------------------
+
+
+def task_id_parts(task_name: str) -> tuple[str, ...]:
+    """A command's task in its run id: humor, the only task when these ids were first recorded, adds nothing."""
+    return () if task_name == "humor" else (task_name,)
+
+
+def critic_id_parts(method: str) -> tuple[str, ...]:
+    """A critic's settings (`CriticSettings.method`) in an audit's or an evaluation's id: the paper's, which every
+    one judged by before there were settings, add nothing."""
+    return () if method == PAPER.method else (method,)
 
 
 # -- a student's folder ----------------------------------------------------------------------------------------------

@@ -30,14 +30,14 @@ def test_all_objectives_from_one_warm_start(tmp_path):
     s = Store(tmp_path / "t.duckdb", create=False)
 
     runs = {r["objective"]: r for r in s.query("SELECT objective, status, config, base_model FROM training_runs")}
-    assert set(runs) == {"ft", "curated", "sd", "brio", "dpo", "brio-dpo"}
+    assert set(runs) == {"imitation", "ft", "curated", "sd", "brio", "dpo", "brio-dpo"}  # the warm start named apart
     assert all(r["status"] == "finished" for r in runs.values())
     # one warm start: ft, sd, dpo and brio start from the imitation model; brio-dpo's DPO starts from BRIO's model
     warm = s.scalar("SELECT path FROM checkpoints k JOIN training_runs t USING (training_id) "
-                    "WHERE t.objective = 'ft' AND k.merged ORDER BY k.created_at LIMIT 1")  # merged after training
+                    "WHERE t.objective = 'imitation' AND k.merged ORDER BY k.created_at LIMIT 1")  # merged after training
     starts = {name: json.loads(r["config"])["base_model"] for name, r in runs.items()}
     rates = {name: json.loads(r["config"])["learning_rate"] for name, r in runs.items()}
-    assert rates == {"ft": None, "curated": None, "sd": None, "brio": 7e-5, "dpo": 3e-5,
+    assert rates == {"imitation": None, "ft": None, "curated": None, "sd": None, "brio": 7e-5, "dpo": 3e-5,
                      "brio-dpo": 3e-5}  # each trainer's own
     assert starts["curated"] == starts["sd"] == starts["dpo"] == starts["brio"] == warm
     assert starts["brio-dpo"] != warm

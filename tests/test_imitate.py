@@ -118,7 +118,7 @@ def test_lora_causal_trains_records_and_reruns(tiny_causal_dir, pairs, tmp_path)
     assert adapter.training and any(p.requires_grad for n, p in adapter.named_parameters() if "lora_" in n)
 
     run = store.query("SELECT * FROM training_runs")
-    assert len(run) == 1 and run[0]["status"] == "finished" and run[0]["objective"] == "ft"
+    assert len(run) == 1 and run[0]["status"] == "finished" and run[0]["objective"] == "imitation"
     assert run[0]["training_id"] == result.training_id and run[0]["dataset_id"] == "d1" and run[0]["run_id"] == "r1"
     assert json.loads(run[0]["config"])["lora_r"] == 16
     assert [r["loss"] for r in json.loads(run[0]["metrics"]) if "loss" in r] == _losses(result)

@@ -53,10 +53,10 @@ def test_every_student_folder_has_a_card(trained):
     for folder, library in (("final", "peft"), ("merged", "transformers")):
         card = ModelCard.load(trained["out"] / folder / "README.md")
         assert card.data.base_model == trained["base"] and card.data.library_name == library
-        assert card.data.datasets == [trained["dataset_id"]] and "ft" in card.data.tags
+        assert card.data.datasets == [trained["dataset_id"]] and "imitation" in card.data.tags
         text = card.text
-        assert f"`ft`: imitation" in text and TEACHER in text and CRITIC in text
-        assert f"| ft | imitation | `{trained['dataset_id']}` | 8 |" in text  # the dataset, its id and row count
+        assert f"`imitation`: imitation" in text and TEACHER in text and CRITIC in text
+        assert f"| imitation | imitation | `{trained['dataset_id']}` | 8 |" in text  # the dataset, its id and row count
         assert "2 steps" in text and "Not evaluated yet" in text
         assert f"local/{(trained['out'] / folder).resolve()}" in text  # the DSPy LM spec
         assert ("PeftModel.from_pretrained" in text) == (library == "peft") and "AutoModelForCausalLM" in text

@@ -326,7 +326,7 @@ def test_cli(tiny_causal_dir, texts, pairs, groups, tmp_path, capsys):
                        "--full-finetune", *base]) == 0
     capsys.readouterr()
     rows = Store(db).query("SELECT objective, status, base_model, config FROM training_runs ORDER BY started_at")
-    assert [(r["objective"], r["status"]) for r in rows] == [("ft", "finished"), ("dpo", "finished"),
+    assert [(r["objective"], r["status"]) for r in rows] == [("imitation", "finished"), ("dpo", "finished"),
                                                              ("brio", "finished")]
     assert json.loads(rows[1]["config"])["beta"] == 0.2 and rows[1]["base_model"] == str(tmp_path / "sft" / "final")
     assert json.loads(rows[2]["config"])["lora"] is False
