@@ -25,9 +25,9 @@ class PipelineConfig:
     profile: str = "default"
     task: str = "humor"  # a built-in task (humor, formal), a task .toml file, or package.module:ATTR / file.py:ATTR
     inputs: str = "bundled"  # bundled | empathetic_dialogues | a .txt/.jsonl/.csv/.parquet file
-    train_inputs: int | None = 140  # per split; None = all
-    test_inputs: int | None = 40
-    limit: int | None = None  # --limit N caps both splits
+    train_inputs: int | None = 140  # None = all
+    eval_inputs: int | None = 40  # the evaluation split's (test, or dev with eval_split = dev); None = all
+    limit: int | None = None  # --limit N caps train and the evaluation split
     # the split students are evaluated on: test (reporting) | dev (choosing settings, so test stays unseen)
     eval_split: str = "test"
     teacher: str = "local/qwen2.5-coder-1.5b-instruct"
@@ -109,7 +109,7 @@ class PipelineConfig:
         _check_values(self)  # a bad value fails where the config is built, from a file, flags or Python
 
     def split_limit(self, split: str) -> int | None:
-        base = self.train_inputs if split == "train" else self.test_inputs
+        base = self.train_inputs if split == "train" else self.eval_inputs
         if self.limit is not None:
             return self.limit if base is None else min(base, self.limit)
         return base
@@ -127,7 +127,7 @@ class PipelineConfig:
 PROFILES: dict[str, dict[str, Any]] = {
     # fast: the 0.5B teacher/critic, a few inputs; for tests and a first look (<= 10 min on 2 CPU cores)
     "tiny": dict(teacher="local/qwen2.5-coder-0.5b-instruct", critic="local/qwen2.5-coder-0.5b-instruct",
-                 train_inputs=24, test_inputs=8, teacher_max_tokens=120, critic_max_tokens=64, max_steps=-1,
+                 train_inputs=24, eval_inputs=8, teacher_max_tokens=120, critic_max_tokens=64, max_steps=-1,
                  # a student trained for a step or two rambles: keep its pairs, so that feedback has data
                  length_band=(0.2, 5.0), k_samples=3,
                  # every feedback stage (sampling, pairs, DPO) in minutes: a task's guards and curation were chosen
@@ -135,9 +135,9 @@ PROFILES: dict[str, dict[str, Any]] = {
                  objective="dpo", meaning_floor=None, length_control=False),
     # the README's first command: the 1.5B teacher/critic, 140 train inputs, every test input (69) so that students
     # can be told apart
-    "default": dict(test_inputs=None),
+    "default": dict(eval_inputs=None),
     # sized like the paper for a GPU or API models: all inputs (EmpatheticDialogues with --inputs), 10 epochs
-    "full": dict(train_inputs=None, test_inputs=None, epochs=10.0, batch_size=16, threads=8, ood_inputs=120,
+    "full": dict(train_inputs=None, eval_inputs=None, epochs=10.0, batch_size=16, threads=8, ood_inputs=120,
                  second_judge="local/qwen2.5-coder-0.5b-instruct"),
 }
 
@@ -187,7 +187,7 @@ def build_config(profile: str = "default", toml_path: str | None = None, overrid
 
 
 OFF = ("off", "none")
-ALIASES = {"judge": "second_judge"}  # a key's earlier name, still read from files and overrides
+ALIASES = {"judge": "second_judge", "test_inputs": "eval_inputs"}  # a key's earlier name, still read from files and overrides
 
 
 def _check_values(self: PipelineConfig) -> None:
@@ -196,7 +196,7 @@ def _check_values(self: PipelineConfig) -> None:
     for name in ("meaning_floor", "meaning_margin"):  # `off` turns a guard a task's defaults set back off
         if isinstance(getattr(self, name), str) and getattr(self, name).strip().lower() in OFF:
             setattr(self, name, None)
-    for name in ("train_inputs", "test_inputs", "limit"):
+    for name in ("train_inputs", "eval_inputs", "limit"):
         v = getattr(self, name)
         if v is not None and (not isinstance(v, int) or v < 1):
             raise ConfigError(f"{name} must be a positive integer, got {v!r}")

@@ -18,7 +18,7 @@ def parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default=None, choices=list(PROFILES), help="preset sizes and models (default: default)")
     p.add_argument("--config", metavar="FILE.toml", help="config file; flags override it")
-    p.add_argument("--limit", type=int, metavar="N", help="use at most N train and N test inputs")
+    p.add_argument("--limit", type=int, metavar="N", help="use at most N train and N evaluation (test or dev) inputs")
     p.add_argument("--db", default=None, help="DuckDB store (default: $CRITIC_DISTILL_DB or ./traces.duckdb)")
     p.add_argument("--out", default="out", help="output folder for checkpoints and the report (default: out)")
     p.add_argument("--task", help="humor (default) | formal | a task .toml file | package.module:ATTR | file.py:ATTR "

@@ -30,7 +30,7 @@ PIPELINE_KEYS_ADDED: dict[str, Any] = {
     "meaning_floor": None, "meaning_margin": None, "length_control": False,
 }
 # config keys renamed since: hashed under the name runs recorded (new name -> earlier name)
-PIPELINE_KEYS_RENAMED: dict[str, str] = {"second_judge": "judge"}
+PIPELINE_KEYS_RENAMED: dict[str, str] = {"second_judge": "judge", "eval_inputs": "test_inputs"}
 # keys that decide how fast or how far a command goes, never what it computes: not part of a run's id
 NOT_RESULTS = ("threads", "max_calls", "max_cost")
 # Task fields added after runs of programs' tasks (recorded whole in the config) were recorded, with the value at

@@ -11,10 +11,11 @@ from store import stable_id
 
 def test_a_run_id_hashes_the_keys_runs_had_then():
     cfg = build_config("default", overrides={"objective": "none", "meaning_floor": "off", "length_control": False,
-                                             "test_inputs": 40})
+                                             "eval_inputs": 40})
     values = pipeline_identity(asdict(cfg))
     assert stable_id("run", values) == "fe64c4b5a7b77d1d6921d8f2"  # recorded before any added key existed
-    assert not set(values) & {"threads", "max_calls", "max_cost", "second_judge"} and values["judge"] is None
+    assert not set(values) & {"threads", "max_calls", "max_cost", "second_judge", "eval_inputs"}
+    assert values["judge"] is None and values["test_inputs"] == 40
     assert not set(values) & {k for k, v in PIPELINE_KEYS_ADDED.items() if v == getattr(cfg, k)}
 
 
