@@ -21,8 +21,9 @@ from metrics.guards import LC, candidate_meaning, record_length_control
 from metrics.judge import judge_verdicts
 from finetune.pairs import select_pair, within_length
 from finetune.sample import sample_candidates, typed_sample
-from programs.student_lm import (BATCH_SIZE, MAX_NEW_TOKENS, SAMPLE_K, SAMPLE_METHOD, SAMPLE_TEMPERATURE, SAMPLE_TOP_P,
-                                 SEED, load_student)
+from programs.generation_defaults import (BATCH_SIZE, MAX_NEW_TOKENS, SAMPLE_K, SAMPLE_METHOD, SAMPLE_TEMPERATURE,
+                                          SAMPLE_TOP_P, SEED)
+from programs.student_lm import load_student
 from programs.critic import Critic
 from programs.progress import stage_progress
 from programs.student import parse_completion, training_prompt

@@ -36,8 +36,9 @@ from typing import Any, Sequence
 import torch
 from transformers.generation.utils import ALL_CACHE_NAMES
 
-from programs.student_lm import (BATCH_SIZE, MAX_NEW_TOKENS, SAMPLE_K, SAMPLE_METHOD, SAMPLE_TEMPERATURE, SAMPLE_TOP_P,
-                                 SEED, generate_texts, is_seq2seq, render_prompt, typed_answer)
+from programs.generation_defaults import (BATCH_SIZE, MAX_NEW_TOKENS, SAMPLE_K, SAMPLE_METHOD, SAMPLE_TEMPERATURE,
+                                          SAMPLE_TOP_P, SEED)
+from programs.student_lm import generate_texts, is_seq2seq, render_prompt, typed_answer
 
 METHODS = ("nucleus", "diverse_beam", "beam", "greedy")
 

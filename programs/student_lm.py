@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from programs.generation_defaults import BATCH_SIZE, MAX_NEW_TOKENS, SEED
 from store.cli import UserError
 
 DEFAULT_STUDENT = "smollm2-135m-instruct"
@@ -163,16 +164,6 @@ def load_student(spec: str = DEFAULT_STUDENT, *, for_training: bool = False) -> 
 
 
 # -- prompting and generation ------------------------------------------------------------------------------------
-
-# The defaults every student generation starts from, in one place: `generate`, `finetune.sample.sample_candidates`
-# and `finetune.feedback.FeedbackConfig` (whose sampling defaults also name the samples' producer) refer to these.
-MAX_NEW_TOKENS = 64  # a student answer's length budget, in new tokens
-BATCH_SIZE = 8  # prompts per `model.generate` call
-SEED = 0
-SAMPLE_K = 6  # candidates per input for the critic's feedback (the paper's k)
-SAMPLE_METHOD = "nucleus"
-SAMPLE_TOP_P = 0.9
-SAMPLE_TEMPERATURE = 1.0
 
 
 def is_seq2seq(model: Any) -> bool:
