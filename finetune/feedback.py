@@ -21,6 +21,8 @@ from metrics.guards import LC, candidate_meaning, record_length_control
 from metrics.judge import judge_verdicts
 from finetune.pairs import select_pair, within_length
 from finetune.sample import sample_candidates, typed_sample
+from programs.generation_defaults import (BATCH_SIZE, MAX_NEW_TOKENS, SAMPLE_K, SAMPLE_METHOD, SAMPLE_TEMPERATURE,
+                                          SAMPLE_TOP_P, SEED)
 from programs.student_lm import load_student
 from programs.critic import Critic
 from programs.progress import stage_progress
@@ -35,19 +37,19 @@ GREEDY_RANK = -1  # the student's greedy output is stored as a 'sample' candidat
 
 @dataclass
 class FeedbackConfig:
-    k: int = 6
-    method: str = "nucleus"  # nucleus | diverse_beam
-    top_p: float = 0.9
-    temperature: float = 1.0
+    k: int = SAMPLE_K
+    method: str = SAMPLE_METHOD  # nucleus | diverse_beam
+    top_p: float = SAMPLE_TOP_P
+    temperature: float = SAMPLE_TEMPERATURE
     pair_selection: str = "edit"  # edit | embedding
     # greedy: the student's greedy output (what evaluation sees) vs the in-band sample most different from it, else
     # the most different in-band pair of samples; none: the paper's rule, the most different in-band pair of samples
     anchor: str = "greedy"
     length_lo: float = 0.8
     length_hi: float = 1.2
-    max_new_tokens: int = 64
-    batch_size: int = 8
-    seed: int = 0
+    max_new_tokens: int = MAX_NEW_TOKENS
+    batch_size: int = BATCH_SIZE
+    seed: int = SEED
     min_confidence: float = 0.0  # keep judged pairs whose debiased confidence |2 P - 1| is at least this
     both_orders_agree: bool = False  # keep only pairs both presentation orders decide the same way
     # guards where the critic is blind (metrics/guards.py); None / False: off, the paper's loop
@@ -58,7 +60,8 @@ class FeedbackConfig:
 
 # Sampling settings whose values make other samples; at these values the producer is the checkpoint itself (so a
 # store made before they were settings keeps its samples), otherwise the checkpoint tagged with the ones that differ.
-SAMPLING_DEFAULTS = dict(k=6, method="nucleus", top_p=0.9, temperature=1.0, max_new_tokens=64, seed=0)
+SAMPLING_DEFAULTS = dict(k=SAMPLE_K, method=SAMPLE_METHOD, top_p=SAMPLE_TOP_P, temperature=SAMPLE_TEMPERATURE,
+                         max_new_tokens=MAX_NEW_TOKENS, seed=SEED)
 
 
 def sample_producer(checkpoint_id: str, cfg: FeedbackConfig) -> str:

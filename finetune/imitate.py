@@ -24,7 +24,7 @@ from finetune.runner import (
     training_id,
     with_adapter,
 )
-from programs.student_lm import is_seq2seq, user_message
+from programs.student_lm import is_seq2seq, render_prompt, user_message
 
 if TYPE_CHECKING:
     from store.db import Store
@@ -78,8 +78,8 @@ def seq2seq_dataset(pairs: list[dict], tokenizer: Any, instruction: str, max_len
     tokenizer does not add one itself."""
     from datasets import Dataset
 
-    # A pair's own prompt messages are flattened the way programs.lm.TransformersEngine flattens them at inference.
-    sources = ["\n\n".join(m["content"] for m in p["prompt"]) if p.get("prompt") else user_message(instruction, p["input"])
+    # A pair's own prompt messages are rendered as the student sees them at inference (programs.lm.TransformersEngine).
+    sources = [render_prompt(tokenizer, p.get("prompt") or user_message(instruction, p["input"]), seq2seq=True)
                for p in pairs]
     inputs = tokenizer(sources, max_length=max_length, truncation=True)
     targets = tokenizer(text_target=[p["output"] for p in pairs], max_length=max_length, truncation=True)

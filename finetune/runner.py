@@ -283,16 +283,9 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     os.rename(tmp, final)
 
 
-def _final_paths(trainer, config: TrainConfig, output_dir: Path) -> tuple[Path, Path | None]:
-    """Where `_save_final` writes: output_dir/final, and output_dir/merged for a LoRA run with `merge_lora`."""
-    from peft import PeftModel
-
-    merged = isinstance(trainer.model, PeftModel) and config.merge_lora
-    return output_dir / "final", (output_dir / "merged" if merged else None)
-
-
-def _save_final(trainer, tokenizer, config: TrainConfig, output_dir: Path) -> tuple[Path, Path | None]:
-    """Write output_dir/final (and output_dir/merged), each staged in a temp folder and renamed into place."""
+def _save_final(trainer, tokenizer, config: TrainConfig, output_dir: Path) -> None:
+    """Write output_dir/final, staged in a temp folder and renamed into place (merging is a later step,
+    `merge_adapter`)."""
     from peft import PeftModel
 
     model = trainer.model
@@ -314,16 +307,6 @@ def _save_final(trainer, tokenizer, config: TrainConfig, output_dir: Path) -> tu
         data["base_model_name_or_path"] = base
         adapter_config.write_text(json.dumps(data, indent=2))
     _replace_dir(tmp, final)
-
-    merged = None
-    if isinstance(model, PeftModel) and config.merge_lora:
-        merged = output_dir / "merged"
-        tmp = output_dir / ".merged.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.merge_and_unload().save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        _replace_dir(tmp, merged)
-    return final, merged
 
 
 def _write_json_atomic(path: Path, value: Any) -> None:
@@ -466,7 +449,7 @@ def _train(
 ) -> TrainResult:
     """Steps 2-6: record the run, load the student, train with the Trainer that `build(model, tokenizer, callbacks)`
     returns (resuming its last checkpoint in `config.output_dir`), save the final model, write the marker, record the
-    result."""
+    result. Never merges: `run_training` trains with `merge_lora=False` and merges afterwards (step 7)."""
     output_dir = Path(config.output_dir)
     main = is_main_process()
     started_at = datetime.now()
@@ -515,10 +498,8 @@ def _train(
 
         # 5. The model, then the marker, last (first process only; the others wait for it).
         if trainer.is_world_process_zero():
-            final, merged = _save_final(trainer, tokenizer, config, output_dir)
-        else:
-            final, merged = _final_paths(trainer, config, output_dir)
-        path = str(merged or final)
+            _save_final(trainer, tokenizer, config, output_dir)
+        path = str(output_dir / "final")
         result = TrainResult(
             training_id=training_id,
             checkpoint_id=stable_id(training_id, path),
@@ -531,7 +512,7 @@ def _train(
         if trainer.is_world_process_zero():
             _write_json_atomic(output_dir / MARKER, {
                 "result": asdict(result), "objective": objective, "config": asdict(config), "dataset_id": dataset_id,
-                "run_id": run_id, "merged": merged is not None, "world_size": int(trainer.args.world_size),
+                "run_id": run_id, "merged": False, "world_size": int(trainer.args.world_size),
                 "n_examples": kept,
                 "started_at": started_at.isoformat(), "finished_at": finished_at.isoformat(),
             })
@@ -545,7 +526,7 @@ def _train(
 
     # 6. Record the result.
     if store is not None and main:
-        _record_finished(store, result, config, run_id, dataset_id, merged is not None, started_at, finished_at,
+        _record_finished(store, result, config, run_id, dataset_id, False, started_at, finished_at,
                          replace=True, objective=objective)
     return result
 

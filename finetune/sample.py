@@ -2,13 +2,11 @@
 
     sample_candidates(model, tokenizer, prompts, k=6, method="nucleus")        -> list[list[str]], k per prompt
 
-Prompts are chat messages (as `programs.student.training_prompt` writes them) or plain strings:
-- chat messages render exactly as `programs.lm.TransformersEngine` renders them at inference: the tokenizer's chat
-  template with `add_generation_prompt=True` for a causal model (the contents joined with a blank line when the
-  tokenizer has no template), the contents joined with "\\n\\n" for a seq2seq model;
-- a plain string is the model input verbatim (e.g. what `programs.student_lm.format_prompt` returns).
-Special tokens are added by the tokenizer for seq2seq inputs only (causal prompts carry theirs in the template),
-again as the engine does, so the student is sampled on the very tokens it sees in the pipeline.
+Prompts are chat messages (as `programs.student.training_prompt` writes them) or plain strings, rendered by
+`programs.student_lm.render_prompt`, the one rendering inference uses too (`programs.lm.TransformersEngine`): the
+chat template with the generation prompt for a causal model, the contents joined with a blank line for a seq2seq
+one; a plain string is the model input verbatim (e.g. what `programs.student_lm.format_prompt` returns). So the
+student is sampled on the very tokens it sees in the pipeline.
 
 Methods:
 - "nucleus" (default): top-p sampling (top_k off), `num_return_sequences=k` in one `generate` call per batch.
@@ -23,9 +21,9 @@ Methods:
 - "beam": plain beam search with `num_beams = num_return_sequences = k` (the k best beams; little diversity).
 - "greedy": the one output evaluation decodes (temperature 0), k = 1.
 
-Every method batches `batch_size` prompts per `generate` call (prompts sorted by length to pad less; causal prompts
-left-padded, each one's KV cache computed once and shared by its k rows), runs under `torch.inference_mode`, and
-is deterministic for a seed (the global torch RNG is forked, so the caller's stream is left as it was).
+Every method runs through the student's one batched generation, `programs.student_lm.generate_ids` (its
+batching, padding, stop tokens and seeding: `batch_size` prompts per `generate` call, each causal prompt's KV cache
+computed once and shared by its k rows, deterministic for a seed, the caller's torch RNG left as it was).
 Candidates are stripped and deduplicated within a prompt, keeping k slots: the distinct ones in order, then
 repeated cyclically to fill k (an empty output only survives when nothing else did). `pairs.select_pair` then sees
 how many really differ.
@@ -38,20 +36,14 @@ from typing import Any, Sequence
 import torch
 from transformers.generation.utils import ALL_CACHE_NAMES
 
+from programs.generation_defaults import (BATCH_SIZE, MAX_NEW_TOKENS, SAMPLE_K, SAMPLE_METHOD, SAMPLE_TEMPERATURE,
+                                          SAMPLE_TOP_P, SEED)
+from programs.student_lm import generate_texts, is_seq2seq, render_prompt, typed_answer
+
 METHODS = ("nucleus", "diverse_beam", "beam", "greedy")
 
 
-# -- prompts --------------------------------------------------------------------------------------------------------
-
-
-def render_prompt(tokenizer: Any, prompt: Sequence[dict] | str, *, seq2seq: bool) -> str:
-    """The model input for one prompt, rendered as `programs.lm.TransformersEngine` renders chat messages."""
-    if isinstance(prompt, str):
-        return prompt
-    messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
-    if seq2seq or not getattr(tokenizer, "chat_template", None):
-        return "\n\n".join(m["content"] for m in messages)
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+# -- candidates -----------------------------------------------------------------------------------------------------
 
 
 def dedupe_keep_k(outputs: Sequence[str], k: int) -> list[str]:
@@ -227,38 +219,9 @@ def group_beam_search(
 # -- sampling ---------------------------------------------------------------------------------------------------------
 
 
-def prompt_cache(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, copies: int) -> Any:
-    """The KV cache of each (left-padded) causal prompt but its last token, computed once and repeated `copies`
-    times per prompt, for `generate(past_key_values=...)`.
-
-    Core `generate` expands the prompts to one row per beam / returned sequence *before* the prefill, so without
-    this every one of the k candidates re-reads its prompt (the adapter's instructions and the text: ~60 tokens
-    for the humor task on SmolLM2, as many as a candidate's own). `generate` then feeds only the last prompt token
-    and decodes as usual; the positions are the ones it derives from the attention mask.
-    """
-    from transformers import DynamicCache
-
-    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-    cache = DynamicCache(config=model.config)
-    model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], position_ids=positions[:, :-1],
-          past_key_values=cache, use_cache=True, logits_to_keep=1)
-    cache.batch_repeat_interleave(copies)
-    return cache
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int] | None:
-    eos = tokenizer.eos_token_id
-    extra = model.generation_config.eos_token_id if model.generation_config is not None else None
-    extra = [extra] if isinstance(extra, int) else list(extra or [])
-    ids = ([eos] if eos is not None else []) + [e for e in extra if e != eos]
-    return ids or None
-
-
 def typed_sample(model: Any, tokenizer: Any, prompt: Sequence[dict], text: str) -> str:
     """A sample with its `Literal` fields decoded under their type, as the student's engine decodes its answers
     (`programs.typed_outputs`): the feedback loop learns from the answers the distilled program will give."""
-    from programs.student_lm import is_seq2seq, typed_answer
-
     return typed_answer(model, tokenizer, prompt, render_prompt(tokenizer, prompt, seq2seq=is_seq2seq(model)), text)
 
 
@@ -267,24 +230,24 @@ def sample_candidates(
     tokenizer: Any,
     prompts: Sequence[Sequence[dict]] | Sequence[str],
     *,
-    k: int = 6,
-    method: str = "nucleus",
-    top_p: float = 0.9,
-    temperature: float = 1.0,
+    k: int = SAMPLE_K,
+    method: str = SAMPLE_METHOD,
+    top_p: float = SAMPLE_TOP_P,
+    temperature: float = SAMPLE_TEMPERATURE,
     num_beam_groups: int | None = None,
     diversity_penalty: float = 1.0,
-    batch_size: int = 8,
-    max_new_tokens: int = 48,
-    seed: int = 0,
+    batch_size: int = BATCH_SIZE,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    seed: int = SEED,
     share_prompt: bool = True,
 ) -> list[list[str]]:
     """k candidates (stripped, deduplicated, k slots) per prompt, in prompt order.
 
     `method`: "nucleus" (top_p, temperature), "diverse_beam" (`num_beam_groups` groups, default k, of k beams in all,
-    Hamming `diversity_penalty`; see the module docstring), "beam" or "greedy" (k = 1). One `generate` call per
-    `batch_size` prompts returns all k candidates of each (`num_return_sequences=k`). `share_prompt` (causal
-    models): compute each prompt's KV cache once and share it among its k rows (`prompt_cache`) instead of once
-    per row.
+    Hamming `diversity_penalty`; see the module docstring), "beam" or "greedy" (k = 1). The student's batched
+    generation (`programs.student_lm.generate_ids`) runs it: one `generate` call per `batch_size` prompts returns
+    all k candidates of each (`num_return_sequences=k`). `share_prompt` (causal models): compute each prompt's KV
+    cache once and share it among its k rows (`programs.student_lm.prompt_cache`) instead of once per row.
     """
     if method not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; use one of {', '.join(METHODS)}")
@@ -292,55 +255,23 @@ def sample_candidates(
         raise ValueError("k must be at least 1")
     if not prompts:
         return []
-    from programs.student_lm import is_seq2seq
-
-    seq2seq = is_seq2seq(model)
-    texts = [render_prompt(tokenizer, p, seq2seq=seq2seq) for p in prompts]
-    lengths = [len(tokenizer(t, add_special_tokens=seq2seq)["input_ids"]) for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: lengths[i])
-
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, num_return_sequences=k, pad_token_id=pad_id)
-    if (eos := _eos_ids(model, tokenizer)) is not None:
-        kwargs["eos_token_id"] = eos
     if method == "nucleus":
-        kwargs.update(do_sample=True, top_p=top_p, top_k=0, temperature=temperature, num_beams=1)
+        decoding: dict[str, Any] = dict(do_sample=True, top_p=top_p, top_k=0, temperature=temperature, num_beams=1)
     elif method == "beam":
-        kwargs.update(do_sample=False, num_beams=k)
+        decoding = dict(do_sample=False, num_beams=k)
     elif method == "greedy":
         if k != 1:
             raise ValueError("greedy decoding gives one output per prompt: use k=1")
-        kwargs.update(do_sample=False, num_beams=1)
+        decoding = dict(do_sample=False, num_beams=1)
     else:
         groups = num_beam_groups or k
         if groups < 1:
             raise ValueError("num_beam_groups must be at least 1")
         per_group = -(-k // groups)  # enough beams for k hypotheses, a multiple of the group count
-        kwargs.update(do_sample=False, num_beams=groups * per_group, custom_generate=group_beam_search,
-                      num_groups=groups, hamming_penalty=diversity_penalty)
-    copies = max(kwargs["num_beams"], k)  # rows per prompt inside generate
-
-    results: list[list[str]] = [[] for _ in texts]
-    was_training = model.training
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "right" if seq2seq else "left"
-    devices = [model.device] if model.device.type == "cuda" else []
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=devices), torch.inference_mode():
-            torch.manual_seed(seed)
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=seq2seq)
-                enc = {key: v.to(model.device) for key, v in enc.items() if key in ("input_ids", "attention_mask")}
-                if share_prompt and not seq2seq and copies > 1 and enc["input_ids"].shape[1] > 1:
-                    enc["past_key_values"] = prompt_cache(model, enc["input_ids"], enc["attention_mask"], copies)
-                out = model.generate(**enc, **kwargs)
-                new = out if seq2seq else out[:, enc["input_ids"].shape[1] :]
-                decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
-                for j, i in enumerate(idx):
-                    results[i] = dedupe_keep_k(decoded[j * k : (j + 1) * k], k)
-    finally:
-        tokenizer.padding_side = padding_side
-        model.train(was_training)
-    return results
+        decoding = dict(do_sample=False, num_beams=groups * per_group, custom_generate=group_beam_search,
+                        num_groups=groups, hamming_penalty=diversity_penalty)
+    seq2seq = is_seq2seq(model)
+    texts = [render_prompt(tokenizer, p, seq2seq=seq2seq) for p in prompts]
+    out = generate_texts(model, tokenizer, texts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                         num_return_sequences=k, seed=seed, share_prompt=share_prompt, **decoding)
+    return [dedupe_keep_k(rows, k) for rows in out]

@@ -185,15 +185,11 @@ def load_inputs(source: str, task: Task) -> list[dict]:
     return load_file(source, task)
 
 
-def select_inputs(cfg: PipelineConfig, task: Task) -> dict[str, list[dict]]:
-    """The run's inputs per split (input_id = hash of task + text, so a rerun finds the same rows)."""
-    return split_inputs(cfg, task)[0]
-
-
 def split_inputs(cfg: PipelineConfig, task: Task) -> tuple[dict[str, list[dict]], int]:
-    """The run's inputs per split, and how many evaluation inputs were dropped because the same text is among the
-    train inputs (a student evaluated on what it was trained on; a file's split column can do that). Inputs without
-    such overlap, the bundled ones included, are chosen exactly as before."""
+    """The run's inputs per split (input_id = hash of task + text, so a rerun finds the same rows), and how many
+    evaluation inputs were dropped because the same text is among the train inputs (a student evaluated on what it
+    was trained on; a file's split column can do that). Inputs without such overlap, the bundled ones included, are
+    chosen exactly as before."""
     from store import stable_id
 
     rows = load_inputs(cfg.inputs, task)

@@ -261,12 +261,6 @@ class TransformersEngine:
             warnings.warn(f"local/{self.model_path} was trained on {learned} prompts, but this call sends {used} "
                           f"ones: run it under {fix}", UserWarning, stacklevel=2)
 
-    @staticmethod
-    def _prompt(model, tok, messages: list[dict]) -> str:
-        if model.config.is_encoder_decoder or not getattr(tok, "chat_template", None):
-            return "\n\n".join(m["content"] for m in messages)
-        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
     def _snap(self, model, tok, messages: list[dict], prompt: str, text: str) -> str:
         """The answer with its `Literal` fields decoded under their type (`programs.typed_outputs.snap`)."""
         if not self.typed:
@@ -312,13 +306,13 @@ class TransformersEngine:
         return group
 
     def _generate(self, group: list[_Pending]) -> None:
-        from programs.student_lm import generate_ids
+        from programs.student_lm import generate_ids, is_seq2seq, render_prompt
 
         try:
             model, tok = self._load()
             cfg = group[0].request.config
             messages = [_messages(p.request) for p in group]
-            prompts = [self._prompt(model, tok, m) for m in messages]
+            prompts = [render_prompt(tok, m, seq2seq=is_seq2seq(model)) for m in messages]
             out = generate_ids(model, tok, prompts, batch_size=len(group), max_new_tokens=cfg.max_tokens or 256)
             for p, m, prompt, (prompt_tokens, rows) in zip(group, messages, prompts, out):
                 ids, text = _decode(tok, rows[0], cfg)
@@ -337,17 +331,20 @@ class TransformersEngine:
 
     def _complete_one(self, request: Request) -> Response:
         import torch
+        from programs.student_lm import is_seq2seq, render_prompt, stop_ids
 
         cfg = request.config
         messages = _messages(request)
         model, tok = self._load()
-        prompt = self._prompt(model, tok, messages)
+        prompt = render_prompt(tok, messages, seq2seq=is_seq2seq(model))
         enc = tok(prompt, return_tensors="pt", add_special_tokens=model.config.is_encoder_decoder)
         temperature = cfg.temperature if cfg.temperature is not None else 0.0
         seed = self._seeds.next(_fingerprint(messages, cfg), cfg.seed if cfg.seed is not None else 0)
         torch.manual_seed(seed)
         gen = dict(max_new_tokens=cfg.max_tokens or 256, do_sample=temperature > 0, return_dict_in_generate=True,
                    output_scores=cfg.logprobs is not None, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+        if (stops := stop_ids(model, tok)) is not None:  # the stop tokens of the batched path too
+            gen["eos_token_id"] = stops
         if temperature > 0:
             gen.update(temperature=temperature, top_p=cfg.top_p if cfg.top_p is not None else 1.0)
         with torch.inference_mode():

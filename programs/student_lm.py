@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from programs.generation_defaults import BATCH_SIZE, MAX_NEW_TOKENS, SEED
 from store.errors import UserError
 
 DEFAULT_STUDENT = "smollm2-135m-instruct"
@@ -174,81 +175,110 @@ def user_message(instruction: str, text: str) -> str:
     return f"{instruction}\n\n{text}" if instruction else text
 
 
+def render_prompt(tokenizer: Any, prompt: Sequence[dict] | str, *, seq2seq: bool) -> str:
+    """The student's input for chat messages, the one rendering that inference (`programs.lm`), sampling and
+    training data share: the chat template with the generation prompt (causal), the contents joined with a blank
+    line (seq2seq, or a tokenizer without a template). A string is the model input already, kept verbatim."""
+    if isinstance(prompt, str):
+        return prompt
+    messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
+    if seq2seq or not getattr(tokenizer, "chat_template", None):
+        return "\n\n".join(m["content"] for m in messages)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def format_prompt(tokenizer: Any, instruction: str, text: str, *, seq2seq: bool) -> str:
-    """The student's input as a string: the chat template (causal) or the plain instruction + text (seq2seq)."""
-    content = user_message(instruction, text)
-    if seq2seq:
-        return content
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    """The student's input for an instruction and a text: one user message (`render_prompt`)."""
+    return render_prompt(tokenizer, [{"role": "user", "content": user_message(instruction, text)}], seq2seq=seq2seq)
 
 
 def stop_ids(model: Any, tokenizer: Any) -> list[int] | None:
-    """The tokens generation stops at: the tokenizer's end of sequence, then the model's own."""
+    """The tokens every generation stops at: the tokenizer's end of sequence, then the model's own."""
     eos = tokenizer.eos_token_id
-    if eos is None:
-        return None
     extra = model.generation_config.eos_token_id if model.generation_config is not None else None
     extra = [extra] if isinstance(extra, int) else list(extra or [])
-    return [eos, *[e for e in extra if e != eos]]
+    ids = ([eos] if eos is not None else []) + [e for e in extra if e != eos]
+    return ids or None
+
+
+def prompt_cache(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, copies: int) -> Any:
+    """The KV cache of each (left-padded) causal prompt but its last token, computed once and repeated `copies`
+    times per prompt, for `generate(past_key_values=...)`.
+
+    Core `generate` expands the prompts to one row per beam / returned sequence *before* the prefill, so without
+    this every one of the k candidates re-reads its prompt (the adapter's instructions and the text: ~60 tokens
+    for the humor task on SmolLM2, as many as a candidate's own). `generate` then feeds only the last prompt token
+    and decodes as usual; the positions are the ones it derives from the attention mask.
+    """
+    from transformers import DynamicCache
+
+    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    cache = DynamicCache(config=model.config)
+    model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], position_ids=positions[:, :-1],
+          past_key_values=cache, use_cache=True, logits_to_keep=1)
+    cache.batch_repeat_interleave(copies)
+    return cache
 
 
 def generate_ids(
     model: Any,
     tokenizer: Any,
-    prompts: list[str],
+    prompts: Sequence[str],
     *,
-    batch_size: int = 8,
-    max_new_tokens: int = 64,
-    num_beams: int = 1,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
+    batch_size: int = BATCH_SIZE,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     num_return_sequences: int = 1,
-    seed: int = 0,
+    seed: int = SEED,
+    share_prompt: bool = False,
+    **decoding: Any,
 ) -> list[tuple[int, list[list[int]]]]:
     """The batched generation every student path shares: for each rendered prompt, in order, its length in tokens
     and the new token ids of each returned sequence, cut before the first stop token (`stop_ids`).
 
-    Prompts are batched by length (less padding); causal prompts are left-padded (their special tokens come from the
-    chat template), seq2seq ones right-padded with the tokenizer's special tokens.
+    `decoding` goes to `model.generate` as it is (greedy unless it says otherwise: `do_sample`, `num_beams`,
+    `temperature`, `top_p`, a `custom_generate` loop and its arguments). Prompts are batched by length in tokens
+    (less padding); causal prompts are left-padded (their special tokens come from the chat template), seq2seq
+    ones right-padded with the tokenizer's special tokens. `share_prompt` (causal): each prompt's KV cache is
+    computed once for all its rows (`prompt_cache`). Deterministic for a seed; the caller's torch RNG is left as
+    it was.
     """
     if not prompts:
         return []
     seq2seq = is_seq2seq(model)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    kwargs: dict[str, Any] = dict(
-        max_new_tokens=max_new_tokens,
-        num_beams=num_beams,
-        do_sample=do_sample,
-        num_return_sequences=num_return_sequences,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    if do_sample:
-        kwargs.update(temperature=temperature, top_p=top_p)
+    lengths = [len(tokenizer(p, add_special_tokens=seq2seq)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, num_beams=1, do_sample=False,
+                                  num_return_sequences=num_return_sequences, pad_token_id=pad_id)
+    kwargs.update(decoding)
     stops = stop_ids(model, tokenizer)
     if stops is not None:
         kwargs["eos_token_id"] = stops
+    copies = max(kwargs["num_beams"], num_return_sequences)  # rows per prompt inside generate
 
     results: list[tuple[int, list[list[int]]]] = [(0, []) for _ in prompts]
     was_training = model.training
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "right" if seq2seq else "left"
+    devices = [model.device] if model.device.type == "cuda" else []
     model.eval()
-    torch.manual_seed(seed)
     try:
-        with torch.inference_mode():
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            torch.manual_seed(seed)
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                                 add_special_tokens=seq2seq)
                 enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+                if share_prompt and not seq2seq and copies > 1 and enc["input_ids"].shape[1] > 1:
+                    enc["past_key_values"] = prompt_cache(model, enc["input_ids"], enc["attention_mask"], copies)
                 out = model.generate(**enc, **kwargs)
                 # new tokens only: after the decoder's start token (seq2seq), after the padded prompt (causal)
                 new = (out[:, 1:] if seq2seq else out[:, enc["input_ids"].shape[1] :]).tolist()
-                lengths = enc["attention_mask"].sum(dim=1).tolist()
+                prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
                 for j, i in enumerate(idx):
                     rows = new[j * num_return_sequences : (j + 1) * num_return_sequences]
-                    results[i] = (int(lengths[j]), [_cut(row, stops) for row in rows])
+                    results[i] = (int(prompt_tokens[j]), [_cut(row, stops) for row in rows])
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
@@ -263,28 +293,35 @@ def _cut(tokens: list[int], stops: list[int] | None) -> list[int]:
     return tokens
 
 
+def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], **settings: Any) -> list[list[str]]:
+    """`generate_ids` decoded: each prompt's returned sequences as stripped strings, in prompt order."""
+    out = generate_ids(model, tokenizer, prompts, **settings)
+    return [[tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in rows] for _, rows in out]
+
+
 def generate(
     model: Any,
     tokenizer: Any,
     texts: list[str],
     *,
     instruction: str,
-    batch_size: int = 8,
-    max_new_tokens: int = 64,
+    batch_size: int = BATCH_SIZE,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     num_beams: int = 1,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
     num_return_sequences: int = 1,
-    seed: int = 0,
+    seed: int = SEED,
 ) -> list[list[str]]:
     """The student's outputs: `num_return_sequences` stripped strings per input, in input order (`generate_ids`)."""
     seq2seq = is_seq2seq(model)
     prompts = [format_prompt(tokenizer, instruction, t, seq2seq=seq2seq) for t in texts]
-    out = generate_ids(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                       num_beams=num_beams, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                       num_return_sequences=num_return_sequences, seed=seed)
-    return [[tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in rows] for _, rows in out]
+    decoding: dict[str, Any] = dict(num_beams=num_beams, do_sample=do_sample)
+    if do_sample:
+        decoding.update(temperature=temperature, top_p=top_p)
+    return generate_texts(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                          num_return_sequences=num_return_sequences, seed=seed, **decoding)
 
 
 def typed_answer(model: Any, tokenizer: Any, messages: Sequence[dict], prompt: str, answer: str) -> str:

@@ -149,15 +149,15 @@ def test_critic_keys_from_toml_and_flags_one_line_errors(tmp_path):
 def test_eval_split_dev_evaluates_dev_inputs_and_never_reads_test(tmp_path):
     """Settings are chosen on dev: a dev run teaches and evaluates the dev inputs only, with its own run id."""
     from programs.flags import config_overrides, parser
-    from programs.inputs import select_inputs
+    from programs.inputs import split_inputs
     from programs.task_sources import get_task
 
     cfg = build_config(overrides=config_overrides(parser().parse_args(["--eval-split", "dev"])))
     assert cfg.eval_split == "dev" and stable_id("run", cfg.identity()) != stable_id("run", build_config().identity())
-    chosen = select_inputs(cfg, get_task("humor"))
+    chosen = split_inputs(cfg, get_task("humor"))[0]
     assert set(chosen) == {"train", "dev"} and len(chosen["dev"]) == 69
     assert {r["split"] for r in chosen["dev"]} == {"dev"}
-    test = {r["input_id"] for r in select_inputs(build_config(), get_task("humor"))["test"]}
+    test = {r["input_id"] for r in split_inputs(build_config(), get_task("humor"))[0]["test"]}
     assert not test & {r["input_id"] for r in chosen["dev"]}
     with pytest.raises(ConfigError, match="eval_split must be one of test, dev"):
         build_config(overrides={"eval_split": "train"})

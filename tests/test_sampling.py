@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from finetune.pairs import length_ratio, ngram_edit_distance, select_pair, within_length
-from finetune.sample import dedupe_keep_k, render_prompt, sample_candidates
+from finetune.sample import dedupe_keep_k, sample_candidates
+from programs.student_lm import render_prompt
 
 INSTRUCTION = "Rewrite the sentence as a humorous paraphrase with the same meaning."
 TEXTS = [
@@ -49,7 +50,8 @@ def student(request, tiny_causal, tiny_seq2seq):
 def test_prompts_render_like_the_inference_engine(tiny_causal, tiny_seq2seq):
     _, tok = tiny_causal
     messages = PROMPTS[0]
-    # programs.lm.TransformersEngine: the chat template for a causal model, contents joined for seq2seq.
+    # the one rendering (programs.student_lm) the inference engine and sampling share: the chat template for a causal
+    # model, contents joined for seq2seq.
     assert render_prompt(tok, messages, seq2seq=False) == tok.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True
     )

@@ -275,17 +275,17 @@ def test_a_bad_task_fails_when_the_config_is_built(tmp_path):
 
 
 def test_ood_inputs_follow_the_task(tmp_path):
-    from programs.inputs import select_inputs
+    from programs.inputs import split_inputs
 
     cfg = PipelineConfig(task="formal", limit=2, ood_inputs=3)
-    chosen = select_inputs(cfg, FORMAL)
+    chosen = split_inputs(cfg, FORMAL)[0]
     assert len(chosen["ood"]) == 3 and chosen["ood"][0]["text"].startswith("this blender")
     custom = get_task(str(write_task(tmp_path)))  # no ood file: the rows of its inputs whose split is 'ood'
-    chosen = select_inputs(PipelineConfig(task="x", ood_inputs=5), custom)
+    chosen = split_inputs(PipelineConfig(task="x", ood_inputs=5), custom)[0]
     assert [r["text"] for r in chosen["ood"]] == ["Sentence number 4 is rather convoluted."]
     eli5 = get_task(str(ELI5))
     with pytest.raises(InputError, match="has no out-of-distribution inputs"):
-        select_inputs(PipelineConfig(task="eli5", ood_inputs=5), eli5)
+        split_inputs(PipelineConfig(task="eli5", ood_inputs=5), eli5)[0]
 
 
 def test_cli_bad_task_exits_2_with_one_line(tmp_path):
