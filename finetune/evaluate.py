@@ -16,6 +16,8 @@ from finetune.model_card import refresh_cards
 from metrics.judge import judge_verdicts
 from metrics.winrate import Estimate, win_tie_rate
 from programs.critic import DEFAULT, PAPER, Critic
+from programs.critic_rule import MAX_TOKENS
+from programs.generation_defaults import MAX_NEW_TOKENS
 from programs.legacy_ids import critic_id_parts, task_id_parts
 from programs.parallel import imap
 from programs.progress import stage_progress
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError("--limit must be a positive integer")
     task = get_task(args.task)
     rows = load_file(args.inputs, task)[: args.limit]
-    check_context([r["text"] for r in rows], [args.critic, args.judge, args.teacher], answer_tokens=96,
+    check_context([r["text"] for r in rows], [args.critic, args.judge, args.teacher], answer_tokens=MAX_TOKENS,
                   judged_tokens=160)  # this command's critic and teacher max_tokens
     student_spec, producer = _student_spec(args.student)
     check_path(args.db or default_path())  # a --db that cannot be a store: one line, nothing created or pulled
@@ -240,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     need_teacher = any("reference" not in r for r in rows)
     check_hosted(args.critic, args.judge, teacher_spec if need_teacher else None)  # keys, answers: before any pull
     resolve_student(student_spec[len("local/"):])
-    critic_lm = resolve_lm(args.critic, temperature=0.0, max_tokens=96)
-    judge_lm = resolve_lm(args.judge, temperature=0.0, max_tokens=96) if args.judge else None
+    critic_lm = resolve_lm(args.critic, temperature=0.0, max_tokens=MAX_TOKENS)
+    judge_lm = resolve_lm(args.judge, temperature=0.0, max_tokens=MAX_TOKENS) if args.judge else None
     teacher_lm = resolve_lm(teacher_spec, temperature=0.8, max_tokens=160, seed=0) if need_teacher else None
     summary = _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, critic_lm, judge_lm, teacher_lm)
     for name, result in summary.items():
@@ -291,7 +293,7 @@ def _evaluate_file(task, rows, args, student_spec, producer, teacher_spec, criti
                 teacher, reference = Teacher(task), teacher_spec
             teach(store, teacher, teacher_lm, items, producer=reference, run_id=run_id)
         checkpoint = store.query("SELECT checkpoint_id FROM checkpoints WHERE path = ?", [producer])
-        student_lm = resolve_lm(student_spec, temperature=0.0, max_tokens=64)
+        student_lm = resolve_lm(student_spec, temperature=0.0, max_tokens=MAX_NEW_TOKENS)
         student = ProgramStudent(task, task.program) if task.steps else Student(task)  # a program runs whole
         summary = {}
         for name, lm in ((args.critic, critic_lm), (args.judge, judge_lm)):

@@ -21,6 +21,7 @@ from metrics.guards import LC, candidate_meaning, record_length_control
 from metrics.judge import judge_verdicts
 from finetune.pairs import select_pair, within_length
 from finetune.sample import sample_candidates, typed_sample
+from programs.legacy_ids import SAMPLING_AT_FIRST
 from programs.generation_defaults import (BATCH_SIZE, MAX_NEW_TOKENS, SAMPLE_K, SAMPLE_METHOD, SAMPLE_TEMPERATURE,
                                           SAMPLE_TOP_P, SEED)
 from programs.student_lm import load_student
@@ -58,16 +59,10 @@ class FeedbackConfig:
     length_control: bool = False  # choose the sides by the critic's verdicts with its length term removed
 
 
-# Sampling settings whose values make other samples; at these values the producer is the checkpoint itself (so a
-# store made before they were settings keeps its samples), otherwise the checkpoint tagged with the ones that differ.
-SAMPLING_DEFAULTS = dict(k=SAMPLE_K, method=SAMPLE_METHOD, top_p=SAMPLE_TOP_P, temperature=SAMPLE_TEMPERATURE,
-                         max_new_tokens=MAX_NEW_TOKENS, seed=SEED)
-
-
 def sample_producer(checkpoint_id: str, cfg: FeedbackConfig) -> str:
     """The `producer` of a round's samples: the checkpoint, tagged with the sampling settings off their defaults, so
     samples drawn with other settings are never reused for these."""
-    changed = {k: getattr(cfg, k) for k, v in SAMPLING_DEFAULTS.items() if getattr(cfg, k) != v}
+    changed = {k: getattr(cfg, k) for k, v in SAMPLING_AT_FIRST.items() if getattr(cfg, k) != v}
     return checkpoint_id if not changed else f"{checkpoint_id}~{stable_id('sampling', changed)[:8]}"
 
 

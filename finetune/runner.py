@@ -41,6 +41,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from finetune.model_card import MARKER, write_card
 from store.ids import stable_id  # not store.db: a run without a store never loads DuckDB
 from store.ids import to_json
+from programs.legacy_ids import TRAIN_FIELDS_ADDED
 from programs.progress import StageProgress, stage_progress
 from programs.student_lm import DEFAULT_STUDENT, is_seq2seq, load_student, user_message
 from store.errors import UserError
@@ -118,10 +119,6 @@ class TrainResult:
 
 # -- identity --------------------------------------------------------------------------------------------------------
 
-# Fields added after runs were recorded: left out of a run's identity while at their default, so those runs keep
-# their training ids (and output folders) and are not trained again.
-NEWER_FIELDS = frozenset({"lr_scheduler_type", "warmup_ratio", "loss_type", "loss_weights", "label_smoothing",
-                          "prompt_format", "adapter"})
 # Fields that change where or how often a run writes, not the weights it trains.
 NOT_WEIGHTS = frozenset({"output_dir", "merge_lora", "logging_steps", "save_steps"})
 
@@ -135,7 +132,7 @@ def config_identity(config: TrainConfig) -> dict[str, Any]:
     values = asdict(config)
     values.pop("output_dir")
     for f in fields(config):
-        if f.name in NEWER_FIELDS and values[f.name] == _default(f):
+        if f.name in TRAIN_FIELDS_ADDED and values[f.name] == _default(f):
             values.pop(f.name)
     return values
 

@@ -47,8 +47,8 @@ from store.errors import UserError  # noqa: E402
 
 DEFAULT_CRITIC = "local/qwen2.5-coder-1.5b-instruct"
 from programs.critic_rule import DEFAULT as DEFAULT_SETTINGS  # noqa: E402
+from programs.critic_rule import MAX_TOKENS  # noqa: E402
 from programs.legacy_ids import critic_id_parts, task_id_parts  # noqa: E402
-CRITIC_MAX_TOKENS = 96
 FIELDS = ("input", "better", "worse")
 
 
@@ -450,7 +450,7 @@ def critic_from_args(args: argparse.Namespace, task):
     settings = CriticSettings(mode=args.mode, rubrics=args.rubrics, aggregate=args.aggregate, scale=args.scale,
                               prior=args.prior, abstain_margin=args.abstain_margin,
                               pointwise_weight=args.pointwise_weight)
-    return Critic(task, settings, max_tokens=CRITIC_MAX_TOKENS)
+    return Critic(task, settings, max_tokens=MAX_TOKENS)
 
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
@@ -485,7 +485,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     db = args.db or default_path()
     check_path(db)  # a --db that cannot be a store: one line, nothing created, no model pulled
     check_hosted(args.critic)  # a hosted critic's key and answer before a local model is pulled
-    critic_lm = resolve_lm(args.critic, temperature=0.0, max_tokens=CRITIC_MAX_TOKENS, seed=0)
+    critic_lm = resolve_lm(args.critic, temperature=0.0, max_tokens=MAX_TOKENS, seed=0)
     store = Store(db)
     install(store)
     dspy.configure(adapter=LabeledAdapter())

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from programs.critic_rule import DEFAULT as CRITIC
+from programs.critic_rule import MAX_TOKENS as CRITIC_MAX_TOKENS
 from programs.critic_rule import CriticSettings
+from programs.generation_defaults import MAX_NEW_TOKENS, SAMPLE_K, SAMPLE_METHOD, SAMPLE_TEMPERATURE, SAMPLE_TOP_P
 from programs.legacy_ids import pipeline_identity
 from store.errors import UserError
 
@@ -37,7 +39,7 @@ class PipelineConfig:
     teacher_temperature: float = 0.8
     teacher_top_p: float = 1.0
     teacher_max_tokens: int = 160
-    critic_max_tokens: int = 96
+    critic_max_tokens: int = CRITIC_MAX_TOKENS
     # how the critic asks and combines both orders (programs.critic.CriticSettings; docs/critic.md); the defaults are
     # the settings measured best on the dev half of the labeled pairs (docs/results/critic-audit)
     critic_mode: str = CRITIC.mode  # choice-first (the choice alone, read from its first token) | reason-first
@@ -47,7 +49,7 @@ class PipelineConfig:
     critic_prior: float = CRITIC.prior  # the critic's lean to position 1 in log-odds ('calibrated' removes it)
     critic_abstain_margin: float = CRITIC.abstain_margin  # orders disagree and |log-odds| below this: a tie
     critic_pointwise_weight: float = CRITIC.pointwise_weight  # weight of the 1-5 pointwise score difference
-    student_max_tokens: int = 64
+    student_max_tokens: int = MAX_NEW_TOKENS
     seed: int = 0
     lora: bool = True
     merge_lora: bool = False
@@ -74,10 +76,10 @@ class PipelineConfig:
     # brio-dpo | all | a comma-separated list. A task's defaults may choose another (humor: curated, guarded)
     objective: str = "dpo"
     feedback_every: float | None = None  # epochs between on-policy feedback rounds; None: feedback once
-    k_samples: int = 6  # the paper's k
-    sampling: str = "nucleus"  # nucleus | diverse_beam
-    sampling_temperature: float = 1.0  # the student's sampling temperature for feedback candidates (nucleus)
-    sampling_top_p: float = 0.9  # nucleus sampling's top-p
+    k_samples: int = SAMPLE_K  # the paper's k
+    sampling: str = SAMPLE_METHOD  # nucleus | diverse_beam
+    sampling_temperature: float = SAMPLE_TEMPERATURE  # the student's sampling temperature for feedback candidates
+    sampling_top_p: float = SAMPLE_TOP_P  # nucleus sampling's top-p
     pair_selection: str = "edit"  # edit (largest n-gram edit distance) | embedding
     # greedy: the student's greedy output (what evaluation sees) vs the in-band sample most different from it (else
     # the most different in-band pair of samples); none: the paper's rule, the most different in-band pair of samples

@@ -17,7 +17,7 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError, LMUnsupportedFeatureError
 
 from programs.critic_rule import (  # noqa: F401 - the settings and the rule are part of the critic's API
-    DEFAULT, PAPER, POINTWISE, CriticSettings, CriticSettingsError, combine, logit, order_method, sigmoid)
+    DEFAULT, MAX_TOKENS, PAPER, POINTWISE, CriticSettings, CriticSettingsError, combine, logit, order_method, sigmoid)
 from programs.tasks import Task
 from store.callback import last_lm_call_id
 
@@ -88,7 +88,7 @@ class Critic(dspy.Module):
     """The pairwise critic of a task, asked as `settings` say; `judge` is the task's own rubric's predictor."""
 
     def __init__(self, task: Task, settings: CriticSettings | None = None, *, top_logprobs: int = 20,
-                 max_tokens: int = 96):
+                 max_tokens: int = MAX_TOKENS):
         super().__init__()
         self.settings = settings or DEFAULT
         if self.settings.rubrics > len(task.rubrics):

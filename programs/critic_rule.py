@@ -74,6 +74,8 @@ PAPER = CriticSettings(mode="reason-first", aggregate="mean")
 # the pipeline's, the metric's and the audit's default: the best agreement on the dev half of the labeled pairs among
 # the settings at least 2x faster than the paper's (docs/results/critic-audit)
 DEFAULT = CriticSettings(pointwise_weight=0.5)
+# a critic's answer budget in tokens (a reason-first answer's short reason, then the choice): every command's default
+MAX_TOKENS = 96
 
 
 def order_method(mode: str, rubric: int) -> str:

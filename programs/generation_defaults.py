@@ -1,8 +1,8 @@
 """The defaults every student generation starts from, in one place and free of torch, so a config can name them.
 
-`programs.student_lm.generate`, `finetune.sample.sample_candidates` and `finetune.feedback.FeedbackConfig` refer to
-these (the feedback defaults also decide when samples are tagged with their settings: `feedback.sample_producer`,
-so changing a value here renames stored samples' producer).
+`programs.student_lm.generate`, `finetune.sample.sample_candidates`, `finetune.feedback.FeedbackConfig` and
+`programs.config.PipelineConfig` refer to these. Stored samples' producer names compare against the values of the
+first samples, not these (`programs.legacy_ids.SAMPLING_AT_FIRST`), so changing a default here never renames them.
 """
 
 MAX_NEW_TOKENS = 64  # a student answer's length budget, in new tokens

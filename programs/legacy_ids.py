@@ -59,6 +59,18 @@ def earlier_task(task: dict) -> dict:
     return task
 
 
+# -- a training run and a student's samples --------------------------------------------------------------------------
+
+# TrainConfig fields added after training runs were recorded: left out of a run's identity while at their default
+# (finetune.runner.config_identity), so those runs keep their training ids and folders and are not trained again
+TRAIN_FIELDS_ADDED = frozenset({"lr_scheduler_type", "warmup_ratio", "loss_type", "loss_weights", "label_smoothing",
+                                "prompt_format", "adapter"})
+# The sampling settings a student's samples were drawn with before they were settings: at these values a round's
+# producer is the checkpoint itself, otherwise the checkpoint tagged with the ones that differ
+# (finetune.feedback.sample_producer); the values then, not today's defaults (programs/generation_defaults.py)
+SAMPLING_AT_FIRST: dict[str, Any] = dict(k=6, method="nucleus", top_p=0.9, temperature=1.0, max_new_tokens=64, seed=0)
+
+
 # -- the ids of evaluations, audits and their commands' runs -----------------------------------------------------------
 
 

@@ -201,7 +201,7 @@ def test_a_task_brings_the_defaults_its_dev_split_chose_and_every_layer_above_ov
 
 
 def test_a_programs_task_keeps_the_run_id_it_had_before_tasks_gained_defaults_and_an_adapter():
-    """Task fields added later (`NEWER_TASK_FIELDS`), at their defaults, leave a program's run id as it was; a
+    """Task fields added later (`legacy_ids.TASK_FIELDS_ADDED`), at their defaults, leave a program's run id as it was; a
     student trained on another adapter's prompts is another run."""
     import dspy
 

@@ -41,3 +41,16 @@ def test_a_warm_start_folder_named_the_earlier_way_is_used_when_it_holds_a_finis
     (new / "train_result.json").parent.mkdir()
     (new / "train_result.json").write_text("{}")
     assert warm_start_folder(tmp_path, key, "d1", "train_result.json") == new  # the new name wins once it is there
+
+
+def test_samples_and_training_runs_keep_the_names_they_had():
+    from finetune.dpo import DPOTrainConfig
+    from finetune.feedback import FeedbackConfig, sample_producer
+    from finetune.runner import config_identity
+    from programs.legacy_ids import SAMPLING_AT_FIRST, TRAIN_FIELDS_ADDED
+
+    assert sample_producer("ck", FeedbackConfig()) == "ck"  # today's defaults are the first samples' settings
+    assert sample_producer("ck", FeedbackConfig(k=3)) == f"ck~{stable_id('sampling', {'k': 3})[:8]}"
+    assert SAMPLING_AT_FIRST["max_new_tokens"] == 64
+    assert not TRAIN_FIELDS_ADDED & set(config_identity(DPOTrainConfig()))  # at their defaults: left out
+    assert config_identity(DPOTrainConfig(warmup_ratio=0.1))["warmup_ratio"] == 0.1
