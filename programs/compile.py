@@ -323,12 +323,14 @@ def _final_step(p: Pipeline, ctx):
     from dataclasses import replace
 
     from finetune.objectives import final_step_inputs
+    from finetune.stage_configs import objective_trainers
     from programs.critic import Critic
 
     final = p.task.final_step
     inputs = final_step_inputs(p.store, p.task, ctx.teacher, ctx.train_inputs)
     critic = Critic(final, p.cfg.critic_settings(), max_tokens=p.cfg.critic_max_tokens)
-    return replace(ctx, task=final, train_inputs=inputs, critic=critic)
+    # the trainers' prompts are the last predictor's own (its instruction, fields and adapter)
+    return replace(ctx, task=final, train_inputs=inputs, critic=critic, trainers=objective_trainers(p.cfg, final))
 
 
 def _evaluate(p: Pipeline, teacher: Teaching, students: list[tuple[str, Any]]) -> Results:

@@ -50,3 +50,39 @@ def test_the_derived_configs_equal_the_ones_built_by_hand_before():
     for name, config in before.items():
         assert stable_id(config_identity(replace(getattr(t, name), base_model="b"))) == stable_id(
             config_identity(config)), name
+
+
+def test_a_programs_objectives_train_its_last_predictor_on_that_predictors_own_prompts(tmp_path):
+    """The feedback objectives of a program of several predictors train its last one (compile's `_final_step`
+    derives the trainers from that step's task): its instruction and fields, not the whole program's."""
+    import dspy
+
+    from programs.program_tasks import from_program
+
+    class TwoSteps(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.angle = dspy.Predict("question -> angle")
+            self.answer = dspy.Predict("question, angle -> answer")
+
+        def forward(self, question):
+            return self.answer(question=question, angle=self.angle(question=question).angle)
+
+    task = from_program(TwoSteps(), critic_instruction="Choose the better answer.")
+    final = task.final_step
+    cfg = build_config("tiny")
+    whole, last = objective_trainers(cfg, task), objective_trainers(cfg, final)
+    assert last.dpo.prompt_format == final.prompt_format != whole.dpo.prompt_format
+    assert (last.dpo.instruction, last.imitation.adapter) == (final.student_instruction, final.student_adapter)
+    from types import SimpleNamespace
+
+    from finetune.objectives import ObjectiveContext
+    from programs import compile as pipeline
+    from programs.critic import Critic
+    from store import Store
+
+    store = Store(tmp_path / "t.duckdb")
+    ctx = ObjectiveContext(store=store, task=task, run_id="r", out_dir=tmp_path, warm=None, train_inputs=[],
+                           teacher="t", critic=Critic(task), critic_lm=None, critic_name="c", trainers=whole)
+    stepped = pipeline._final_step(SimpleNamespace(task=task, store=store, cfg=cfg), ctx)
+    assert stepped.task == final and stepped.trainers == last  # what the objectives train the last predictor with
