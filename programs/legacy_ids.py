@@ -8,13 +8,12 @@ must leave ids alone gets its rule here and nowhere else.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from programs.critic_rule import DEFAULT as CRITIC
 from programs.critic_rule import PAPER, CriticSettings
-from dataclasses import fields
-
 from store.ids import stable_id
 
 # -- a run (PipelineConfig.identity) ---------------------------------------------------------------------------------
